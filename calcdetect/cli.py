@@ -1,0 +1,151 @@
+"""The ``calcdetect`` command.
+
+``calcdetect detect PATH`` prints the JSON report of one image or series.
+``calcdetect annotate FOLDER -o OUTDIR`` processes a folder (see :mod:`calcdetect.batch`).
+
+Errors are one line on stderr (file, reason, fix) with a non-zero exit: 1 when an input
+could not be processed, 2 on bad usage.  ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from . import __version__
+from .errors import CalcdetectError, InvalidParameterError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
+def add_detector_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``detect`` and ``annotate``."""
+    p.add_argument("--pixel-size", type=_positive_float, metavar="MM",
+                   help="pixel size in mm for files without one (raster files, zero-spacing radiographs)")
+    p.add_argument("--modality", choices=["CT", "XRAY", "US"], type=str.upper,
+                   help="modality of PNG/JPEG/TIFF inputs (DICOM files say it themselves)")
+    p.add_argument("--region", choices=["skin", "soft-tissue", "all"], default=None,
+                   help="CT: where to look (default: skin = dermis and subcutaneous tissue)")
+    p.add_argument("--threshold", type=float, metavar="HU", default=None,
+                   help="CT: calcium threshold in HU (default 130)")
+    p.add_argument("--mass-calibration", type=_positive_float, metavar="MG_PER_MM3_HU", default=None,
+                   help="CT: calcium mass calibration factor (mg per mm^3 per HU)")
+    p.add_argument("--series", metavar="UID", default=None,
+                   help="which series to load when a folder holds several")
+    p.add_argument("--frames", default=None, metavar="N|all",
+                   help="ultrasound cine: frame index to analyse (default: middle), or 'all'")
+
+
+def detector_options(args: argparse.Namespace, modality: str) -> dict:
+    """Translate CLI options into ``detect()`` keyword arguments for a modality."""
+    opts: dict = {}
+    if modality == "CT":
+        if args.region is not None:
+            opts["region"] = args.region
+        if args.threshold is not None:
+            opts["threshold_hu"] = args.threshold
+        if args.mass_calibration is not None:
+            opts["mass_calibration"] = args.mass_calibration
+    return opts
+
+
+def load_options(args: argparse.Namespace) -> dict:
+    """Translate CLI options into ``load()`` keyword arguments."""
+    frame = args.frames
+    if frame is not None and frame != "all":
+        try:
+            frame = int(frame)
+        except ValueError:
+            raise InvalidParameterError(f"--frames {frame!r} must be a frame index or 'all'") from None
+    return {"pixel_size_mm": args.pixel_size, "modality": args.modality,
+            "series_uid": args.series, "frame": frame}
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from .detect import detect
+    from .io import load
+
+    image = load(args.path, **load_options(args))
+    report = detect(image, **detector_options(args, image.modality))
+    text = report.to_json(indent=None if args.compact else 2)
+    if args.output:
+        from .outputs import write_text_atomic
+
+        write_text_atomic(args.output, text + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``calcdetect`` command."""
+    parser = argparse.ArgumentParser(
+        prog="calcdetect",
+        description="Find and measure soft-tissue calcifications on CT, radiographs and ultrasound.",
+    )
+    parser.add_argument("--version", action="version", version=f"calcdetect {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("detect", help="print the JSON report of one image file or series folder")
+    p.add_argument("path", help="DICOM file, series folder, or PNG/JPEG/TIFF file")
+    add_detector_options(p)
+    p.add_argument("-o", "--output", metavar="FILE", help="write the JSON here instead of stdout")
+    p.add_argument("--compact", action="store_true", help="one-line JSON")
+    p.set_defaults(func=_cmd_detect)
+
+    try:
+        from .batch import add_annotate_parser
+    except ImportError:  # pragma: no cover - batch is part of the package
+        add_annotate_parser = None
+    if add_annotate_parser is not None:
+        add_annotate_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: run the command, turn calcdetect errors into one-line messages."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except CalcdetectError as exc:
+        if args.debug:
+            raise
+        sys.stderr.write(f"calcdetect: error: {exc.message}\n")
+        return EXIT_USAGE if isinstance(exc, InvalidParameterError) else EXIT_FAILED
+    except KeyboardInterrupt:
+        sys.stderr.write("calcdetect: interrupted\n")
+        return 130
+    except MemoryError:
+        if args.debug:
+            raise
+        sys.stderr.write(f"calcdetect: error: {getattr(args, 'path', '')}: out of memory -- "
+                         "lower CALCDETECT_MAX_PIXELS or use a larger machine\n")
+        return EXIT_FAILED
+    except Exception as exc:  # a bug, not a user error: still one line unless --debug
+        if args.debug:
+            raise
+        sys.stderr.write(
+            f"calcdetect: internal error on {getattr(args, 'path', getattr(args, 'folder', ''))}: "
+            f"{type(exc).__name__}: {exc} (rerun with --debug and report it)\n"
+        )
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,430 @@
+"""CT: high-attenuation foci in soft tissue.
+
+Pipeline (every step an array operation; see docs/algorithms.md):
+
+1. Anatomy (:mod:`calcdetect.detect.anatomy`): body (patient, arms included; not table,
+   head holder or air), depth below the skin, and the deep core inside the fascia.
+2. Candidates: HU >= ``threshold_hu`` (130, the calcium-scoring convention) inside the
+   body and the chosen ``region``; metal (>= ``metal_hu``) is set aside with a warning.
+3. Components (:func:`calcdetect.measure.label`, full connectivity, in 3D for a series)
+   measured at once (:func:`calcdetect.measure.regionprops_table`).
+4. Anatomy filter: a component is skeleton-like, not calcinosis, when it is larger than
+   ``max_lesion_mm`` in cross-section, or tubular (long axis > 25 mm and > 3 x the short
+   axis: ribs through a series, ribs cut obliquely in a slice), or a cortical ring
+   (filled area > 1.6 x its area: a long bone or phalanx in cross-section).
+5. Noise filter: a component must have a cross-section of at least ``min_area_mm2``
+   (1 mm^2, calcium-scoring convention) or a peak at least 70 HU above the threshold
+   (a calcification smaller than a pixel still lifts its pixel well above 130 HU).
+6. Size: measured at half maximum between the local background and the peak
+   (``size_method="half-max"``, robust to blur and partial volume) or at the threshold
+   (``"threshold"``).  Scores (Agatston, volume, mass) always use the threshold mask,
+   as the calcium-scoring convention defines them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..distribution import describe_distribution, side_from_patient_x
+from ..errors import InvalidParameterError
+from ..image import Image
+from ..measure import filter_labels, label, regionprops_table, select
+from ..report import Finding, Report
+from .anatomy import ct_anatomy
+
+REGIONS = ("skin", "soft-tissue", "all")
+
+#: Agatston density weights: peak HU 130-199 -> 1, 200-299 -> 2, 300-399 -> 3, >=400 -> 4.
+AGATSTON_BINS = (130.0, 200.0, 300.0, 400.0)
+
+#: Dermis thickness used to call a finding "dermal" (depth of its centre below the skin).
+DERMIS_MM = 2.5
+
+
+def agatston_weight(peak_hu: np.ndarray) -> np.ndarray:
+    """Agatston density weight (0-4) for per-slice lesion peak HU values."""
+    peak_hu = np.asarray(peak_hu, dtype=np.float64)
+    return np.searchsorted(np.asarray(AGATSTON_BINS), peak_hu, side="right").astype(np.float64)
+
+
+def calcium_scores(
+    labels: np.ndarray,
+    hu: np.ndarray,
+    spacing: tuple[float, float, float],
+    n: int,
+    *,
+    min_area_mm2: float = 1.0,
+    reference_thickness_mm: float = 3.0,
+    is_volume: bool = True,
+) -> dict[str, np.ndarray]:
+    """Per-label Agatston score and thresholded volume.
+
+    Parameters
+    ----------
+    labels : ndarray
+        ``(slices, rows, cols)`` labels 1..n of the thresholded lesions.
+    hu : ndarray
+        Hounsfield units, same shape.
+    spacing : (float, float, float)
+        Slice step and in-plane spacing in mm.
+    n : int
+        Number of labels.
+    min_area_mm2 : float
+        Per-slice lesion cross-sections smaller than this do not score.
+    reference_thickness_mm : float
+        Agatston is defined on 3 mm slices.  For a series with slice step ``s`` each
+        slice's score is multiplied by ``s / 3`` so the total approximates the same
+        area-along-z integral; a single slice is scored as is (factor 1).
+    is_volume : bool
+        False for a single 2D slice.
+
+    Returns
+    -------
+    dict with ``agatston`` and ``volume_mm3`` arrays (length n).
+    """
+    nz = labels.shape[0]
+    flat = labels.ravel()
+    idx = np.flatnonzero(flat)
+    lab = flat[idx].astype(np.int64) - 1
+    z = idx // (labels.shape[1] * labels.shape[2])
+    key = lab * nz + z
+    pixel_area = spacing[1] * spacing[2]
+    area = np.bincount(key, minlength=n * nz).astype(np.float64) * pixel_area
+    peak = np.full(n * nz, -np.inf)
+    np.maximum.at(peak, key, hu.ravel()[idx].astype(np.float64))
+    slice_score = np.where(area >= min_area_mm2, area * agatston_weight(peak), 0.0)
+    factor = spacing[0] / reference_thickness_mm if is_volume else 1.0
+    agatston = slice_score.reshape(n, nz).sum(axis=1) * factor
+    volume = area.reshape(n, nz).sum(axis=1) * spacing[0] if is_volume else np.full(n, np.nan)
+    return {"agatston": agatston, "volume_mm3": volume}
+
+
+def _filled_area(mask2d: np.ndarray) -> int:
+    from .anatomy import _fill_holes
+
+    return int(_fill_holes(mask2d.astype(np.uint8)).sum())
+
+
+def detect_ct(
+    image: Image,
+    *,
+    region: str = "skin",
+    threshold_hu: float = 130.0,
+    mask: np.ndarray | None = None,
+    min_area_mm2: float = 1.0,
+    max_lesion_mm: float = 20.0,
+    metal_hu: float = 2500.0,
+    mass_calibration: float | None = None,
+    size_method: str = "half-max",
+) -> Report:
+    """Find soft-tissue calcifications on a CT slice or series.
+
+    Parameters
+    ----------
+    image : Image
+        A CT image in Hounsfield units (2D slice or 3D series).
+    region : {"skin", "soft-tissue", "all"}
+        ``"skin"`` (default): dermis and subcutaneous tissue, the home of calcinosis
+        cutis.  ``"soft-tissue"``: every non-bone soft tissue in the body (deep
+        deposits as in systemic sclerosis).  ``"all"``: every thresholded component in
+        the body, bone included (the calcium-scoring convention).
+    threshold_hu : float
+        Calcium threshold (130 HU by convention).
+    mask : ndarray of bool, optional
+        Region of interest, same shape as the image: only foci whose centre lies in it
+        are reported.
+    min_area_mm2 : float
+        Minimum cross-section (1 mm^2 by the calcium-scoring convention).
+    max_lesion_mm : float
+        Largest cross-section (equivalent diameter, mm) still taken for a lesion
+        rather than bone; raise it for large deposits in ``"soft-tissue"`` mode.
+    metal_hu : float
+        Foci peaking at or above this are metal or foreign bodies, set aside.
+    mass_calibration : float, optional
+        Calcium mass calibration factor in mg per mm^3 per HU (from a phantom scan).
+        Without it ``mass_mg`` is null.
+    size_method : {"half-max", "threshold"}
+        How each finding's extent is measured (see module docstring).
+
+    Returns
+    -------
+    Report
+    """
+    if region not in REGIONS:
+        raise InvalidParameterError(f"region must be one of {REGIONS}, got {region!r}")
+    if size_method not in ("half-max", "threshold"):
+        raise InvalidParameterError(f"size_method must be 'half-max' or 'threshold', got {size_method!r}")
+    if not np.isfinite(threshold_hu):
+        raise InvalidParameterError("threshold_hu must be a finite number")
+    if mass_calibration is not None and not (np.isfinite(mass_calibration) and mass_calibration > 0):
+        raise InvalidParameterError("mass_calibration must be a positive number (mg per mm^3 per HU)")
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != image.shape:
+            raise InvalidParameterError(f"mask shape {mask.shape} differs from image shape {image.shape}")
+
+    is_volume = image.ndim == 3
+    hu = image.pixels if is_volume else image.pixels[None]
+    valid = None if image.valid_mask is None else (image.valid_mask if is_volume else image.valid_mask[None])
+    roi = None if mask is None else (mask if is_volume else mask[None])
+    warnings = list(image.warnings)
+    has_spacing = image.spacing_mm is not None
+    if is_volume:
+        spacing3 = image.spacing_mm if has_spacing else (1.0, 1.0, 1.0)
+    else:
+        spacing3 = (1.0,) + tuple(image.spacing_mm) if has_spacing else (1.0, 1.0, 1.0)
+    spacing3 = tuple(float(s) for s in spacing3)
+    if not has_spacing:
+        warnings.append(
+            "no pixel spacing: sizes, depths and scores are not reported in mm; size limits "
+            "were applied assuming 1 mm pixels"
+        )
+
+    anatomy = ct_anatomy(hu, spacing3[1:], valid=valid)
+    candidates = (hu >= threshold_hu) & anatomy.body
+    if valid is not None:
+        candidates &= valid
+    if region == "skin":
+        candidates &= ~anatomy.deep
+        no_skin = np.isnan(anatomy.depth_mm).any(axis=(1, 2))
+        if no_skin.any():
+            candidates[no_skin] = False
+            warnings.append(
+                f"no skin surface is visible in {int(no_skin.sum())} of {hu.shape[0]} slice(s) (the field "
+                "of view lies inside the body); the skin region cannot be found there and was not "
+                "searched -- use region='soft-tissue' to search all soft tissue"
+            )
+
+    labels, n = label(candidates)
+    table = regionprops_table(labels, hu, spacing=spacing3)
+    # threshold-based geometry, used for the anatomy and noise filters
+    cross_mm2 = table["max_slice_size"]
+    eq_cross = np.sqrt(4.0 * cross_mm2 / np.pi)
+    long_ax = table["axis_major_length"]
+    short_ax = table["axis_minor_length"]
+    peak = table["intensity_max"]
+
+    noise = (cross_mm2 < min_area_mm2) & (peak < threshold_hu + 70.0)
+    metal = peak >= metal_hu
+    keep = ~noise & ~metal
+    skeleton = np.zeros(n, bool)
+    if region != "all":
+        big = eq_cross > max_lesion_mm
+        tube = (long_ax > 25.0) & (long_ax > 3.0 * short_ax)
+        skeleton = big | tube
+        # cortical rings: only worth checking on mid-sized components
+        ring_check = np.flatnonzero(keep & ~skeleton & (cross_mm2 >= 20.0))
+        for i in ring_check:
+            sl = tuple(slice(int(table[f"bbox-{a}"][i]), int(table[f"bbox-{a + 3}"][i])) for a in range(3))
+            comp = labels[sl] == table["label"][i]
+            for zz in range(comp.shape[0]):
+                area = int(comp[zz].sum())
+                if area * spacing3[1] * spacing3[2] >= 20.0 and _filled_area(comp[zz]) > 1.6 * area:
+                    skeleton[i] = True
+                    break
+        skeleton |= _touches_bone_or_air(labels, hu, anatomy.internal_air, table["label"], threshold_hu)
+        keep &= ~skeleton
+    # centre inside the deep core / ROI
+    cz = np.rint(table["centroid-0"]).astype(int)
+    cy = np.rint(table["centroid-1"]).astype(int)
+    cx = np.rint(table["centroid-2"]).astype(int)
+    if roi is not None:
+        keep &= roi[cz, cy, cx]
+    if int(metal.sum()):
+        warnings.append(f"{int(metal.sum())} metal-dense object(s) (>= {metal_hu:g} HU) were set aside")
+    contrast = image.metadata.get("ContrastBolusAgent") or image.metadata.get("ContrastBolusRoute")
+    if contrast:
+        warnings.append(
+            f"contrast-enhanced scan (ContrastBolusAgent {contrast!r}): enhanced vessels, kidneys "
+            "and bowel contrast also exceed the calcium threshold"
+            + ("; only skin and subcutaneous foci are reported" if region == "skin" else
+               "; findings in deep soft tissue may be contrast, not calcium")
+        )
+
+    kept = np.flatnonzero(keep)
+    # order findings by position (slice, row, col) for stable ids
+    kept = kept[np.lexsort((table["centroid-2"][kept], table["centroid-1"][kept], table["centroid-0"][kept]))]
+    thr_labels, k = filter_labels(labels, table["label"][kept])
+    thr_table = select(table, kept)
+    scores = calcium_scores(thr_labels, hu, spacing3, k, min_area_mm2=min_area_mm2, is_volume=is_volume)
+
+    if size_method == "half-max" and k:
+        size_labels = _half_max_labels(thr_labels, hu, thr_table, anatomy.body, threshold_hu)
+    else:
+        size_labels = thr_labels
+    size_table = regionprops_table(size_labels, hu, spacing=spacing3) if k else thr_table
+
+    findings = _findings(image, size_table, thr_table, scores, anatomy, k, is_volume, has_spacing,
+                         spacing3, mass_calibration)
+    total_agatston = float(scores["agatston"].sum()) if k else 0.0
+    report_scores: dict[str, Any] = {
+        "agatston": total_agatston if has_spacing else None,
+        "volume_mm3": (float(np.nansum(scores["volume_mm3"])) if k else 0.0) if (has_spacing and is_volume) else None,
+        "mass_mg": None,
+        "threshold_hu": threshold_hu,
+        "slice_factor": (spacing3[0] / 3.0) if is_volume else 1.0,
+    }
+    if mass_calibration is not None:
+        if is_volume and has_spacing:
+            report_scores["mass_mg"] = float(sum(f.extra.get("mass_mg") or 0.0 for f in findings))
+        else:
+            warnings.append("mass_mg needs a volume (a CT series with spacing); not computed")
+    distribution = describe_distribution(findings)
+    labels_out = size_labels if is_volume else size_labels[0]
+    return Report(
+        source=image.source,
+        modality="CT",
+        shape=list(image.shape),
+        spacing_mm=None if not has_spacing else list(image.spacing_mm),
+        findings=findings,
+        warnings=warnings,
+        distribution=distribution,
+        scores=report_scores,
+        parameters={
+            "region": region, "threshold_hu": threshold_hu, "min_area_mm2": min_area_mm2,
+            "max_lesion_mm": max_lesion_mm, "metal_hu": metal_hu, "size_method": size_method,
+            "mass_calibration": mass_calibration, "roi_mask": mask is not None,
+            "components_total": n, "components_skeleton": int(skeleton.sum()),
+            "components_noise": int(noise.sum()), "components_metal": int(metal.sum()),
+        },
+        spacing_source=image.spacing_source,
+        labels=labels_out,
+    )
+
+
+def _touches_bone_or_air(
+    labels: np.ndarray, hu: np.ndarray, internal_air: np.ndarray, label_ids: np.ndarray, threshold: float
+) -> np.ndarray:
+    """Components whose rim touches dense voxels outside the candidate set (bone of the
+    deep core) or internal air (sinus and mastoid walls, ribs by the lung).
+
+    Soft-tissue calcinosis sits in fat or dermis: at most a small part of its rim (15%)
+    is bone or air.  Computed for all components at once from a maximum filter of the
+    label image: 3 x 3 in a slice, 3 x 3 x 3 in a series (a spinous-process tip that is
+    an island in one slice joins its vertebra in the next).
+    """
+    from scipy import ndimage as ndi
+
+    n = int(label_ids.max()) + 1 if label_ids.size else 1
+    size = (3, 3, 3) if labels.shape[0] > 1 else (1, 3, 3)
+    grown = ndi.maximum_filter(labels, size=size)
+    rim = (grown > 0) & (labels == 0)
+    owner = grown[rim]
+    total = np.bincount(owner, minlength=n).astype(np.float64)
+    dense = np.bincount(owner, weights=(hu[rim] >= threshold), minlength=n)
+    air = np.bincount(owner, weights=internal_air[rim], minlength=n)
+    frac = (dense + air) / np.maximum(total, 1)
+    return frac[label_ids] >= 0.15
+
+
+def _half_max_labels(
+    labels: np.ndarray, hu: np.ndarray, table: dict[str, np.ndarray], body: np.ndarray, threshold: float
+) -> np.ndarray:
+    """Shrink each thresholded lesion to the voxels at or above half maximum.
+
+    Half maximum is halfway between the lesion's local background (median HU of the
+    body voxels in a 2-voxel shell around it) and its peak.  Never below the threshold,
+    so the result is a subset of the thresholded lesion.  One small crop per lesion:
+    the loop is over findings, not pixels.
+    """
+    out = np.zeros_like(labels)
+    nz, ny, nx = labels.shape
+    margin = (1 if nz > 1 else 0, 3, 3)
+    for i in range(len(table["label"])):
+        lab = i + 1
+        lo = [max(int(table[f"bbox-{a}"][i]) - margin[a], 0) for a in range(3)]
+        hi = [min(int(table[f"bbox-{a + 3}"][i]) + margin[a], s) for a, s in zip(range(3), (nz, ny, nx))]
+        sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+        comp = labels[sl] == lab
+        sub = hu[sl]
+        import cv2
+
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+        grown = np.stack([cv2.dilate(c.astype(np.uint8), k) > 0 for c in comp])
+        shell = grown & ~(labels[sl] > 0) & body[sl]
+        bg = float(np.median(sub[shell])) if shell.any() else float(np.median(sub[~comp])) if (~comp).any() else threshold
+        peak = float(table["intensity_max"][i])
+        # never below the threshold (subset of the lesion), never above the peak (non-empty)
+        level = min(max(threshold, 0.5 * (bg + peak)), peak)
+        out[sl][comp & (sub >= level)] = lab
+    return out
+
+
+def _findings(image, size_t, thr_t, scores, anatomy, k, is_volume, has_spacing, spacing3, mass_cal):
+    findings: list[Finding] = []
+    if not k:
+        return findings
+    centroids = np.stack([size_t[f"centroid-{a}"] for a in range(3)], axis=1)
+    patient = image.index_to_patient(centroids if is_volume else centroids[:, 1:]) if has_spacing else None
+    cz = np.clip(np.rint(centroids[:, 0]).astype(int), 0, anatomy.depth_mm.shape[0] - 1)
+    cy = np.clip(np.rint(centroids[:, 1]).astype(int), 0, anatomy.depth_mm.shape[1] - 1)
+    cx = np.clip(np.rint(centroids[:, 2]).astype(int), 0, anatomy.depth_mm.shape[2] - 1)
+    depth = anatomy.depth_mm[cz, cy, cx].astype(np.float64)
+    deep = anatomy.deep[cz, cy, cx]
+    sides = _sides(image, anatomy, centroids, patient, is_volume)
+    for i in range(k):
+        axes = range(3) if is_volume else range(1, 3)
+        bbox = [int(size_t[f"bbox-{a}"][i]) for a in axes] + [int(size_t[f"bbox-{a + 3}"][i]) for a in axes]
+        mm = (lambda v: float(v)) if has_spacing else (lambda v: None)
+        if deep[i]:
+            region = "deep"
+        elif np.isnan(depth[i]):
+            region = None  # no skin surface visible in this slice
+        else:
+            region = "dermal" if depth[i] <= DERMIS_MM else "subcutaneous"
+        extra: dict[str, Any] = {
+            "agatston": float(scores["agatston"][i]) if has_spacing else None,
+            "threshold_volume_mm3": float(scores["volume_mm3"][i]) if (has_spacing and is_volume) else None,
+            "threshold_area_mm2": float(thr_t["max_slice_size"][i]) if has_spacing else None,
+            "num_pixels": int(size_t["num_pixels"][i]),
+        }
+        if is_volume:
+            extra["num_slices"] = int(size_t["num_slices"][i])
+        if mass_cal is not None and is_volume and has_spacing:
+            extra["mass_mg"] = float(mass_cal * scores["volume_mm3"][i] * thr_t["intensity_mean"][i])
+        findings.append(Finding(
+            id=i + 1,
+            centroid_px=[float(c) for c in (centroids[i] if is_volume else centroids[i, 1:])],
+            centroid_mm=None if patient is None else [float(v) for v in patient[i]],
+            bbox_px=bbox,
+            equivalent_diameter_mm=mm(size_t["equivalent_diameter"][i]),
+            long_axis_mm=mm(size_t["axis_major_length"][i]),
+            short_axis_mm=mm(size_t["axis_minor_length"][i]),
+            area_mm2=mm(size_t["max_slice_size"][i]),
+            volume_mm3=mm(size_t["size"][i]) if is_volume else None,
+            peak=float(size_t["intensity_max"][i]),
+            mean=float(size_t["intensity_mean"][i]),
+            side=sides[i],
+            depth_mm=None if np.isnan(depth[i]) else mm(depth[i]),
+            region=region if has_spacing else None,
+            extra=extra,
+        ))
+    return findings
+
+
+def _sides(image: Image, anatomy, centroids, patient, is_volume) -> list[str | None]:
+    """Patient side of each finding: LPS x against the body midline of its slice."""
+    n = centroids.shape[0]
+    if patient is None or image.affine is None:
+        return [None] * n
+    midlines: dict[int, float | None] = {}
+    out: list[str | None] = []
+    for i in range(n):
+        z = int(np.clip(np.rint(centroids[i, 0]), 0, anatomy.body.shape[0] - 1))
+        if z not in midlines:
+            midlines[z] = _midline_x(image, anatomy.body[z], z, is_volume)
+        mid = midlines[z]
+        out.append(None if mid is None else side_from_patient_x(float(patient[i, 0]), mid))
+    return out
+
+
+def _midline_x(image: Image, body: np.ndarray, z: int, is_volume: bool) -> float | None:
+    """LPS x of the body's midline in one slice: halfway between its left and right edges."""
+    rows, cols = np.nonzero(body)
+    if rows.size == 0:
+        return None
+    idx = np.stack([np.full(rows.shape, float(z)), rows, cols], axis=1)
+    pts = image.index_to_patient(idx if is_volume else idx[:, 1:])
+    return 0.5 * (float(pts[:, 0].min()) + float(pts[:, 0].max()))

@@ -1,0 +1,448 @@
+"""CT loading: single slices, series folders and enhanced multi-frame CT.
+
+Pixels become Hounsfield units (RescaleSlope/Intercept applied per slice or per frame).
+Geometry comes from ImagePositionPatient / ImageOrientationPatient / PixelSpacing; slice
+spacing comes from the positions along the slice normal, never from SliceThickness
+(reconstructions often overlap: 3 mm thick every 2 mm).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from ..errors import CalcdetectError, InconsistentSeriesError, UnreadableFileError
+from ..image import Image, affine_from_dicom
+from .dicom import (
+    basic_metadata,
+    check_budget,
+    check_decoder,
+    check_pixels_present,
+    claimed_pixels,
+    decode_pixels,
+    float_list,
+    number_of_frames,
+    positive_spacing,
+    read_dataset,
+    read_header,
+)
+
+ENHANCED_CT_SOP = "1.2.840.10008.5.1.4.1.1.2.1"
+
+
+def _rescale(ds: Dataset | Any) -> tuple[float, float]:
+    try:
+        slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+        intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    except (TypeError, ValueError):
+        return 1.0, 0.0
+    if not np.isfinite(slope) or slope == 0 or not np.isfinite(intercept):
+        return 1.0, 0.0
+    return slope, intercept
+
+
+def _spacing_warning(path: str | Path) -> str:
+    return (
+        f"{Path(path).name}: PixelSpacing is missing or zero, so sizes are not reported in mm"
+        " (pass pixel_size_mm= / --pixel-size to supply it)"
+    )
+
+
+def ct_slice_from_dataset(ds: Dataset, path: str | Path, pixels: np.ndarray) -> Image:
+    """Build a 2D CT :class:`Image` from a single-frame dataset and its stored pixels."""
+    slope, intercept = _rescale(ds)
+    hu = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    spacing = positive_spacing(float_list(ds, "PixelSpacing", 2))
+    warns: list[str] = []
+    if spacing is None:
+        warns.append(_spacing_warning(path))
+    ipp = float_list(ds, "ImagePositionPatient", 3)
+    iop = float_list(ds, "ImageOrientationPatient", 6)
+    affine = None
+    if spacing is not None and ipp is not None and iop is not None and _valid_orientation(iop):
+        affine = affine_from_dicom(ipp, iop, spacing)
+    meta = basic_metadata(ds)
+    meta["RescaleSlope"], meta["RescaleIntercept"] = slope, intercept
+    meta["SOPInstanceUIDs"] = [str(ds.get("SOPInstanceUID", ""))]
+    return Image(
+        pixels=hu,
+        spacing_mm=spacing,
+        modality="CT",
+        affine=affine,
+        source=str(path),
+        metadata=meta,
+        warnings=warns,
+        spacing_source="PixelSpacing" if spacing else None,
+    )
+
+
+def _valid_orientation(iop: Sequence[float]) -> bool:
+    a, b = np.asarray(iop[:3]), np.asarray(iop[3:])
+    return bool(
+        abs(np.linalg.norm(a) - 1) < 0.05 and abs(np.linalg.norm(b) - 1) < 0.05 and abs(a @ b) < 0.05
+    )
+
+
+def load_ct_file(path: str | Path, ds: Dataset | None = None, *, budget: int | None = None) -> Image:
+    """Load one CT file: a single slice (2D) or an enhanced multi-frame CT (3D)."""
+    if ds is None or "PixelData" not in ds:
+        ds = read_dataset(path, budget=budget)
+    else:
+        check_pixels_present(ds, path)
+        check_budget(claimed_pixels(ds), path, budget)
+        check_decoder(ds, path)
+    if "PerFrameFunctionalGroupsSequence" in ds or number_of_frames(ds) > 1:
+        return _load_enhanced(ds, path)
+    pixels = decode_pixels(ds, path)
+    if pixels.ndim != 2:
+        raise UnreadableFileError(f"expected a 2D CT slice, decoded shape {pixels.shape}", path=path)
+    return ct_slice_from_dataset(ds, path, pixels)
+
+
+def _group_item(ds: Dataset, frame_item: Dataset | None, seq: str) -> Dataset | None:
+    """Functional group ``seq`` for a frame: per-frame first, then shared."""
+    for source in (frame_item, _first(ds, "SharedFunctionalGroupsSequence")):
+        if source is not None and seq in source and len(source[seq].value):
+            return source[seq].value[0]
+    return None
+
+
+def _first(ds: Dataset, keyword: str) -> Dataset | None:
+    if keyword in ds and len(ds[keyword].value):
+        return ds[keyword].value[0]
+    return None
+
+
+def _load_enhanced(ds: Dataset, path: str | Path) -> Image:
+    """Enhanced (multi-frame) CT: per-frame functional groups give position and rescale."""
+    frames = decode_pixels(ds, path)
+    n = number_of_frames(ds)
+    if frames.ndim == 2:
+        frames = frames[None]
+    if frames.shape[0] != n:
+        raise UnreadableFileError(
+            f"NumberOfFrames is {n} but {frames.shape[0]} frames decoded", path=path
+        )
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or [None] * n
+    if len(per_frame) != n:
+        raise UnreadableFileError(
+            f"PerFrameFunctionalGroupsSequence has {len(per_frame)} items for {n} frames", path=path
+        )
+    positions, orientations, spacings, hu = [], [], [], []
+    for i, item in enumerate(per_frame):
+        pos_item = _group_item(ds, item, "PlanePositionSequence")
+        ori_item = _group_item(ds, item, "PlaneOrientationSequence")
+        pm_item = _group_item(ds, item, "PixelMeasuresSequence")
+        rs_item = _group_item(ds, item, "PixelValueTransformationSequence")
+        positions.append(float_list(pos_item, "ImagePositionPatient", 3) if pos_item else None)
+        orientations.append(float_list(ori_item, "ImageOrientationPatient", 6) if ori_item else None)
+        spacings.append(positive_spacing(float_list(pm_item, "PixelSpacing", 2)) if pm_item else None)
+        slope, intercept = _rescale(rs_item if rs_item is not None else ds)
+        hu.append(frames[i].astype(np.float32) * np.float32(slope) + np.float32(intercept))
+    meta = basic_metadata(ds)
+    meta["SOPInstanceUIDs"] = [str(ds.get("SOPInstanceUID", ""))]
+    meta["NumberOfFrames"] = n
+    slices = [
+        _Slice(path=str(path), position=positions[i], orientation=orientations[i],
+               spacing=spacings[i], instance=i + 1, frame=i)
+        for i in range(n)
+    ]
+    volume, geometry, warns = _assemble(slices, [h for h in hu], str(path))
+    meta["frame_order"] = [s.frame for s in geometry["ordered"]]
+    image = Image(
+        pixels=volume if volume.shape[0] > 1 else volume[0],
+        spacing_mm=geometry["spacing"] if volume.shape[0] > 1 else (geometry["spacing"][1:] if geometry["spacing"] else None),
+        modality="CT",
+        affine=geometry["affine"],
+        source=str(path),
+        metadata=meta,
+        warnings=warns,
+        spacing_source=geometry["spacing_source"],
+    )
+    return image
+
+
+class _Slice:
+    """Header facts of one slice (file or frame) used to order and stack a series."""
+
+    __slots__ = ("path", "position", "orientation", "spacing", "instance", "frame", "ds", "shape", "sop")
+
+    def __init__(self, path, position, orientation, spacing, instance, frame=None, ds=None, shape=None, sop=None):
+        self.path = path
+        self.position = position
+        self.orientation = orientation
+        self.spacing = spacing
+        self.instance = instance
+        self.frame = frame
+        self.ds = ds
+        self.shape = shape
+        self.sop = sop
+
+
+def _assemble(slices: list[_Slice], planes: list[np.ndarray] | None, source: str):
+    """Order slices along the normal, check geometry, and stack ``planes`` (same order as
+    ``slices``) into a volume.  Returns ``(volume or None, geometry, warnings)``."""
+    warns: list[str] = []
+    with_geo = [s for s in slices if s.position is not None and s.orientation is not None]
+    if len(with_geo) < len(slices):
+        raise InconsistentSeriesError(
+            f"{len(slices) - len(with_geo)} of {len(slices)} slices lack ImagePositionPatient or "
+            "ImageOrientationPatient, so they cannot be ordered into a volume",
+            path=source,
+            fix="load the slices one by one, or repair the headers",
+        )
+    # orientation groups
+    ori_key = lambda s: tuple(np.round(s.orientation, 3))  # noqa: E731
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, s in enumerate(slices):
+        groups[ori_key(s)].append(i)
+    keep_idx = max(groups.values(), key=len)
+    if len(groups) > 1:
+        warns.append(
+            f"slices have {len(groups)} different orientations; kept the {len(keep_idx)} slices of "
+            f"the most common one and ignored {len(slices) - len(keep_idx)}"
+        )
+    iop = np.asarray(slices[keep_idx[0]].orientation, dtype=np.float64)
+    if not _valid_orientation(iop):
+        raise InconsistentSeriesError(
+            f"ImageOrientationPatient {list(iop)} is not two orthonormal vectors", path=source
+        )
+    normal = np.cross(iop[:3], iop[3:])
+    dist = np.array([np.dot(slices[i].position, normal) for i in keep_idx])
+    order = np.argsort(dist, kind="stable")
+    ordered_idx = [keep_idx[k] for k in order]
+    dist = dist[order]
+    # duplicates: same position (within 1/100 mm)
+    dup = np.concatenate([[False], np.diff(dist) < 1e-2])
+    if dup.any():
+        warns.append(
+            f"{int(dup.sum())} slice(s) duplicate the position of another slice and were dropped"
+        )
+        ordered_idx = [i for i, d in zip(ordered_idx, dup) if not d]
+        dist = dist[~dup]
+    spacing_xy = slices[ordered_idx[0]].spacing
+    if any(slices[i].spacing != spacing_xy for i in ordered_idx):
+        raise InconsistentSeriesError(
+            "slices have different PixelSpacing, so they cannot be stacked", path=source
+        )
+    n = len(ordered_idx)
+    geometry: dict[str, Any] = {"ordered": [slices[i] for i in ordered_idx], "affine": None,
+                                "spacing": None, "spacing_source": None}
+    if n > 1:
+        steps = np.diff(dist)
+        step = float(np.median(steps))
+        irregular = np.abs(steps - step) > max(0.1 * step, 0.01)
+        if irregular.any():
+            k = np.flatnonzero(irregular)
+            warns.append(
+                f"slice spacing is irregular: median {step:.3g} mm, but {len(k)} step(s) differ "
+                f"(e.g. {steps[k[0]]:.3g} mm after slice {int(k[0])}); volumes use the median spacing"
+            )
+        if spacing_xy is not None:
+            first = np.asarray(slices[ordered_idx[0]].position)
+            last = np.asarray(slices[ordered_idx[-1]].position)
+            step_vec = (last - first) / (n - 1)
+            geometry["affine"] = affine_from_dicom(first, iop, spacing_xy, step_vec)
+            geometry["spacing"] = (step, float(spacing_xy[0]), float(spacing_xy[1]))
+            geometry["spacing_source"] = "PixelSpacing + ImagePositionPatient"
+    elif spacing_xy is not None:
+        geometry["affine"] = affine_from_dicom(slices[ordered_idx[0]].position, iop, spacing_xy)
+        geometry["spacing"] = (1.0, float(spacing_xy[0]), float(spacing_xy[1]))
+        geometry["spacing_source"] = "PixelSpacing"
+    if spacing_xy is None:
+        warns.append("PixelSpacing is missing or zero, so sizes are not reported in mm "
+                     "(pass pixel_size_mm= / --pixel-size to supply it)")
+    volume = None
+    if planes is not None:
+        shapes = {planes[i].shape for i in ordered_idx}
+        if len(shapes) > 1:
+            raise InconsistentSeriesError(f"slices differ in size: {sorted(shapes)}", path=source)
+        volume = np.stack([planes[i] for i in ordered_idx]).astype(np.float32, copy=False)
+    return volume, geometry, warns
+
+
+def _scan_header(path: Path) -> tuple[Path, Dataset | None, CalcdetectError | None]:
+    try:
+        return path, read_header(path, stop_before_pixels=True), None
+    except CalcdetectError as exc:
+        return path, None, exc
+
+
+def _workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 1) * 2))
+
+
+def scan_folder(folder: str | Path) -> tuple[dict[str, list[tuple[Path, Dataset]]], list[CalcdetectError]]:
+    """Read the headers of every DICOM file below ``folder`` (in parallel), grouped by
+    SeriesInstanceUID.  Files that are not DICOM are skipped; damaged DICOMs are
+    returned as errors."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    series: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
+    errors: list[CalcdetectError] = []
+    with ThreadPoolExecutor(_workers()) as pool:
+        for path, ds, err in pool.map(_scan_header, files):
+            if err is not None:
+                if "not a DICOM file" not in err.reason:
+                    errors.append(err)
+                continue
+            series[series_key(ds)].append((path, ds))
+    return dict(series), errors
+
+
+NO_UID = "<no SeriesInstanceUID>"
+
+
+def series_key(ds: Dataset) -> str:
+    """SeriesInstanceUID; for anonymised files without one, a key from the fields that
+    stay constant within a series (modality, number, description, frame of reference,
+    matrix size)."""
+    uid = str(ds.get("SeriesInstanceUID", "") or "")
+    if uid:
+        return uid
+    parts = [str(ds.get(k, "") or "") for k in ("Modality", "SeriesNumber", "SeriesDescription",
+                                                 "FrameOfReferenceUID", "Rows", "Columns")]
+    return f"{NO_UID} " + "/".join(parts)
+
+
+def describe_series(series: dict[str, list[tuple[Path, Dataset]]], limit: int = 5) -> str:
+    """Series listing for messages: UID, modality, description, number of files."""
+    parts = []
+    for uid, items in list(series.items())[:limit]:
+        ds = items[0][1]
+        parts.append(
+            f"{uid} ({ds.get('Modality', '?')}, {str(ds.get('SeriesDescription', '') or 'no description')}, "
+            f"{len(items)} files)"
+        )
+    if len(series) > limit:
+        parts.append(f"and {len(series) - limit} more")
+    return "; ".join(parts)
+
+
+def load_ct_series(
+    folder: str | Path,
+    *,
+    series_uid: str | None = None,
+    budget: int | None = None,
+    files: list[tuple[Path, Dataset]] | None = None,
+) -> Image:
+    """Load a folder holding one CT series as a 3D volume (or a 2D image for one slice).
+
+    Parameters
+    ----------
+    folder : path
+        Folder searched recursively for DICOM files.
+    series_uid : str, optional
+        Which series to load when the folder holds several.
+    budget : int, optional
+        Pixel budget (see :func:`calcdetect.io.dicom.max_pixels`).
+    files : list, optional
+        Already scanned ``(path, header)`` pairs of one series (skips the scan).
+
+    Returns
+    -------
+    Image
+        Slices ordered by ascending position along the slice normal; ``spacing_mm`` is
+        ``(slice step from positions, row spacing, column spacing)``.
+    """
+    folder = Path(folder)
+    warns: list[str] = []
+    if files is None:
+        series, errors = scan_folder(folder)
+        series = {uid: items for uid, items in series.items() if _is_image(items[0][1])}
+        if not series:
+            detail = f" ({errors[0].message})" if errors else ""
+            raise UnreadableFileError(
+                f"holds no readable DICOM image series{detail}", path=folder,
+                fix="point at a folder of DICOM slices, or a single file",
+            )
+        if series_uid is not None:
+            if series_uid not in series:
+                raise InconsistentSeriesError(
+                    f"series {series_uid} is not in this folder; it holds: {describe_series(series)}",
+                    path=folder,
+                )
+            files = series[series_uid]
+        elif len(series) > 1:
+            raise InconsistentSeriesError(
+                f"holds {len(series)} series: {describe_series(series)}",
+                path=folder,
+                fix="pass series_uid= (CLI: --series UID) or a folder with one series",
+            )
+        else:
+            files = next(iter(series.values()))
+        for err in errors:
+            warns.append(f"skipped unreadable file {err.message}")
+        key = next(k for k, v in series.items() if v is files)
+        if key.startswith(NO_UID):
+            warns.append("the files carry no SeriesInstanceUID; they were grouped by modality, series "
+                         "number, description, frame of reference and matrix size")
+    modality = str(files[0][1].get("Modality", "")).upper()
+    if len(files) == 1:
+        path, _ = files[0]
+        image = load_ct_file(path, budget=budget) if modality == "CT" else None
+        if image is None:
+            from . import load
+
+            image = load(path)
+        image.warnings[:0] = warns
+        return image
+    if modality != "CT":
+        raise InconsistentSeriesError(
+            f"multi-file series are supported for CT; this series is {modality or 'of unknown modality'}",
+            path=folder,
+            fix="load the files one by one, or use `calcdetect annotate` on the folder",
+        )
+    first = files[0][1]
+    rows, cols = int(first.get("Rows") or 0), int(first.get("Columns") or 0)
+    check_budget(rows * cols * len(files), folder, budget)
+    slices = [
+        _Slice(
+            path=str(p),
+            position=float_list(ds, "ImagePositionPatient", 3),
+            orientation=float_list(ds, "ImageOrientationPatient", 6),
+            spacing=positive_spacing(float_list(ds, "PixelSpacing", 2)),
+            instance=ds.get("InstanceNumber"),
+            sop=str(ds.get("SOPInstanceUID", "")),
+        )
+        for p, ds in files
+    ]
+    _, geometry, geo_warns = _assemble(slices, None, str(folder))
+    ordered: list[_Slice] = geometry["ordered"]
+
+    def read_plane(s: _Slice) -> np.ndarray:
+        ds = read_dataset(s.path, budget=budget)
+        image = ct_slice_from_dataset(ds, s.path, decode_pixels(ds, s.path))
+        if image.pixels.ndim != 2:
+            raise UnreadableFileError("is not a single-frame slice", path=s.path)
+        return image.pixels
+
+    with ThreadPoolExecutor(_workers()) as pool:
+        planes = list(pool.map(read_plane, ordered))
+    shapes = {p.shape for p in planes}
+    if len(shapes) > 1:
+        raise InconsistentSeriesError(f"slices differ in size: {sorted(shapes)}", path=folder)
+    volume = np.stack(planes)
+    meta = basic_metadata(first)
+    meta["SOPInstanceUIDs"] = [s.sop for s in ordered]
+    meta["files"] = [s.path for s in ordered]
+    return Image(
+        pixels=volume,
+        spacing_mm=geometry["spacing"],
+        modality="CT",
+        affine=geometry["affine"],
+        source=str(folder),
+        metadata=meta,
+        warnings=warns + geo_warns,
+        spacing_source=geometry["spacing_source"],
+    )
+
+
+def _is_image(ds: Dataset) -> bool:
+    return "Rows" in ds and "Columns" in ds

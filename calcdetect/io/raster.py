@@ -1,0 +1,118 @@
+"""PNG / JPEG / TIFF frames with a stated pixel size.
+
+Raster files carry no trustworthy physical size, so the pixel size comes from the user
+(``pixel_size_mm=`` / ``--pixel-size``) or stays unknown (mm fields null).  OpenCV reads
+PNG and JPEG (8 and 16 bit); TIFF goes through tifffile when installed (it keeps 16-bit
+and float data and multi-page stacks), else OpenCV.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InvalidParameterError, UnreadableFileError
+from ..image import Image
+
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def read_raster(path: str | Path) -> np.ndarray:
+    """Read a raster file as stored: ``(rows, cols)`` grey or ``(rows, cols, 3)`` RGB."""
+    path = Path(path)
+    if not path.exists():
+        raise UnreadableFileError("no such file", path=path, fix="check the path")
+    if path.stat().st_size == 0:
+        raise UnreadableFileError("is empty (0 bytes)", path=path)
+    arr = None
+    if path.suffix.lower() in (".tif", ".tiff"):
+        try:
+            import tifffile
+
+            try:
+                arr = tifffile.imread(path, key=0)
+            except Exception as exc:  # tifffile raises many types on damaged files
+                raise UnreadableFileError(f"TIFF cannot be read ({type(exc).__name__}: {exc})", path=path) from exc
+        except ImportError:
+            arr = None
+    if arr is None:
+        import cv2
+
+        data = np.fromfile(path, dtype=np.uint8)
+        arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        if arr is None:
+            raise UnreadableFileError(
+                "is not a readable PNG/JPEG/TIFF image (damaged or truncated)", path=path,
+                fix="re-export the image",
+            )
+        if arr.ndim == 3:
+            if arr.shape[2] == 4:
+                arr = arr[:, :, :3]
+            arr = arr[:, :, ::-1]  # OpenCV is BGR
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
+        raise UnreadableFileError(f"unsupported raster layout {arr.shape}", path=path)
+    return np.ascontiguousarray(arr)
+
+
+def to_grey(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma of an RGB array, as float32."""
+    rgb = rgb.astype(np.float32)
+    return 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+
+
+def load_raster(
+    path: str | Path, *, modality: str | None, pixel_size_mm: float | tuple[float, float] | None = None
+) -> Image:
+    """Load a PNG/JPEG/TIFF frame as an :class:`Image`.
+
+    Parameters
+    ----------
+    path : path
+    modality : {"XRAY", "US"}
+        Raster files do not say what they show; CT must come as DICOM (HU).
+    pixel_size_mm : float or (float, float), optional
+        Physical pixel size (row, col) in mm.  Without it, mm fields are null.
+    """
+    if modality is None:
+        raise InvalidParameterError(
+            "a PNG/JPEG/TIFF file does not say which modality it shows",
+            fix="pass modality='XRAY' or 'US' (CLI: --modality XRAY|US)",
+        )
+    modality = modality.upper()
+    if modality == "CT":
+        raise InvalidParameterError(
+            "CT must be loaded from DICOM (raster files do not hold Hounsfield units)",
+            fix="give the DICOM file or series folder",
+        )
+    arr = read_raster(path)
+    color = None
+    if arr.ndim == 3:
+        color = arr if arr.dtype == np.uint8 else None
+        grey = to_grey(arr)
+    else:
+        grey = arr.astype(np.float32)
+    warns: list[str] = []
+    spacing = None
+    if pixel_size_mm is not None:
+        spacing = (float(pixel_size_mm),) * 2 if np.isscalar(pixel_size_mm) else tuple(map(float, pixel_size_mm))
+    else:
+        warns.append(
+            f"{Path(path).name}: raster files carry no pixel size, so sizes are not reported in mm "
+            "(pass pixel_size_mm= / --pixel-size)"
+        )
+    return Image(
+        pixels=grey,
+        spacing_mm=spacing,
+        modality=modality,
+        source=str(path),
+        metadata={"format": Path(path).suffix.lower().lstrip("."), "dtype": str(arr.dtype)},
+        warnings=warns,
+        spacing_source="user (--pixel-size)" if spacing else None,
+        color=color,
+    )

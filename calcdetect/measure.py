@@ -1,0 +1,210 @@
+"""Connected components and vectorized per-component measurements.
+
+This is the one labelling + measurement core every modality detector shares.  It works
+on the sparse set of foreground pixels only: the label image is flattened once, the
+foreground indices are sorted by label, and every statistic is a ``np.bincount`` or a
+``ufunc.reduceat`` over those runs.  There is no Python loop over pixels or over
+components, so the cost is linear in the number of foreground pixels.
+
+Columns follow scikit-image's ``regionprops_table`` conventions (plain 1D arrays, one
+entry per label) and are in *spacing units*: mm when a physical spacing is given, pixels
+otherwise.  The report layer decides whether a value may be called "mm".
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .errors import InvalidParameterError
+
+
+def label(mask: np.ndarray, *, connectivity: int | None = None) -> tuple[np.ndarray, int]:
+    """Label the connected components of a boolean mask.
+
+    Parameters
+    ----------
+    mask : ndarray of bool
+        2D or 3D foreground mask.
+    connectivity : int, optional
+        Maximum number of orthogonal hops to count as a neighbour (1 = faces only,
+        ``mask.ndim`` = full 8/26-connectivity, the default).
+
+    Returns
+    -------
+    labels : ndarray of int32
+        0 for background, 1..n for components.
+    n : int
+        Number of components.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if connectivity is None:
+        connectivity = mask.ndim
+    if not 1 <= connectivity <= mask.ndim:
+        raise InvalidParameterError(f"connectivity must be 1..{mask.ndim}, got {connectivity}")
+    if mask.ndim == 2 and mask.flags.c_contiguous:
+        # OpenCV's labelling is several times faster than SciPy's on 2D masks.
+        import cv2
+
+        n, labels = cv2.connectedComponents(
+            mask.view(np.uint8), connectivity=8 if connectivity == 2 else 4, ltype=cv2.CV_32S
+        )
+        return labels, int(n) - 1
+    structure = ndi.generate_binary_structure(mask.ndim, connectivity)
+    labels, n = ndi.label(mask, structure=structure, output=np.int32)
+    return labels, int(n)
+
+
+def _runs(sorted_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start offsets and label values of the runs in a sorted label vector."""
+    if sorted_labels.size == 0:
+        return np.zeros(0, np.intp), np.zeros(0, sorted_labels.dtype)
+    starts = np.flatnonzero(np.diff(sorted_labels)) + 1
+    starts = np.concatenate([[0], starts])
+    return starts, sorted_labels[starts]
+
+
+def regionprops_table(
+    labels: np.ndarray,
+    intensity: np.ndarray | None = None,
+    *,
+    spacing: Sequence[float] | None = None,
+) -> dict[str, np.ndarray]:
+    """Measure every labelled component at once.
+
+    Parameters
+    ----------
+    labels : ndarray of int
+        Label image (0 = background), 2D or 3D.  Labels need not be consecutive.
+    intensity : ndarray, optional
+        Image of the same shape for intensity statistics.
+    spacing : sequence of float, optional
+        Physical size of a pixel along each axis.  Defaults to 1 (pixel units).
+
+    Returns
+    -------
+    dict of str to ndarray
+        One array per column, one entry per label present, in ascending label order:
+
+        ``label``; ``num_pixels``; ``centroid-i`` (array index units, per axis i);
+        ``bbox-i`` (min index) and ``bbox-(ndim+i)`` (max index + 1), as in
+        scikit-image; ``size`` (area in 2D, volume in 3D, spacing units);
+        ``equivalent_diameter`` (of the circle/sphere of that size);
+        ``axis_major_length`` / ``axis_minor_length`` (of the ellipse/ellipsoid with the
+        same second moments, each pixel counted as a uniform box so that even a
+        single pixel has its true extent); in 3D also ``max_slice_size`` (largest
+        cross-section along axis 0) and ``num_slices``; with ``intensity``,
+        ``intensity_max``, ``intensity_mean`` and ``intensity_min``.
+    """
+    labels = np.asarray(labels)
+    ndim = labels.ndim
+    if ndim not in (2, 3):
+        raise InvalidParameterError(f"labels must be 2D or 3D, got {ndim}D")
+    sp = np.ones(ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
+    if sp.shape != (ndim,):
+        raise InvalidParameterError(f"spacing needs {ndim} values, got {sp.shape[0]}")
+    if intensity is not None and np.shape(intensity) != labels.shape:
+        raise InvalidParameterError("intensity image and labels differ in shape")
+
+    flat = labels.ravel()
+    idx = np.flatnonzero(flat)
+    lab = flat[idx]
+    order = np.argsort(lab, kind="stable")
+    idx = idx[order]
+    lab = lab[order]
+    starts, present = _runs(lab)
+    n = present.size
+    out: dict[str, np.ndarray] = {"label": present.astype(np.int64)}
+    # run id of every foreground pixel, 0..n-1, for bincount
+    run_id = np.repeat(np.arange(n), np.diff(np.concatenate([starts, [lab.size]])))
+    counts = np.bincount(run_id, minlength=n).astype(np.float64)
+    out["num_pixels"] = counts.astype(np.int64)
+    coords = np.unravel_index(idx, labels.shape)
+
+    means = np.empty((n, ndim))
+    for axis in range(ndim):
+        c = coords[axis]
+        means[:, axis] = np.bincount(run_id, weights=c, minlength=n) / np.maximum(counts, 1)
+        out[f"centroid-{axis}"] = means[:, axis]
+        if n:
+            out[f"bbox-{axis}"] = np.minimum.reduceat(c, starts).astype(np.int64)
+            out[f"bbox-{axis + ndim}"] = np.maximum.reduceat(c, starts).astype(np.int64) + 1
+        else:
+            out[f"bbox-{axis}"] = np.zeros(0, np.int64)
+            out[f"bbox-{axis + ndim}"] = np.zeros(0, np.int64)
+
+    cell = float(np.prod(sp))
+    size = counts * cell
+    out["size"] = size
+    if ndim == 2:
+        out["equivalent_diameter"] = np.sqrt(4.0 * size / np.pi)
+    else:
+        out["equivalent_diameter"] = np.cbrt(6.0 * size / np.pi)
+
+    # second moments in physical units, centred per component
+    cov = np.zeros((n, ndim, ndim))
+    centred = [(coords[a] - means[run_id, a]) * sp[a] for a in range(ndim)]
+    for a in range(ndim):
+        for b in range(a, ndim):
+            v = np.bincount(run_id, weights=centred[a] * centred[b], minlength=n) / np.maximum(counts, 1)
+            cov[:, a, b] = v
+            cov[:, b, a] = v
+        cov[:, a, a] += sp[a] ** 2 / 12.0  # each pixel is a uniform box, not a point
+    eig = np.linalg.eigvalsh(cov) if n else np.zeros((0, ndim))
+    eig = np.clip(eig, 0, None)
+    # ellipse: variance along an axis = a^2/4 -> length 4*sqrt(v);
+    # ellipsoid: variance = a^2/5 -> length 2*sqrt(5 v)
+    k = (lambda v: 4.0 * np.sqrt(v)) if ndim == 2 else (lambda v: 2.0 * np.sqrt(5.0 * v))
+    out["axis_major_length"] = k(eig[:, -1])
+    out["axis_minor_length"] = k(eig[:, 0])
+
+    if ndim == 3:
+        # per (component, slice) pixel counts -> largest cross-section, slices spanned
+        z = coords[0]
+        nz = labels.shape[0]
+        key = run_id.astype(np.int64) * nz + z
+        per = np.bincount(key, minlength=n * nz).reshape(n, nz) if n else np.zeros((0, nz))
+        out["max_slice_size"] = per.max(axis=1).astype(np.float64) * sp[1] * sp[2] if n else np.zeros(0)
+        out["num_slices"] = (per > 0).sum(axis=1).astype(np.int64) if n else np.zeros(0, np.int64)
+
+    if intensity is not None:
+        vals = np.asarray(intensity).ravel()[idx].astype(np.float64)
+        if n:
+            out["intensity_max"] = np.maximum.reduceat(vals, starts)
+            out["intensity_min"] = np.minimum.reduceat(vals, starts)
+        else:
+            out["intensity_max"] = np.zeros(0)
+            out["intensity_min"] = np.zeros(0)
+        out["intensity_mean"] = np.bincount(run_id, weights=vals, minlength=n) / np.maximum(counts, 1)
+    return out
+
+
+def filter_labels(labels: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, int]:
+    """Keep only the listed label values and renumber them 1..k in the given order.
+
+    Parameters
+    ----------
+    labels : ndarray of int
+        Label image.
+    keep : ndarray of int
+        Label values to keep; their position in ``keep`` + 1 becomes the new label.
+
+    Returns
+    -------
+    labels : ndarray of int32
+        Relabelled image.
+    k : int
+        Number of labels kept.
+    """
+    keep = np.asarray(keep, dtype=np.int64)
+    top = int(labels.max()) if labels.size else 0
+    lut = np.zeros(max(top, int(keep.max()) if keep.size else 0) + 1, dtype=np.int32)
+    lut[keep] = np.arange(1, keep.size + 1, dtype=np.int32)
+    return lut[labels], int(keep.size)
+
+
+def select(table: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
+    """Rows ``keep`` (boolean or index array) of a column table."""
+    return {name: col[keep] for name, col in table.items()}
