@@ -26,8 +26,8 @@ depth
     no skin surface: depth is NaN there.
 deep
     Inside the muscle fascia: the large connected soft-tissue cores (muscle, organs,
-    bone and brain, HU > -30, at least ``min_core_area_mm2`` per slice after a 3 mm
-    opening that removes septa, vessels and small nodules), closed with a 6 mm disk to
+    bone and brain, HU > -30, but never lesion-sized dense foci lying in fat; at least
+    ``min_core_area_mm2`` per slice after a 3 mm opening that removes septa, vessels and small nodules), closed with a 6 mm disk to
     bridge thin gaps in the muscle wall, then holes filled.  Everything
     in the body that is not deep is "skin": dermis plus subcutaneous fat.
 """
@@ -104,6 +104,30 @@ def _outside_air(background: np.ndarray, plane: np.ndarray, outside_air_hu: floa
     return keep[labels]
 
 
+def _foci_in_fat(dense: np.ndarray, plane: np.ndarray, max_area_px: float, fat_below_hu: float) -> np.ndarray:
+    """Dense components no larger than ``max_area_px`` whose rim lies in fat.
+
+    The rim is the 2-pixel ring around each component; its mean HU (clipped to
+    -200..200 so bone or air nearby do not dominate) below ``fat_below_hu`` means the
+    focus sits in fat: a calcification, not a rib inside intercostal muscle.
+    """
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(dense.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    if n <= 1:
+        return np.zeros(dense.shape, bool)
+    small = stats[:, cv2.CC_STAT_AREA] <= max_area_px
+    small[0] = False
+    if not small.any():
+        return np.zeros(dense.shape, bool)
+    grown = cv2.dilate(labels.astype(np.float32), _disk(2)).astype(np.int64)
+    rim = (grown > 0) & (labels == 0)
+    owner = grown[rim]
+    values = np.clip(plane[rim], -200, 200).astype(np.float64)
+    total = np.bincount(owner, minlength=n)
+    mean = np.bincount(owner, weights=values, minlength=n) / np.maximum(total, 1)
+    fatty = small & (mean < fat_below_hu)
+    return fatty[labels]
+
+
 def _keep_large_parts(mask: np.ndarray, min_area_px: float) -> np.ndarray:
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
     if n <= 1:
@@ -126,6 +150,8 @@ def ct_anatomy(
     core_open_mm: float = 3.0,
     core_close_mm: float = 6.0,
     min_core_area_mm2: float = 300.0,
+    lesion_hu: float = 130.0,
+    max_lesion_mm: float = 20.0,
     valid: np.ndarray | None = None,
 ) -> Anatomy:
     """Body, deep-core and depth maps of a CT volume.
@@ -140,6 +166,11 @@ def ct_anatomy(
     body_hu, min_part_radius_mm, min_part_fraction, outside_air_hu, link_radius_mm,
     core_hu, core_open_mm, core_close_mm, min_core_area_mm2
         See the module docstring.
+    lesion_hu, max_lesion_mm
+        Dense components (>= ``lesion_hu``) no larger in cross-section than
+        ``max_lesion_mm`` (circle-equivalent) whose rim lies in fat are possible
+        calcifications: they never seed the deep core, so a calcification next to the
+        fascia is not absorbed into the muscle.  Ribs (rim in muscle) still do.
     valid : ndarray of bool, optional
         Pixels that hold image signal; others are treated as outside the field of view.
 
@@ -161,6 +192,7 @@ def ct_anatomy(
     core_kernel = _disk(core_open_mm / px)
     close_kernel = _disk(core_close_mm / px)
     pixel_area = spacing_rc[0] * spacing_rc[1]
+    max_lesion_area_px = np.pi * (max_lesion_mm / 2) ** 2 / pixel_area
     pad = int(np.ceil(60.0 / px))  # the body cut off by the image edge continues beyond it
     for k in range(nz):
         plane = hu[k]
@@ -203,7 +235,9 @@ def ct_anatomy(
         # the skull lies right under a thin scalp)
         below_dermis = (depth[k] > 2.0) | np.isnan(depth[k]) | (plane >= 300.0)
         # internal air (bowel gas, lung) lies in body cavities: always deep
-        core = (b & ((plane > core_hu) | internal_air[k]) & below_dermis).astype(np.uint8)
+        core = b & ((plane > core_hu) | internal_air[k]) & below_dermis
+        core &= ~_foci_in_fat(plane >= lesion_hu, plane, max_lesion_area_px, core_hu)
+        core = core.astype(np.uint8)
         core = cv2.morphologyEx(core, cv2.MORPH_OPEN, core_kernel)
         core = _keep_large_parts(core, min_core_area_mm2 / pixel_area)
         if core.any():

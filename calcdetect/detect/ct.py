@@ -118,6 +118,7 @@ def detect_ct(
     metal_hu: float = 2500.0,
     mass_calibration: float | None = None,
     size_method: str = "half-max",
+    contrast_min_peak_hu: float | None = 200.0,
 ) -> Report:
     """Find soft-tissue calcifications on a CT slice or series.
 
@@ -147,6 +148,10 @@ def detect_ct(
         Without it ``mass_mg`` is null.
     size_method : {"half-max", "threshold"}
         How each finding's extent is measured (see module docstring).
+    contrast_min_peak_hu : float or None
+        On a contrast-enhanced scan (ContrastBolusAgent/Route present), foci peaking
+        below this (200 HU) are set aside: small enhanced vessels peak at 130-200 HU,
+        calcium usually well above.  ``None`` keeps them.  The warning says how many.
 
     Returns
     -------
@@ -182,12 +187,11 @@ def detect_ct(
             "were applied assuming 1 mm pixels"
         )
 
-    anatomy = ct_anatomy(hu, spacing3[1:], valid=valid)
+    anatomy = ct_anatomy(hu, spacing3[1:], valid=valid, lesion_hu=threshold_hu, max_lesion_mm=max_lesion_mm)
     candidates = (hu >= threshold_hu) & anatomy.body
     if valid is not None:
         candidates &= valid
     if region == "skin":
-        candidates &= ~anatomy.deep
         no_skin = np.isnan(anatomy.depth_mm).any(axis=(1, 2))
         if no_skin.any():
             candidates[no_skin] = False
@@ -198,7 +202,7 @@ def detect_ct(
             )
 
     labels, n = label(candidates)
-    table = regionprops_table(labels, hu, spacing=spacing3)
+    table = _measure(labels, hu, spacing3)
     # threshold-based geometry, used for the anatomy and noise filters
     cross_mm2 = table["max_slice_size"]
     eq_cross = np.sqrt(4.0 * cross_mm2 / np.pi)
@@ -230,17 +234,27 @@ def detect_ct(
     cz = np.rint(table["centroid-0"]).astype(int)
     cy = np.rint(table["centroid-1"]).astype(int)
     cx = np.rint(table["centroid-2"]).astype(int)
+    if region == "skin":
+        # whole components are judged by where their centre lies, so a calcification
+        # against the fascia is not cut in two by the deep-core boundary
+        keep &= ~anatomy.deep[cz, cy, cx]
     if roi is not None:
         keep &= roi[cz, cy, cx]
     if int(metal.sum()):
         warnings.append(f"{int(metal.sum())} metal-dense object(s) (>= {metal_hu:g} HU) were set aside")
     contrast = image.metadata.get("ContrastBolusAgent") or image.metadata.get("ContrastBolusRoute")
+    faint = np.zeros(n, bool)
+    if contrast and contrast_min_peak_hu is not None:
+        faint = keep & (peak < contrast_min_peak_hu)
+        keep &= ~faint
     if contrast:
         warnings.append(
             f"contrast-enhanced scan (ContrastBolusAgent {contrast!r}): enhanced vessels, kidneys "
             "and bowel contrast also exceed the calcium threshold"
             + ("; only skin and subcutaneous foci are reported" if region == "skin" else
                "; findings in deep soft tissue may be contrast, not calcium")
+            + (f"; {int(faint.sum())} faint focus/foci peaking below {contrast_min_peak_hu:g} HU "
+               "(likely enhanced vessels) set aside" if faint.any() else "")
         )
 
     kept = np.flatnonzero(keep)
@@ -254,7 +268,7 @@ def detect_ct(
         size_labels = _half_max_labels(thr_labels, hu, thr_table, anatomy.body, threshold_hu)
     else:
         size_labels = thr_labels
-    size_table = regionprops_table(size_labels, hu, spacing=spacing3) if k else thr_table
+    size_table = _measure(size_labels, hu, spacing3) if k else thr_table
 
     findings = _findings(image, size_table, thr_table, scores, anatomy, k, is_volume, has_spacing,
                          spacing3, mass_calibration)
@@ -288,10 +302,33 @@ def detect_ct(
             "mass_calibration": mass_calibration, "roi_mask": mask is not None,
             "components_total": n, "components_skeleton": int(skeleton.sum()),
             "components_noise": int(noise.sum()), "components_metal": int(metal.sum()),
+            "contrast_min_peak_hu": contrast_min_peak_hu, "components_faint_contrast": int(faint.sum()),
         },
         spacing_source=image.spacing_source,
         labels=labels_out,
     )
+
+
+def _measure(labels: np.ndarray, hu: np.ndarray, spacing3: tuple[float, float, float]) -> dict[str, np.ndarray]:
+    """regionprops_table in the image's own dimensionality, columns in 3D index layout.
+
+    A single slice is measured as 2D (areas, circle-equivalent diameters, ellipse
+    axes); its columns are then renamed to the (slice, row, col) layout used here, with
+    slice index 0, one slice, and the cross-section equal to the area.
+    """
+    if labels.shape[0] > 1:
+        return regionprops_table(labels, hu, spacing=spacing3)
+    t2 = regionprops_table(labels[0], hu[0], spacing=spacing3[1:])
+    n = t2["label"].size
+    t3 = {k: v for k, v in t2.items() if not k.startswith(("centroid-", "bbox-"))}
+    t3["centroid-0"] = np.zeros(n)
+    t3["centroid-1"], t3["centroid-2"] = t2["centroid-0"], t2["centroid-1"]
+    t3["bbox-0"], t3["bbox-3"] = np.zeros(n, np.int64), np.ones(n, np.int64)
+    t3["bbox-1"], t3["bbox-2"] = t2["bbox-0"], t2["bbox-1"]
+    t3["bbox-4"], t3["bbox-5"] = t2["bbox-2"], t2["bbox-3"]
+    t3["max_slice_size"] = t2["size"]
+    t3["num_slices"] = np.ones(n, np.int64)
+    return t3
 
 
 def _touches_bone_or_air(
