@@ -107,9 +107,10 @@ def _outside_air(background: np.ndarray, plane: np.ndarray, outside_air_hu: floa
 def _foci_in_fat(dense: np.ndarray, plane: np.ndarray, max_area_px: float, fat_below_hu: float) -> np.ndarray:
     """Dense components no larger than ``max_area_px`` whose rim lies in fat.
 
-    The rim is the 2-pixel ring around each component; its mean HU (clipped to
-    -200..200 so bone or air nearby do not dominate) below ``fat_below_hu`` means the
-    focus sits in fat: a calcification, not a rib inside intercostal muscle.
+    The rim is the 2-pixel ring around each component; when at least 45% of it is fat
+    (-200 HU to ``fat_below_hu``) the focus sits in fat: a calcification, even one that
+    fills the fat layer from skin to fascia, not a rib inside intercostal muscle (whose
+    rim is muscle, pleura and lung).
     """
     n, labels, stats, _ = cv2.connectedComponentsWithStats(dense.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
     if n <= 1:
@@ -121,10 +122,11 @@ def _foci_in_fat(dense: np.ndarray, plane: np.ndarray, max_area_px: float, fat_b
     grown = cv2.dilate(labels.astype(np.float32), _disk(2)).astype(np.int64)
     rim = (grown > 0) & (labels == 0)
     owner = grown[rim]
-    values = np.clip(plane[rim], -200, 200).astype(np.float64)
+    values = plane[rim]
+    is_fat = (values > -200.0) & (values < fat_below_hu)
     total = np.bincount(owner, minlength=n)
-    mean = np.bincount(owner, weights=values, minlength=n) / np.maximum(total, 1)
-    fatty = small & (mean < fat_below_hu)
+    fat_fraction = np.bincount(owner, weights=is_fat, minlength=n) / np.maximum(total, 1)
+    fatty = small & (fat_fraction >= 0.45)
     return fatty[labels]
 
 

@@ -11,10 +11,11 @@ Pipeline (every step an array operation; see docs/algorithms.md):
 4. Anatomy filter: a component is skeleton-like, not calcinosis, when it is larger than
    ``max_lesion_mm`` in cross-section, or tubular (long axis > 25 mm and > 3 x the short
    axis: ribs through a series, ribs cut obliquely in a slice), or a cortical ring
-   (filled area > 1.6 x its area: a long bone or phalanx in cross-section).
+   (filled area > 1.3 x its area: a long bone or phalanx in cross-section).
 5. Noise filter: a component must have a cross-section of at least ``min_area_mm2``
-   (1 mm^2, calcium-scoring convention) or a peak at least 70 HU above the threshold
-   (a calcification smaller than a pixel still lifts its pixel well above 130 HU).
+   (1 mm^2, calcium-scoring convention), or a peak at least 70 HU above the
+   threshold, or a peak at least 10 noise SDs above its rim (partial volume spreads a
+   small calcification over slices and lowers it; noise never stands 10 SD out).
 6. Size: measured at half maximum between the local background and the peak
    (``size_method="half-max"``, robust to blur and partial volume) or at the threshold
    (``"threshold"``).  Scores (Agatston, volume, mass) always use the threshold mask,
@@ -210,7 +211,11 @@ def detect_ct(
     short_ax = table["axis_minor_length"]
     peak = table["intensity_max"]
 
-    noise = (cross_mm2 < min_area_mm2) & (peak < threshold_hu + 70.0)
+    sigma = noise_sigma(hu, anatomy.body)
+    rim_dense_air, rim_mean = _rim_stats(labels, hu, anatomy.internal_air, table["label"], threshold_hu)
+    # below the scoring area a focus must still stand out: 70 HU above the threshold,
+    # or 10 noise SDs above its own rim (partial volume lowers small calcifications)
+    noise = (cross_mm2 < min_area_mm2) & (peak < threshold_hu + 70.0) & (peak - rim_mean < 10.0 * sigma)
     metal = peak >= metal_hu
     keep = ~noise & ~metal
     skeleton = np.zeros(n, bool)
@@ -225,10 +230,10 @@ def detect_ct(
             comp = labels[sl] == table["label"][i]
             for zz in range(comp.shape[0]):
                 area = int(comp[zz].sum())
-                if area * spacing3[1] * spacing3[2] >= 20.0 and _filled_area(comp[zz]) > 1.6 * area:
+                if area * spacing3[1] * spacing3[2] >= 20.0 and _filled_area(comp[zz]) > 1.3 * area:
                     skeleton[i] = True
                     break
-        skeleton |= _touches_bone_or_air(labels, hu, anatomy.internal_air, table["label"], threshold_hu)
+        skeleton |= rim_dense_air >= 0.15
         keep &= ~skeleton
     # centre inside the deep core / ROI
     cz = np.rint(table["centroid-0"]).astype(int)
@@ -331,16 +336,36 @@ def _measure(labels: np.ndarray, hu: np.ndarray, spacing3: tuple[float, float, f
     return t3
 
 
-def _touches_bone_or_air(
+def noise_sigma(hu: np.ndarray, body: np.ndarray, max_slices: int = 16) -> float:
+    """Robust image noise SD (HU) from differences of adjacent pixels in soft tissue.
+
+    Uses pairs of horizontally adjacent body pixels both within -200..150 HU (fat,
+    muscle, organs) on up to ``max_slices`` evenly spaced slices; the SD is
+    ``1.4826 * MAD(differences) / sqrt(2)``, insensitive to edges and lesions.
+    """
+    idx = np.unique(np.linspace(0, hu.shape[0] - 1, min(max_slices, hu.shape[0])).astype(int))
+    h, b = hu[idx], body[idx]
+    a, c = h[:, :, 1:], h[:, :, :-1]
+    ok = b[:, :, 1:] & b[:, :, :-1] & (a > -200) & (a < 150) & (c > -200) & (c < 150)
+    d = (a - c)[ok]
+    if d.size < 100:
+        return 10.0
+    mad = float(np.median(np.abs(d - np.median(d))))
+    return max(1.4826 * mad / np.sqrt(2.0), 1.0)
+
+
+def _rim_stats(
     labels: np.ndarray, hu: np.ndarray, internal_air: np.ndarray, label_ids: np.ndarray, threshold: float
-) -> np.ndarray:
-    """Components whose rim touches dense voxels outside the candidate set (bone of the
-    deep core) or internal air (sinus and mastoid walls, ribs by the lung).
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per component: the fraction of its rim that is bone or internal air, and the
+    rim's mean HU (clipped to -200..200: the local soft-tissue background).
 
     Soft-tissue calcinosis sits in fat or dermis: at most a small part of its rim (15%)
-    is bone or air.  Computed for all components at once from a maximum filter of the
-    label image: 3 x 3 in a slice, 3 x 3 x 3 in a series (a spinous-process tip that is
-    an island in one slice joins its vertebra in the next).
+    touches dense voxels outside the candidate set (bone of the deep core) or internal
+    air (sinus and mastoid walls, ribs by the lung).  Computed for all components at
+    once from a maximum filter of the label image: 3 x 3 in a slice, 3 x 3 x 3 in a
+    series (a spinous-process tip that is an island in one slice joins its vertebra in
+    the next).
     """
     from scipy import ndimage as ndi
 
@@ -349,11 +374,12 @@ def _touches_bone_or_air(
     grown = ndi.maximum_filter(labels, size=size)
     rim = (grown > 0) & (labels == 0)
     owner = grown[rim]
-    total = np.bincount(owner, minlength=n).astype(np.float64)
-    dense = np.bincount(owner, weights=(hu[rim] >= threshold), minlength=n)
+    values = hu[rim]
+    total = np.maximum(np.bincount(owner, minlength=n).astype(np.float64), 1)
+    dense = np.bincount(owner, weights=(values >= threshold), minlength=n)
     air = np.bincount(owner, weights=internal_air[rim], minlength=n)
-    frac = (dense + air) / np.maximum(total, 1)
-    return frac[label_ids] >= 0.15
+    mean = np.bincount(owner, weights=np.clip(values, -200, 200), minlength=n) / total
+    return ((dense + air) / total)[label_ids], mean[label_ids]
 
 
 def _half_max_labels(

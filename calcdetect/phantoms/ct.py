@@ -129,6 +129,8 @@ def place_in_fat(
     below the skin, approximately, along the ellipse normal).
     """
     rng = rng or np.random.default_rng(0)
+    if diameters_mm is not None:
+        n = len(diameters_mm)
     diameters = list(diameters_mm) if diameters_mm is not None else list(rng.uniform(2, 8, n))
     out: list[dict[str, float]] = []
     tries = 0

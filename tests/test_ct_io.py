@@ -1,0 +1,147 @@
+"""CT loading: real files with their true spacing and HU, series ordering, enhanced CT."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+import calcdetect
+from calcdetect.errors import InconsistentSeriesError, MissingDecoderError, UnsupportedImageError
+from calcdetect.phantoms.ct import ct_phantom, write_dicom_series
+
+SERIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct-abdomen-series"
+if not SERIES.exists():  # CI clones main with shared/ beside it; locally it may live elsewhere
+    SERIES = Path("/work/shared/data/ct-abdomen-series")
+needs_series = pytest.mark.skipif(not SERIES.exists(), reason="shared CT series not available")
+
+
+def test_ct_small_spacing_hu_and_geometry():
+    path = get_testdata_file("CT_small.dcm")
+    ds = pydicom.dcmread(path)
+    image = calcdetect.load(path)
+    assert image.modality == "CT"
+    assert image.spacing_mm == pytest.approx((0.661468, 0.661468))
+    expected = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    np.testing.assert_array_equal(image.pixels, expected)
+    # the first pixel sits at ImagePositionPatient; one column step moves along the row cosine
+    np.testing.assert_allclose(image.index_to_patient([0, 0]), [float(v) for v in ds.ImagePositionPatient])
+    step = image.index_to_patient([0, 1]) - image.index_to_patient([0, 0])
+    np.testing.assert_allclose(step, np.array(ds.ImageOrientationPatient[:3], float) * 0.661468, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,spacing", [
+    ("693_UNCR.dcm", 0.478516), ("693_J2KR.dcm", 0.478516), ("bad_sequence.dcm", 0.287109375),
+    ("explicit_VR-UN.dcm", 0.859375), ("J2K_pixelrep_mismatch.dcm", 0.431),
+])
+def test_real_ct_files_load_with_true_spacing(name, spacing):
+    image = calcdetect.load(get_testdata_file(name))
+    assert image.shape == (512, 512)
+    assert image.spacing_mm == pytest.approx((spacing, spacing))
+    # air around the patient and soft tissue inside it: HU, not stored values
+    assert image.pixels.min() <= -990
+    assert -100 < np.median(image.pixels[image.pixels > -500]) < 200
+
+
+def test_jpeg2000_decodes_to_the_same_hu_as_uncompressed():
+    a = calcdetect.load(get_testdata_file("693_UNCR.dcm"))
+    b = calcdetect.load(get_testdata_file("693_J2KR.dcm"))
+    np.testing.assert_array_equal(a.pixels, b.pixels)
+
+
+def test_missing_decoder_names_the_extra(monkeypatch):
+    from pydicom.pixels.decoders.base import Decoder
+
+    monkeypatch.setattr(Decoder, "is_available", property(lambda self: not self.UID.is_compressed))
+    with pytest.raises(MissingDecoderError) as err:
+        calcdetect.load(get_testdata_file("693_J2KR.dcm"))
+    assert "calcdetect[decoders]" in err.value.message and "693_J2KR.dcm" in err.value.message
+    with pytest.raises(MissingDecoderError) as err:
+        calcdetect.load(get_testdata_file("bad_sequence.dcm"))  # JPEG lossless: the GPL extra
+    assert "calcdetect[jpeg-gpl]" in err.value.message
+
+
+def test_enhanced_ct_frames_become_a_volume():
+    path = get_testdata_file("eCT_Supplemental.dcm")
+    ds = pydicom.dcmread(path)
+    image = calcdetect.load(path)
+    assert image.shape == (2, 512, 512)
+    pos = [np.array(f.PlanePositionSequence[0].ImagePositionPatient, float) for f in ds.PerFrameFunctionalGroupsSequence]
+    pm = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert image.spacing_mm[1:] == pytest.approx(tuple(float(v) for v in pm.PixelSpacing))
+    assert image.spacing_mm[0] == pytest.approx(abs(pos[1][2] - pos[0][2]))
+    # ascending along the slice normal (row cosine x column cosine)
+    iop = np.array(ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    normal = np.cross(iop[:3], iop[3:])
+    np.testing.assert_allclose(image.index_to_patient([0, 0, 0]), min(pos, key=lambda p: p @ normal))
+    np.testing.assert_allclose(image.index_to_patient([1, 0, 0]), max(pos, key=lambda p: p @ normal))
+
+
+@needs_series
+def test_real_series_ordered_by_position_with_spacing_from_positions(tmp_path):
+    # shuffle names so that file order says nothing
+    files = sorted(SERIES.glob("*.dcm"))
+    for i, f in enumerate(files):
+        shutil.copy(f, tmp_path / f"x{(i * 7) % len(files):03d}.dcm")
+    image = calcdetect.load(tmp_path)
+    assert image.shape == (20, 512, 512)
+    # slices are 3 mm thick but reconstructed every 2 mm: spacing comes from positions
+    assert image.spacing_mm == pytest.approx((2.0, 0.9765625, 0.9765625))
+    zs = sorted(float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]) for f in files)
+    got = [image.index_to_patient([k, 0, 0])[2] for k in range(20)]
+    np.testing.assert_allclose(got, zs)
+    first = pydicom.dcmread(min(files, key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2])))
+    np.testing.assert_array_equal(image.pixels[0], first.pixel_array * float(first.RescaleSlope) + float(first.RescaleIntercept))
+
+
+def test_written_phantom_series_round_trip_and_gap_warning(tmp_path):
+    image, _ = ct_phantom((64, 64), (0.7, 0.7), n_slices=6, slice_spacing_mm=1.5, n_nodules=1, noise_hu=0)
+    paths = write_dicom_series(image, tmp_path / "s")
+    loaded = calcdetect.load(tmp_path / "s")
+    assert loaded.spacing_mm == pytest.approx((1.5, 0.7, 0.7))
+    np.testing.assert_allclose(loaded.pixels, np.rint(image.pixels), atol=0.51)
+    np.testing.assert_allclose(loaded.affine, image.affine, atol=1e-4)
+    # a missing slice is a gap: warned, still loaded
+    paths[2].unlink()
+    gappy = calcdetect.load(tmp_path / "s")
+    assert gappy.shape[0] == 5 and any("irregular" in w for w in gappy.warnings)
+
+
+def test_duplicate_slices_are_dropped_with_a_warning(tmp_path):
+    image, _ = ct_phantom((32, 32), (1.0, 1.0), n_slices=4, n_nodules=0)
+    paths = write_dicom_series(image, tmp_path / "s")
+    ds = pydicom.dcmread(paths[1])
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(tmp_path / "s" / "dup.dcm")
+    loaded = calcdetect.load(tmp_path / "s")
+    assert loaded.shape[0] == 4 and any("duplicate" in w for w in loaded.warnings)
+
+
+def test_folder_with_two_series_says_which_and_how(tmp_path):
+    a, _ = ct_phantom((32, 32), (1.0, 1.0), n_slices=3, n_nodules=0)
+    write_dicom_series(a, tmp_path / "a", series_description="first")
+    write_dicom_series(a, tmp_path / "b", series_description="second")
+    with pytest.raises(InconsistentSeriesError) as err:
+        calcdetect.load(tmp_path)
+    msg = err.value.message
+    assert "2 series" in msg and "first" in msg and "second" in msg and "--series" in msg
+    uid = pydicom.dcmread(next((tmp_path / "b").glob("*.dcm"))).SeriesInstanceUID
+    assert calcdetect.load(tmp_path, series_uid=uid).shape == (3, 32, 32)
+
+
+def test_non_image_dicom_is_refused_clearly():
+    with pytest.raises(UnsupportedImageError) as err:
+        calcdetect.load(get_testdata_file("rtplan.dcm"))
+    assert "rtplan.dcm" in err.value.message and "no" in err.value.message
+
+
+def test_missing_spacing_means_no_mm(tmp_path):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PixelSpacing = [0, 0]
+    ds.save_as(tmp_path / "zero.dcm")
+    image = calcdetect.load(tmp_path / "zero.dcm")
+    assert image.spacing_mm is None and any("PixelSpacing" in w for w in image.warnings)
+    given = calcdetect.load(tmp_path / "zero.dcm", pixel_size_mm=0.5)
+    assert given.spacing_mm == (0.5, 0.5)
