@@ -11,7 +11,11 @@ Pipeline (every step an array operation; see docs/algorithms.md):
 4. Anatomy filter: a component is skeleton-like, not calcinosis, when it is larger than
    ``max_lesion_mm`` in cross-section, or tubular (long axis > 25 mm and > 3 x the short
    axis: ribs through a series, ribs cut obliquely in a slice), or a cortical ring
-   (filled area > 1.3 x its area: a long bone or phalanx in cross-section).
+   (filled area > 1.3 x its area: a long bone or phalanx in cross-section), or
+   touching bone or internal air over 15% of its rim; in skin mode also a focus
+   embedded in the deep core (40% of its rim) or a deep midline focus of an axial
+   trunk slice (within 8 mm of the midline, 12 mm or more below the skin: sternum,
+   xiphoid, spinous processes).
 5. Noise filter: a component must have a cross-section of at least ``min_area_mm2``
    (1 mm^2, calcium-scoring convention), or a peak at least 70 HU above the
    threshold, or a peak at least 10 noise SDs above its rim (partial volume spreads a
@@ -212,7 +216,8 @@ def detect_ct(
     peak = table["intensity_max"]
 
     sigma = noise_sigma(hu, anatomy.body)
-    rim_dense_air, rim_mean = _rim_stats(labels, hu, anatomy.internal_air, table["label"], threshold_hu)
+    rim_dense_air, rim_mean, rim_deep = _rim_stats(labels, hu, anatomy.internal_air, anatomy.deep,
+                                                   table["label"], threshold_hu)
     # below the scoring area a focus must still stand out: 70 HU above the threshold,
     # or 10 noise SDs above its own rim (partial volume lowers small calcifications)
     noise = (cross_mm2 < min_area_mm2) & (peak < threshold_hu + 70.0) & (peak - rim_mean < 10.0 * sigma)
@@ -234,6 +239,11 @@ def detect_ct(
                     skeleton[i] = True
                     break
         skeleton |= rim_dense_air >= 0.15
+        if region == "skin":
+            # embedded in the deep core's tissue (a spinous-process tip between the
+            # paraspinal muscles, costal cartilage under the rectus): not subcutaneous
+            skeleton |= rim_deep >= 0.4
+            skeleton |= _midline_bone(image, anatomy, table, spacing3, has_spacing)
         keep &= ~skeleton
     # centre inside the deep core / ROI
     cz = np.rint(table["centroid-0"]).astype(int)
@@ -336,6 +346,47 @@ def _measure(labels: np.ndarray, hu: np.ndarray, spacing3: tuple[float, float, f
     return t3
 
 
+#: Midline skeleton of the trunk (sternum, xiphoid, spinous processes): dense foci this
+#: close to the body midline and at least this deep are taken for bone in skin mode.
+MIDLINE_BONE_MM = 8.0
+MIDLINE_BONE_DEPTH_MM = 12.0
+
+
+def _is_axial(image: Image) -> bool:
+    """True when rows run front-back and columns left-right (or orientation unknown)."""
+    if image.affine is None:
+        return True
+    col_dir = image.affine[:3, 2] / max(np.linalg.norm(image.affine[:3, 2]), 1e-9)
+    row_dir = image.affine[:3, 1] / max(np.linalg.norm(image.affine[:3, 1]), 1e-9)
+    return abs(col_dir[0]) > 0.9 and abs(row_dir[1]) > 0.9
+
+
+def _midline_bone(image: Image, anatomy, table: dict, spacing3, has_spacing: bool) -> np.ndarray:
+    """Components near the trunk's midline and deep enough to be sternum, xiphoid or a
+    spinous process (axial slices of a trunk only: the largest body part spans the
+    midline).  The midline is the centre of the largest body part's left-right extent."""
+    import cv2
+
+    n = table["label"].size
+    out = np.zeros(n, bool)
+    if not n or not has_spacing or not _is_axial(image):
+        return out
+    cz = np.clip(np.rint(table["centroid-0"]).astype(int), 0, anatomy.body.shape[0] - 1)
+    cy = np.clip(np.rint(table["centroid-1"]).astype(int), 0, anatomy.body.shape[1] - 1)
+    cx = np.clip(np.rint(table["centroid-2"]).astype(int), 0, anatomy.body.shape[2] - 1)
+    depth = anatomy.depth_mm[cz, cy, cx]
+    for z in np.unique(cz[depth >= MIDLINE_BONE_DEPTH_MM]):
+        k, labels, stats, _ = cv2.connectedComponentsWithStats(anatomy.body[z].astype(np.uint8), connectivity=8)
+        if k <= 1:
+            continue
+        big = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        left, width = stats[big, cv2.CC_STAT_LEFT], stats[big, cv2.CC_STAT_WIDTH]
+        mid = left + (width - 1) / 2.0
+        sel = (cz == z) & (depth >= MIDLINE_BONE_DEPTH_MM) & (labels[cy, cx] == big)
+        out |= sel & (np.abs(table["centroid-2"] - mid) * spacing3[2] <= MIDLINE_BONE_MM)
+    return out
+
+
 def noise_sigma(hu: np.ndarray, body: np.ndarray, max_slices: int = 16) -> float:
     """Robust image noise SD (HU) from differences of adjacent pixels in soft tissue.
 
@@ -355,10 +406,12 @@ def noise_sigma(hu: np.ndarray, body: np.ndarray, max_slices: int = 16) -> float
 
 
 def _rim_stats(
-    labels: np.ndarray, hu: np.ndarray, internal_air: np.ndarray, label_ids: np.ndarray, threshold: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per component: the fraction of its rim that is bone or internal air, and the
-    rim's mean HU (clipped to -200..200: the local soft-tissue background).
+    labels: np.ndarray, hu: np.ndarray, internal_air: np.ndarray, deep: np.ndarray,
+    label_ids: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per component: the fraction of its rim that is bone or internal air, the rim's
+    mean HU (clipped to -200..200: the local soft-tissue background), and the fraction
+    of its rim inside the deep core.
 
     Soft-tissue calcinosis sits in fat or dermis: at most a small part of its rim (15%)
     touches dense voxels outside the candidate set (bone of the deep core) or internal
@@ -379,7 +432,8 @@ def _rim_stats(
     dense = np.bincount(owner, weights=(values >= threshold), minlength=n)
     air = np.bincount(owner, weights=internal_air[rim], minlength=n)
     mean = np.bincount(owner, weights=np.clip(values, -200, 200), minlength=n) / total
-    return ((dense + air) / total)[label_ids], mean[label_ids]
+    in_deep = np.bincount(owner, weights=deep[rim], minlength=n) / total
+    return ((dense + air) / total)[label_ids], mean[label_ids], in_deep[label_ids]
 
 
 def _half_max_labels(
