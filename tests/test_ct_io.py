@@ -145,3 +145,18 @@ def test_missing_spacing_means_no_mm(tmp_path):
     assert image.spacing_mm is None and any("PixelSpacing" in w for w in image.warnings)
     given = calcdetect.load(tmp_path / "zero.dcm", pixel_size_mm=0.5)
     assert given.spacing_mm == (0.5, 0.5)
+
+
+def test_nifti_volume_matches_the_dicom_geometry(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    image, truth = ct_phantom((48, 56), (0.8, 0.7), n_slices=5, slice_spacing_mm=2.0, n_nodules=1, seed=2)
+    # write it as NIfTI: (i, j, k) = (col, row, slice), RAS affine
+    lps = image.affine
+    ras_cols = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    affine = np.eye(4)
+    affine[:, 0], affine[:, 1], affine[:, 2], affine[:, 3] = ras_cols[:, 2], ras_cols[:, 1], ras_cols[:, 0], ras_cols[:, 3]
+    nib.save(nib.Nifti1Image(image.pixels.transpose(2, 1, 0).copy(), affine), tmp_path / "v.nii.gz")
+    loaded = calcdetect.load(tmp_path / "v.nii.gz")
+    assert loaded.spacing_mm == pytest.approx((2.0, 0.8, 0.7))
+    np.testing.assert_allclose(loaded.pixels, image.pixels)
+    np.testing.assert_allclose(loaded.index_to_patient([3, 10, 20]), image.index_to_patient([3, 10, 20]), atol=1e-5)

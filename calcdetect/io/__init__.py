@@ -66,7 +66,8 @@ def load(
     ----------
     path : str or Path
         A DICOM file (CT slice, enhanced CT, radiograph, ultrasound), a PNG/JPEG/TIFF
-        file, or a folder holding one DICOM series.
+        file, a NIfTI CT volume (``.nii``/``.nii.gz``, needs ``calcdetect[nifti]``), or a
+        folder holding one DICOM series.
     pixel_size_mm : float or (float, float), optional
         Physical pixel size (row, col) in mm, for files that lack one (raster files,
         radiographs with zero spacing).  Overrides the file's spacing with a warning.
@@ -105,6 +106,14 @@ def load(
         return _apply_pixel_size(image, pixel_size_mm)
     if path.suffix.lower() in RASTER_SUFFIXES:
         return load_raster(path, modality=modality, pixel_size_mm=pixel_size_mm)
+    from .nifti import is_nifti
+
+    if is_nifti(path):
+        from .nifti import load_nifti
+
+        if modality not in (None, "CT"):
+            raise InvalidParameterError("NIfTI volumes are read as CT", fix="drop --modality")
+        return _apply_pixel_size(load_nifti(path, budget=max_pixels), pixel_size_mm)
     header = read_header(path)
     file_modality = str(header.get("Modality", "") or "").upper()
     kind = _kind(file_modality, header)
