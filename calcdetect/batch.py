@@ -580,10 +580,11 @@ def _write_tables(out: Path, jobs_by_name: dict[str, Job], reports: dict[str, di
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;background:#f4f4f4;color:#222}
-h1{font-size:1.4em;margin:0 0 4px} .meta{color:#555;margin-bottom:16px}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:16px}
+h1{font-size:1.4em;margin:0 0 4px} h2{font-size:1.1em} .meta{color:#555;margin-bottom:16px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:16px}
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px}
 .card img{width:100%;height:auto;background:#000;border-radius:3px}
+.card.wide{grid-column:1/-1} .card.wide img{max-width:1600px}
 .card h2{font-size:1em;margin:0 0 6px;word-break:break-all}
 .count{font-weight:600} .none{color:#2a7a2a} .some{color:#a15c00}
 .warn{color:#8a5a00;font-size:.85em} .files a{margin-right:10px;font-size:.85em}
@@ -609,6 +610,25 @@ def _index_html(jobs_by_name: dict[str, Job], reports: dict[str, dict], errors: 
         f"calcdetect {esc(__version__)}, {esc(time.strftime('%Y-%m-%d %H:%M', time.localtime(started)))}. "
         "Research software: every finding needs a clinician's review.</div>",
     ]
+    if reports:
+        parts.append("<h2>Summary</h2><table><tr><th>input</th><th>modality</th><th>findings</th>"
+                     "<th>size (mm)</th><th>side</th><th>depth</th><th>pattern</th><th>Agatston</th></tr>")
+        for name in sorted(reports):
+            data = reports[name]
+            inp = jobs_by_name[name].input if name in jobs_by_name else data.get("input", name)
+            dist = data.get("distribution") or {}
+            size = dist.get("size_mm") or {}
+            count = int(data.get("count") or 0)
+            size_txt = ("" if not count else "no pixel size" if size.get("min") is None else
+                        f"{size['min']:.1f}" if count == 1 else f"{size['min']:.1f}-{size['max']:.1f}")
+            sides = ", ".join(f"{k} {v}" for k, v in (dist.get("by_side") or {}).items() if k != "unknown")
+            regions = ", ".join(f"{k} {v}" for k, v in (dist.get("by_region") or {}).items() if k != "unknown")
+            ag = (data.get("scores") or {}).get("agatston")
+            parts.append(
+                f"<tr><td><a href='#{esc(_anchor(name))}'>{esc(inp)}</a></td><td>{esc(str(data.get('modality', '')))}</td>"
+                f"<td>{count}</td><td>{esc(size_txt)}</td><td>{esc(sides)}</td><td>{esc(regions)}</td>"
+                f"<td>{esc(str(dist.get('pattern') or ''))}</td><td>{'' if ag is None else f'{ag:.1f}'}</td></tr>")
+        parts.append("</table>")
     if errors:
         parts.append(f"<h2 class='err'>Inputs that could not be analysed ({len(errors)})</h2>")
         parts.append("<table><tr><th>input</th><th>error</th><th>reason</th></tr>")
@@ -624,7 +644,8 @@ def _index_html(jobs_by_name: dict[str, Job], reports: dict[str, dict], errors: 
         summary = dist.get("summary") or ("no calcification found" if count == 0 else "")
         href_png = esc(_url(f"{name}.png"))
         href_json = esc(_url(f"{name}.json"))
-        parts.append("<div class='card'>")
+        wide = " wide" if len(data.get("shape") or []) == 3 else ""  # a series montage: full width
+        parts.append(f"<div class='card{wide}' id='{esc(_anchor(name))}'>")
         parts.append(f"<h2>{esc(inp)} <small>({esc(str(data.get('modality', '')))})</small></h2>")
         parts.append(f"<a href='{href_png}'><img loading='lazy' src='{href_png}' alt='{esc(inp)} overlay'></a>")
         cls = "none" if count == 0 else "some"
@@ -642,6 +663,10 @@ def _index_html(jobs_by_name: dict[str, Job], reports: dict[str, dict], errors: 
         parts.append("</div>")
     parts.append("</div></body></html>\n")
     return "\n".join(parts)
+
+
+def _anchor(name: str) -> str:
+    return "r-" + "".join(c if c.isalnum() else "-" for c in name)
 
 
 def _url(rel: str) -> str:

@@ -42,7 +42,8 @@ XRAY_PERCENTILES = (1.0, 99.5)
 #: Most slices shown in a CT montage.
 MAX_TILES = 12
 
-_OUTLINE = (0, 255, 255)      # BGR yellow
+_OUTLINE = (0, 255, 255)      # BGR yellow, on grey images
+_OUTLINE_ON_COLOUR = (255, 255, 0)  # BGR cyan, on colour (Doppler) ultrasound: red/yellow palettes
 _TEXT = (235, 235, 235)
 _PANEL = (38, 38, 38)
 _DIM = (170, 170, 170)
@@ -185,7 +186,8 @@ def _draw_orientation(tile: np.ndarray, letters: dict[str, str] | None) -> None:
         _text(tile, t, (x, y), s, (255, 255, 255), 2)
 
 
-def _draw_findings(tile: np.ndarray, labels2d: np.ndarray, number_ids: set[int]) -> None:
+def _draw_findings(tile: np.ndarray, labels2d: np.ndarray, number_ids: set[int],
+                   colour: tuple[int, int, int] = _OUTLINE) -> None:
     """Outline every labelled finding in a plane; number those in ``number_ids``."""
     H, W = tile.shape[:2]
     rows, cols = labels2d.shape
@@ -210,21 +212,21 @@ def _draw_findings(tile: np.ndarray, labels2d: np.ndarray, number_ids: set[int])
         contours, _ = cv2.findContours(big, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         offset = (x0 - pad, y0 - pad)
         cv2.drawContours(tile, contours, -1, (0, 0, 0), 3, cv2.LINE_AA, offset=offset)
-        cv2.drawContours(tile, contours, -1, _OUTLINE, 1, cv2.LINE_AA, offset=offset)
+        cv2.drawContours(tile, contours, -1, colour, 1, cv2.LINE_AA, offset=offset)
         ext_h, ext_w = (sl[0].stop - sl[0].start) * fy, (sl[1].stop - sl[1].start) * fx
         cy = (sl[0].start + sl[0].stop) / 2 * fy
         cx = (sl[1].start + sl[1].stop) / 2 * fx
         if max(ext_h, ext_w) < 10:  # too small to see the outline: add a ring
             cv2.circle(tile, (int(cx), int(cy)), 9, (0, 0, 0), 3, cv2.LINE_AA)
-            cv2.circle(tile, (int(cx), int(cy)), 9, _OUTLINE, 1, cv2.LINE_AA)
+            cv2.circle(tile, (int(cx), int(cy)), 9, colour, 1, cv2.LINE_AA)
         if fid in number_ids:
             _place_number(tile, str(fid), crop, (r0, c0), (fy, fx), (cy, cx),
-                          max(ext_h, ext_w) < 10, placed)
+                          max(ext_h, ext_w) < 10, placed, colour)
 
 
 def _place_number(tile: np.ndarray, text: str, crop: np.ndarray, origin: tuple[int, int],
                   factor: tuple[float, float], centre: tuple[float, float], ringed: bool,
-                  placed: list[tuple[int, int, int, int]]) -> None:
+                  placed: list[tuple[int, int, int, int]], colour: tuple[int, int, int] = _OUTLINE) -> None:
     """Write a finding's number next to its outline: beside its upper-right-most pixel,
     else the lower-right, upper-left or lower-left one, avoiding numbers already placed."""
     H, W = tile.shape[:2]
@@ -242,8 +244,8 @@ def _place_number(tile: np.ndarray, text: str, crop: np.ndarray, origin: tuple[i
         x = (cc[k] + 1) * fx + gap if right else cc[k] * fx - tw - gap
         y = (rr[k] + 1) * fy + th + gap if below else rr[k] * fy - gap
         if ringed:  # keep clear of the ring drawn round tiny findings
-            x = max(x, cx + 9) if right else min(x, cx - 9 - tw)
-            y = max(y, cy + 9 + th) if below else min(y, cy - 9)
+            x = max(x, cx + 12) if right else min(x, cx - 12 - tw)
+            y = max(y, cy + 12 + th) if below else min(y, cy - 12)
         cands.append((int(np.clip(x, 2, W - tw - 2)), int(np.clip(y, th + 2, H - 4))))
     best = cands[0]
     for tx, ty in cands:
@@ -252,7 +254,7 @@ def _place_number(tile: np.ndarray, text: str, crop: np.ndarray, origin: tuple[i
             best = (tx, ty)
             break
     placed.append((best[0], best[1] - th, best[0] + tw, best[1]))
-    _text(tile, text, best, 0.5, _OUTLINE, 1)
+    _text(tile, text, best, 0.5, colour, 1)
 
 
 def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
@@ -281,11 +283,11 @@ def _to_bgr(plane: np.ndarray) -> np.ndarray:
 
 def _render_plane(plane: np.ndarray, labels2d: np.ndarray, number_ids: set[int],
                   spacing2d: Sequence[float] | None, size: tuple[int, int],
-                  letters: dict[str, str] | None) -> np.ndarray:
+                  letters: dict[str, str] | None, colour: tuple[int, int, int] = _OUTLINE) -> np.ndarray:
     H, W = size
     interp = cv2.INTER_CUBIC if H > plane.shape[0] else cv2.INTER_AREA
     tile = cv2.resize(_to_bgr(plane), (W, H), interpolation=interp)
-    _draw_findings(tile, labels2d, number_ids)
+    _draw_findings(tile, labels2d, number_ids, colour)
     if spacing2d is not None:
         _scale_bar(tile, float(spacing2d[1]) * plane.shape[1] / W)
     _draw_orientation(tile, letters)
@@ -386,7 +388,8 @@ def _finding_entry(f: Any, is_volume: bool) -> str:
     return " ".join(parts)
 
 
-def _legend(report: Report, width: int, window_desc: str, scale_label: str, extra_lines: list[str]) -> np.ndarray:
+def _legend(report: Report, width: int, window_desc: str, scale_label: str, extra_lines: list[str],
+            colour: tuple[int, int, int] = _OUTLINE) -> np.ndarray:
     scale = 0.5
     line_h = 20
     pad = 10
@@ -408,15 +411,18 @@ def _legend(report: Report, width: int, window_desc: str, scale_label: str, extr
     dist = report.distribution or {}
     size = dist.get("size_mm") or {}
     n = report.count
-    head = f"{n} calcification{'s' if n != 1 else ''}"
-    if n and size.get("min") is not None:
-        head += (f", size {_fmt_mm(size['min'])} mm" if n == 1 else
-                 f", size {_fmt_mm(size['min'])}-{_fmt_mm(size['max'])} mm (equivalent diameter)")
-    elif n and not report.spacing_mm:
-        head += ", no pixel size: sizes not in mm"
-    add(head, _OUTLINE, 0.6)
-    if dist.get("summary"):
-        add(f"Summary: {dist['summary']}")
+    if n == 0:
+        add("No calcification found", (120, 220, 120), 0.6)
+    else:
+        head = f"{n} calcification{'s' if n != 1 else ''}"
+        if size.get("min") is not None:
+            head += (f", size {_fmt_mm(size['min'])} mm" if n == 1 else
+                     f", size {_fmt_mm(size['min'])}-{_fmt_mm(size['max'])} mm (equivalent diameter)")
+        elif not report.spacing_mm:
+            head += ", no pixel size: sizes not in mm"
+        add(head, colour, 0.6)
+        if dist.get("summary"):
+            add(f"Summary: {dist['summary']}")
     if report.scores:
         sc = report.scores
         bits = []
@@ -431,7 +437,9 @@ def _legend(report: Report, width: int, window_desc: str, scale_label: str, extr
     scale_txt = f"scale bar {scale_label}" if scale_label else (
         "no pixel size: no scale bar, sizes not in mm" if not report.spacing_mm else "")
     add("Display: " + window_desc + (f"; {scale_txt}" if scale_txt else ""), _DIM)
-    add("Yellow outline = finding; number = its id in the JSON report.", _DIM)
+    if n:
+        name = "Cyan" if colour == _OUTLINE_ON_COLOUR else "Yellow"
+        add(f"{name} outline (ring when tiny) = finding; number = its id in the JSON report.", _DIM)
     for ln in extra_lines:
         add(ln, _DIM)
     if n:
@@ -489,13 +497,14 @@ def render_overlay(image: Image, report: Report, *, max_side: int = 1024) -> np.
         labels = _labels_from_findings(report, shape)
     labels = np.asarray(labels)
     grey, window_desc = display_pixels(image)
+    colour = _OUTLINE_ON_COLOUR if grey.ndim == 3 and image.ndim == 2 else _OUTLINE
     spacing2d = None if image.spacing_mm is None else tuple(image.spacing_mm[-2:])
     letters = _orientation_letters(image.affine) if image.modality == "CT" else None
     ids = {f.id for f in report.findings}
     extra_lines: list[str] = []
     if image.ndim == 2:
         size = _display_size(shape[0], shape[1], spacing2d, max_side, 512)
-        picture = _render_plane(grey, labels, ids, spacing2d, size, letters)
+        picture = _render_plane(grey, labels, ids, spacing2d, size, letters, colour)
     else:
         nz = shape[0]
         chosen, home = choose_slices(labels, report.count)
@@ -505,7 +514,7 @@ def render_overlay(image: Image, report: Report, *, max_side: int = 1024) -> np.
         size = _display_size(shape[1], shape[2], spacing2d, long_side, min(512, long_side))
         tiles = []
         for z in chosen:
-            tile = _render_plane(grey[z], labels[z], ids, spacing2d, size, letters)
+            tile = _render_plane(grey[z], labels[z], ids, spacing2d, size, letters, colour)
             caption = f"slice {z + 1}/{nz}"
             if image.affine is not None:
                 pos = image.index_to_patient(np.array([z, (shape[1] - 1) / 2, (shape[2] - 1) / 2]))
@@ -539,7 +548,7 @@ def render_overlay(image: Image, report: Report, *, max_side: int = 1024) -> np.
         mm_per_px = float(spacing2d[1]) * shape[-1] / tile_w
         nice = [v for v in _NICE_MM if v <= 0.22 * tile_w * mm_per_px]
         scale_label = f"{(nice[-1] if nice else _NICE_MM[0]):g} mm"
-    legend = _legend(report, width, window_desc, scale_label, extra_lines)
+    legend = _legend(report, width, window_desc, scale_label, extra_lines, colour)
     return np.ascontiguousarray(np.vstack([picture, legend]))
 
 
