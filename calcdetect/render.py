@@ -89,6 +89,13 @@ def display_pixels(image: Image) -> tuple[np.ndarray, str]:
         lo, hi = np.percentile(sample, XRAY_PERCENTILES)
         desc = (f"radiograph VOI {XRAY_PERCENTILES[0]:g}-{XRAY_PERCENTILES[1]:g}th percentile "
                 "of the exposed field (dense = bright)")
+        full_lo, full_hi = float(sample.min()), float(sample.max())
+        if hi - lo <= 0.02 * (full_hi - full_lo):
+            # nearly uniform field (a synthetic or heavily processed image): the percentile
+            # window would collapse and paint the tissue black; show the full range instead,
+            # with the background as dark grey
+            lo, hi = full_lo - 0.25 * (full_hi - full_lo), full_hi
+            desc = "radiograph, full range (the field is nearly uniform; dense = bright)"
     hi = hi if hi > lo else lo + 1.0
     out = np.clip((px - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
     return out, desc
