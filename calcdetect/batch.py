@@ -402,10 +402,28 @@ def _split_options(detect_options: Mapping[str, Any] | None, modality: str) -> d
 
 
 def _load(job: Job, load_options: Mapping[str, Any]):
+    """Load a job's image.  Raster files take modality and pixel size from their sidecar,
+    else from the options; DICOM inputs keep their own spacing and modality, and the
+    options only fill in what a file lacks (a pixel size for a radiograph with none, a
+    modality for a secondary capture)."""
     from .io import _apply_pixel_size, load
 
     opts = {k: v for k, v in dict(load_options or {}).items() if v is not None}
     opts.pop("series_uid", None)
+    pixel_size = opts.pop("pixel_size_mm", None)
+    if job.kind == "raster":
+        opts.pop("frame", None)
+        note = "user (--pixel-size)"
+        side = read_sidecar(job.paths[0])
+        if side is not None:
+            meta, side_path = side
+            opts.update({k: v for k, v in meta.items() if k == "modality"})
+            if "pixel_size_mm" in meta:
+                pixel_size, note = meta["pixel_size_mm"], f"sidecar {side_path.name}"
+        image = load(job.paths[0], pixel_size_mm=pixel_size, **opts)
+        if pixel_size is not None:
+            image.spacing_source = note
+        return image
     if job.kind == "series":
         from .io.ct import load_ct_series
         from .io.dicom import read_header
@@ -413,21 +431,12 @@ def _load(job: Job, load_options: Mapping[str, Any]):
         files = [(Path(p), read_header(p, stop_before_pixels=True)) for p in job.paths]
         folder = Path(os.path.commonpath([str(Path(p).parent) for p in job.paths]))
         image = load_ct_series(folder, files=files, budget=opts.get("max_pixels"))
-        return _apply_pixel_size(image, opts.get("pixel_size_mm"))
-    source_note = None
-    if job.kind == "raster":
-        side = read_sidecar(job.paths[0])
-        if side is not None:
-            meta, side_path = side
-            opts.update(meta)
-            if "pixel_size_mm" in meta:
-                source_note = f"sidecar {side_path.name}"
-        opts.pop("frame", None)
     else:
-        opts.pop("modality", None)  # DICOM files say it themselves
-    image = load(job.paths[0], **opts)
-    if source_note:
-        image.spacing_source = source_note
+        if job.modality in MODALITIES:
+            opts.pop("modality", None)  # the file says it itself
+        image = load(job.paths[0], **opts)
+    if pixel_size is not None and image.spacing_mm is None:
+        image = _apply_pixel_size(image, pixel_size)
     return image
 
 

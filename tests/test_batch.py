@@ -482,3 +482,24 @@ def test_radiograph_voi_uses_percentiles_of_the_exposed_field():
     flat[20:23, 20:23] = 250.0  # 0.4 % of the pixels: above the 99.5th percentile
     out, desc = display_pixels(Image(flat, (0.2, 0.2), "XRAY"))
     assert 30 < out[0, 0] < 80 and out[21, 21] == 255 and "full range" in desc
+
+
+def test_pixel_size_option_fills_in_only_where_a_file_has_none(folder, tmp_path):
+    from calcdetect.batch import _load
+
+    jobs = {j.input: j for j in find_inputs(folder)[0]}
+    ct = _load(jobs["single/CT_small.dcm"], {"pixel_size_mm": 0.3, "modality": "XRAY"})
+    assert ct.modality == "CT" and ct.spacing_mm == pytest.approx((0.661468, 0.661468), abs=1e-5)
+    # a raster without a sidecar takes the options
+    shutil.copy(folder / "raster" / "focus.png", tmp_path / "plain.png")
+    job = find_inputs(tmp_path)[0][0]
+    img = _load(job, {"pixel_size_mm": 0.3, "modality": "US"})
+    assert img.modality == "US" and img.spacing_mm == (0.3, 0.3)
+    assert img.spacing_source == "user (--pixel-size)"
+    # a CT slice with no PixelSpacing gets the given one
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del ds.PixelSpacing
+    ds.save_as(tmp_path / "nospacing.dcm")
+    job = next(j for j in find_inputs(tmp_path)[0] if j.input == "nospacing.dcm")
+    assert _load(job, {}).spacing_mm is None
+    assert _load(job, {"pixel_size_mm": 0.5}).spacing_mm == (0.5, 0.5)
