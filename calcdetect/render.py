@@ -195,13 +195,14 @@ def _draw_orientation(tile: np.ndarray, letters: dict[str, str] | None) -> None:
 
 def _draw_findings(tile: np.ndarray, labels2d: np.ndarray, number_ids: set[int],
                    colour: tuple[int, int, int] = _OUTLINE) -> None:
-    """Outline every labelled finding in a plane; number those in ``number_ids``."""
+    """Outline every labelled finding in a plane, then number those in ``number_ids``
+    where the number covers neither another number nor another finding's outline."""
     H, W = tile.shape[:2]
     rows, cols = labels2d.shape
     fy, fx = H / rows, W / cols
     objects = ndi.find_objects(labels2d)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
-    placed: list[tuple[int, int, int, int]] = []
+    drawn: list[tuple[int, np.ndarray, tuple[int, int], tuple[float, float], bool, tuple[int, int, int, int]]] = []
     for idx, sl in enumerate(objects):
         if sl is None:
             continue
@@ -223,19 +224,29 @@ def _draw_findings(tile: np.ndarray, labels2d: np.ndarray, number_ids: set[int],
         ext_h, ext_w = (sl[0].stop - sl[0].start) * fy, (sl[1].stop - sl[1].start) * fx
         cy = (sl[0].start + sl[0].stop) / 2 * fy
         cx = (sl[1].start + sl[1].stop) / 2 * fx
-        if max(ext_h, ext_w) < 10:  # too small to see the outline: add a ring
+        ringed = max(ext_h, ext_w) < 10
+        box = (x0 - pad, y0 - pad, x1 + pad, y1 + pad)
+        if ringed:  # too small to see the outline: add a ring
             cv2.circle(tile, (int(cx), int(cy)), 9, (0, 0, 0), 3, cv2.LINE_AA)
             cv2.circle(tile, (int(cx), int(cy)), 9, colour, 1, cv2.LINE_AA)
+            box = (min(box[0], int(cx) - 11), min(box[1], int(cy) - 11),
+                   max(box[2], int(cx) + 11), max(box[3], int(cy) + 11))
+        drawn.append((fid, crop, (r0, c0), (cy, cx), ringed, box))
+    outlines = {fid: box for fid, *_, box in drawn}
+    placed: list[tuple[int, int, int, int]] = []
+    for fid, crop, origin, centre, ringed, _ in drawn:
         if fid in number_ids:
-            _place_number(tile, str(fid), crop, (r0, c0), (fy, fx), (cy, cx),
-                          max(ext_h, ext_w) < 10, placed, colour)
+            others = [b for k, b in outlines.items() if k != fid]
+            _place_number(tile, str(fid), crop, origin, (fy, fx), centre, ringed, placed, others, colour)
 
 
 def _place_number(tile: np.ndarray, text: str, crop: np.ndarray, origin: tuple[int, int],
                   factor: tuple[float, float], centre: tuple[float, float], ringed: bool,
-                  placed: list[tuple[int, int, int, int]], colour: tuple[int, int, int] = _OUTLINE) -> None:
+                  placed: list[tuple[int, int, int, int]], outlines: list[tuple[int, int, int, int]],
+                  colour: tuple[int, int, int] = _OUTLINE) -> None:
     """Write a finding's number next to its outline: beside its upper-right-most pixel,
-    else the lower-right, upper-left or lower-left one, avoiding numbers already placed."""
+    else the lower-right, upper-left or lower-left one -- the first spot that covers no
+    number already placed and no other finding's outline (else the least crowded)."""
     H, W = tile.shape[:2]
     tw, th = _text_size(text, 0.5)
     rr, cc = np.nonzero(crop)
@@ -254,11 +265,13 @@ def _place_number(tile: np.ndarray, text: str, crop: np.ndarray, origin: tuple[i
             x = max(x, cx + 12) if right else min(x, cx - 12 - tw)
             y = max(y, cy + 12 + th) if below else min(y, cy - 12)
         cands.append((int(np.clip(x, 2, W - tw - 2)), int(np.clip(y, th + 2, H - 4))))
-    best = cands[0]
+    best, best_hits = cands[0], None
     for tx, ty in cands:
         box = (tx, ty - th, tx + tw, ty)
-        if not any(_overlap(box, b) for b in placed):
-            best = (tx, ty)
+        hits = 2 * sum(_overlap(box, b) for b in placed) + sum(_overlap(box, b) for b in outlines)
+        if best_hits is None or hits < best_hits:
+            best, best_hits = (tx, ty), hits
+        if hits == 0:
             break
     placed.append((best[0], best[1] - th, best[0] + tw, best[1]))
     _text(tile, text, best, 0.5, colour, 1)
