@@ -28,12 +28,12 @@ import time
 import traceback
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from .errors import CalcdetectError, InvalidParameterError
-from .outputs import write_bytes_atomic, write_text_atomic
+from .outputs import write_text_atomic
 
 __all__ = [
     "Job",
@@ -56,7 +56,6 @@ IGNORED_NAMES = ("DICOMDIR", "README", "LICENSE", "LICENCE", "NOTICE", "Thumbs.d
 OUTPUT_MARKER = ".calcdetect-output"
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 MODALITIES = ("CT", "XRAY", "US")
-TABLES = ("findings.csv", "summary.csv", "errors.csv", "index.html")
 
 
 # ============================================================================ data
