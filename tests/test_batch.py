@@ -503,3 +503,27 @@ def test_pixel_size_option_fills_in_only_where_a_file_has_none(folder, tmp_path)
     job = next(j for j in find_inputs(tmp_path)[0] if j.input == "nospacing.dcm")
     assert _load(job, {}).spacing_mm is None
     assert _load(job, {"pixel_size_mm": 0.5}).spacing_mm == (0.5, 0.5)
+
+
+def test_any_executor_and_a_task_that_dies_is_that_inputs_error(folder, tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import calcdetect.batch as batch
+
+    real = batch.run_job
+
+    def flaky(job, *args, **kwargs):
+        if job.input == "single/CT_small.dcm":
+            raise RuntimeError("worker lost")  # as a BrokenProcessPool / KilledWorker would
+        return real(job, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "run_job", flaky)
+    small = tmp_path / "in"
+    for sub in ("ct", "single"):
+        shutil.copytree(folder / sub, small / sub)
+    with ThreadPoolExecutor(2) as ex:
+        res = batch.annotate(small, tmp_path / "out", executor=ex, quiet=True)
+        assert not ex._shutdown  # a given executor is left to its owner
+    assert res.exit_code == 1 and res.processed == ["ct/series"]
+    assert [(e.input, e.error_type) for e in res.errors] == [("single/CT_small.dcm", "RuntimeError")]
+    assert [r["input"] for r in _read_csv(tmp_path / "out" / "errors.csv")] == ["single/CT_small.dcm"]
