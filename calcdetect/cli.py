@@ -79,6 +79,8 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     image = load(args.path, **load_options(args))
     report = detect(image, **detector_options(args, image.modality))
     text = report.to_json(indent=None if args.compact else 2)
+    if args.dicom_seg or args.dicom_sr:
+        _write_dicom(args, image, report)
     if args.output:
         from .outputs import write_text_atomic
 
@@ -86,6 +88,23 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text + "\n")
     return EXIT_OK
+
+
+def _write_dicom(args: argparse.Namespace, image, report) -> None:
+    """``--dicom-seg`` / ``--dicom-sr``: write the SEG first so the SR references it."""
+    from .dicom_out import build_seg, source_datasets, write_dataset, write_sr
+
+    datasets = source_datasets(image)
+    seg = None
+    if args.dicom_seg:
+        seg = build_seg(report, image, datasets)
+        if seg is None:
+            sys.stderr.write(f"calcdetect: no calcifications found, so no DICOM SEG was written to "
+                             f"{args.dicom_seg} (the SR records the count 0)\n")
+        else:
+            write_dataset(seg, args.dicom_seg)
+    if args.dicom_sr:
+        write_sr(report, image, datasets, args.dicom_sr, seg=seg)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_detector_options(p)
     p.add_argument("-o", "--output", metavar="FILE", help="write the JSON here instead of stdout")
     p.add_argument("--compact", action="store_true", help="one-line JSON")
+    p.add_argument("--dicom-sr", metavar="FILE",
+                   help="also write a DICOM SR measurement report (TID 1500) of the findings "
+                        "(DICOM inputs; needs calcdetect[dicom-out])")
+    p.add_argument("--dicom-seg", metavar="FILE",
+                   help="also write a DICOM Segmentation of the findings (DICOM inputs; needs "
+                        "calcdetect[dicom-out]; skipped when nothing is found)")
     p.set_defaults(func=_cmd_detect)
 
     try:
