@@ -512,6 +512,34 @@ def _regions(f: Finding, labels3: np.ndarray, slices, ndim: int) -> list:
     return regions
 
 
+def _planar_group(f: Finding, labels2d: np.ndarray, source, seg: Dataset | None, common: dict):
+    """TID 1410 group of a 2D finding.  Its region is its outline when the finding is one
+    piece; a finding in several pieces (half-maximum sizing can split a thresholded focus)
+    references its SEG segment when there is one, else the outline of its convex hull
+    (TID 1410 holds a single region)."""
+    from skimage.morphology import convex_hull_image
+
+    hd = _hd()
+    mask = labels2d == f.id
+    outlines = _contours(mask)
+    if len(outlines) > 1 and seg is not None:
+        # TID 1410 references one segmentation frame (121214): the segment's frame
+        ref = hd.sr.ReferencedSegmentationFrame.from_segmentation(seg, segment_number=f.id)
+        return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_segment=ref, **common)
+    if len(outlines) > 1:
+        outlines = _contours(convex_hull_image(mask))
+    ds, frame = source
+    src = hd.sr.SourceImageForRegion.from_source_image(
+        ds, referenced_frame_numbers=[frame] if frame is not None else None)
+    if outlines:
+        xy = outlines[0]
+    else:  # the label image lost this finding: outline its bounding box
+        _, xy = _bbox_outline(f, 2)
+    region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=xy,
+                               source_image=src)
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_region=region, **common)
+
+
 def _seg_tracking_uids(seg: Dataset) -> dict[int, str]:
     out = {}
     for item in seg.get("SegmentSequence", []):
@@ -613,10 +641,7 @@ def build_sr(
                 groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                     referenced_regions=_regions(f, labels3, slices, image.ndim), **common))
         else:
-            region = max(_regions(f, labels3, slices, image.ndim),
-                         key=lambda r: len(r.GraphicData))
-            groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                referenced_region=region, **common))
+            groups.append(_planar_group(f, labels3[0], slices[0], seg, common))
 
     from . import __version__
 
