@@ -14,7 +14,7 @@ import sys
 from typing import Sequence
 
 from . import __version__
-from .errors import CalcdetectError, InvalidParameterError
+from .errors import CalcdetectError, InvalidParameterError, UnsupportedImageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -79,14 +79,14 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     image = load(args.path, **load_options(args))
     report = detect(image, **detector_options(args, image.modality))
     text = report.to_json(indent=None if args.compact else 2)
-    if args.dicom_seg or args.dicom_sr:
-        _write_dicom(args, image, report)
     if args.output:
         from .outputs import write_text_atomic
 
         write_text_atomic(args.output, text + "\n")
     else:
         sys.stdout.write(text + "\n")
+    if args.dicom_seg or args.dicom_sr:
+        _write_dicom(args, image, report)
     return EXIT_OK
 
 
@@ -97,11 +97,17 @@ def _write_dicom(args: argparse.Namespace, image, report) -> None:
     datasets = source_datasets(image)
     seg = None
     if args.dicom_seg:
-        seg = build_seg(report, image, datasets)
-        if seg is None:
+        try:
+            seg = build_seg(report, image, datasets)
+        except UnsupportedImageError as exc:
+            if not args.dicom_sr:
+                raise
+            sys.stderr.write(f"calcdetect: warning: {exc.message}; writing the SR only\n")
+            seg = None
+        if seg is None and report.count == 0:
             sys.stderr.write(f"calcdetect: no calcifications found, so no DICOM SEG was written to "
                              f"{args.dicom_seg} (the SR records the count 0)\n")
-        else:
+        elif seg is not None:
             write_dataset(seg, args.dicom_seg)
     if args.dicom_sr:
         write_sr(report, image, datasets, args.dicom_sr, seg=seg)

@@ -350,6 +350,13 @@ def build_seg(
         pixel_array = labels3.astype(dtype) if image.ndim == 3 else labels.astype(dtype)
     else:  # one multi-frame source: plane i must be source frame i + 1
         src = slices[0][0]
+        if "FrameOfReferenceUID" not in src:
+            raise UnsupportedImageError(
+                "a segmentation of a multi-frame image without a Frame of Reference (a cine "
+                "loop) cannot be written (highdicom supports a single frame only there)",
+                path=image.source,
+                fix="use the SR output (--dicom-sr), which references the analysed frame",
+            )
         sources = [src]
         pixel_array = np.zeros((_n_frames(src), rows, cols), dtype=dtype)
         for z, (_, frame) in enumerate(slices):
@@ -810,12 +817,18 @@ def write_dicom_outputs(
     written: list[Path] = []
     seg_ds = None
     if seg:
-        seg_ds = build_seg(report, image, datasets)
-        if seg_ds is None:
+        try:
+            seg_ds = build_seg(report, image, datasets)
+        except UnsupportedImageError as exc:
+            if not sr:
+                raise
+            warnings.warn(f"{exc.message}; only the SR was written", UserWarning, stacklevel=2)
+            seg, seg_ds = False, None
+        if seg and seg_ds is None:
             warnings.warn(f"{report.source}: no calcifications found, so no DICOM SEG was "
                           "written (a segmentation needs at least one segment); the SR records "
                           "the count 0", UserWarning, stacklevel=2)
-        else:
+        elif seg_ds is not None:
             written.append(write_dataset(seg_ds, out_dir / f"{stem}.seg.dcm"))
     if sr:
         sr_ds = build_sr(report, image, datasets, seg=seg_ds)

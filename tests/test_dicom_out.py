@@ -387,6 +387,123 @@ def test_real_slice_sr_without_seg_outlines_split_finding(real_slice, tmp_path):
             assert np.array_equal(drawn, ndi.binary_fill_holes(mask))
 
 
+def test_enhanced_multiframe_ct_round_trip(tmp_path):
+    """An enhanced CT whose frames run against the slice order: SEG frames must point at
+    the right source frame numbers."""
+    _write_series(tmp_path / "ct", _phantom())
+    legacy = [pydicom.dcmread(p) for p in sorted((tmp_path / "ct").glob("*.dcm"))]  # z descending
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(legacy, hd.UID(), 4, hd.UID(), 1)
+    enhanced.save_as(tmp_path / "enhanced.dcm")
+    image = calcdetect.load(tmp_path / "enhanced.dcm")
+    assert image.metadata["frame_order"] == list(range(SHAPE[0]))[::-1]
+    report = calcdetect.detect(image, region="all")
+    assert report.count == len(SPHERES)
+    files = dicom_out.write_dicom_outputs(image, report, tmp_path / "out", "enh")
+    seg = _strict_read(files[0])
+    rebuilt = np.zeros(image.shape, dtype=np.int32)
+    frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+    slice_of_frame = {f + 1: z for z, f in enumerate(image.metadata["frame_order"])}
+    for j, pf in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        src = pf.DerivationImageSequence[0].SourceImageSequence[0]
+        assert src.ReferencedSOPInstanceUID == enhanced.SOPInstanceUID
+        z = slice_of_frame[int(src.ReferencedFrameNumber)]
+        rebuilt[z][frames[j] > 0] = int(pf.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+    assert np.array_equal(rebuilt, report.labels)
+    _check_sr_against_json(_strict_read(files[1]), report, is_volume=True)
+    # without the SEG: per-slice outlines reference the right frame of the one instance
+    sr = dicom_out.build_sr(report, image, dicom_out.source_datasets(image))
+    for g, f in zip(_groups(sr)[1:], report.findings):
+        zs = np.flatnonzero((report.labels == f.id).any(axis=(1, 2)))
+        frames_expected = {image.metadata["frame_order"][z] + 1 for z in zs}
+        assert {uid for uid, _, _ in g["regions"]} == {enhanced.SOPInstanceUID}
+        found = set()
+        groups_items = [it for it in _find(sr.ContentSequence, "126010")[0].ContentSequence
+                        if _find(it.ContentSequence, "112039")[0].TextValue == g["tracking_id"]]
+        for it in groups_items[0].ContentSequence:
+            if it.ValueType == "SCOORD":
+                ref = it.ContentSequence[0].ReferencedSOPSequence[0]
+                found.add(int(ref.ReferencedFrameNumber))
+        assert found == frames_expected
+
+
+@pytest.mark.filterwarnings("ignore:The string .* person name:UserWarning")
+@pytest.mark.parametrize("name,modality,frame", [("US1_UNCR.dcm", "US", None),
+                                                 ("color3d_jpeg_baseline.dcm", "US", 60)])
+def test_2d_non_ct_sources(tmp_path, name, modality, frame):
+    """Modality-agnostic: a 2D result on an ultrasound image or one frame of a cine."""
+    from pydicom.data import get_testdata_file
+
+    from calcdetect.report import Finding, Report
+
+    path = get_testdata_file(name)
+    head = pydicom.dcmread(path, stop_before_pixels=True)
+    meta = {} if frame is None else {"frame_index": frame}
+    image = calcdetect.Image(np.zeros((head.Rows, head.Columns), np.float32), (0.1, 0.1), modality,
+                             source=path, metadata=meta)
+    labels = np.zeros(image.shape, np.int32)
+    labels[20:26, 30:35] = 1
+    labels[50:53, 60:70] = 2
+    findings = [Finding(id=i, centroid_px=[0.0, 0.0], centroid_mm=None, bbox_px=[0, 0, 1, 1],
+                        equivalent_diameter_mm=1.5 * i, long_axis_mm=2.0 * i, short_axis_mm=1.0,
+                        area_mm2=3.0 * i, volume_mm3=None, peak=200.0, mean=100.0, side="left",
+                        depth_mm=4.0, region="subcutaneous") for i in (1, 2)]
+    report = Report(source=path, modality=modality, shape=list(image.shape), spacing_mm=[0.1, 0.1],
+                    findings=findings, labels=labels)
+    if frame is None:
+        files = dicom_out.write_dicom_outputs(image, report, tmp_path, "us")
+        seg, sr = _strict_read(files[0]), _strict_read(files[1])
+    else:  # highdicom cannot segment one frame of a cine without a frame of reference
+        with pytest.warns(UserWarning, match="only the SR was written"):
+            files = dicom_out.write_dicom_outputs(image, report, tmp_path, "us")
+        assert [p.name for p in files] == ["us.sr.dcm"]
+        seg, sr = None, _strict_read(files[0])
+    groups = _groups(sr)
+    assert sr.StudyInstanceUID == head.StudyInstanceUID
+    for g, f in zip(groups[1:], findings):
+        # sizes and depth, no HU on ultrasound
+        assert g["measurements"] == {("103339001", None): (f.long_axis_mm, "mm"),
+                                     ("103340004", None): (1.0, "mm"),
+                                     ("81827009", "EQUIV-DIAM"): (f.equivalent_diameter_mm, "mm"),
+                                     ("42798000", None): (f.area_mm2, "mm2"),
+                                     ("121243", None): (4.0, "mm")}
+        assert g["sites"] == [("71966008", "7771000", None)]
+        # the outline is on the analysed frame
+        assert len(g["regions"]) == 1
+        mask = labels == f.id
+        rows, cols = np.nonzero(mask)
+        xy = g["regions"][0][2]
+        assert np.allclose(xy.min(axis=0), [cols.min(), rows.min()]) and np.allclose(
+            xy.max(axis=0), [cols.max() + 1, rows.max() + 1])
+    if frame is not None:
+        region_items = [it for it in _find(sr.ContentSequence, "126010")[0].ContentSequence[1].ContentSequence
+                        if it.ValueType == "SCOORD"]
+        ref = region_items[0].ContentSequence[0].ReferencedSOPSequence[0]
+        assert int(ref.ReferencedFrameNumber) == frame + 1
+        return
+    rebuilt = np.zeros(image.shape, np.int32)
+    frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+    for j, pf in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        src = pf.DerivationImageSequence[0].SourceImageSequence[0]
+        assert src.ReferencedSOPInstanceUID == head.SOPInstanceUID
+        rebuilt[frames[j] > 0] = int(pf.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+    assert np.array_equal(rebuilt, labels)
+    assert seg.StudyInstanceUID == head.StudyInstanceUID == sr.StudyInstanceUID
+
+
+def test_cine_without_frame_is_refused(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    from calcdetect.report import Report
+
+    path = get_testdata_file("color3d_jpeg_baseline.dcm")
+    head = pydicom.dcmread(path, stop_before_pixels=True)
+    image = calcdetect.Image(np.zeros((head.Rows, head.Columns), np.float32), None, "US", source=path)
+    report = Report(source=path, modality="US", shape=list(image.shape), spacing_mm=None,
+                    labels=np.zeros(image.shape, np.int32))
+    with pytest.raises(UnsupportedImageError, match="which one was analysed"):
+        dicom_out.build_sr(report, image, dicom_out.source_datasets(image))
+
+
 def test_no_findings_writes_sr_only(tmp_path):
     _write_series(tmp_path / "ct", _phantom(with_spheres=False))
     image = calcdetect.load(tmp_path / "ct")
@@ -413,6 +530,18 @@ def test_cli_detect_writes_sr_and_seg(tmp_path, real_slice, capsys):
     assert len(seg_ds.SegmentSequence) == count
     assert len(_groups(sr_ds)) == count + 1
     assert not list(tmp_path.glob(".*.part"))  # atomic writes left no temporaries
+
+
+def test_cli_no_findings_skips_seg(tmp_path, capsys):
+    _write_series(tmp_path / "ct", _phantom(with_spheres=False))
+    sr, seg = tmp_path / "e.sr.dcm", tmp_path / "e.seg.dcm"
+    code = main(["detect", str(tmp_path / "ct"), "--region", "all", "--compact",
+                 "--dicom-sr", str(sr), "--dicom-seg", str(seg)])
+    assert code == 0
+    out, err = capsys.readouterr()
+    assert '"count": 0' in out and "no DICOM SEG was written" in err
+    assert sr.exists() and not seg.exists()
+    assert _groups(_strict_read(sr))[0]["measurements"][("111038", None)] == (0.0, "1")
 
 
 def test_array_image_has_no_dicom_source():
