@@ -402,7 +402,29 @@ def build_seg(
         series_description="calcdetect calcifications (SEG)",
         omit_empty_frames=True,
     )
+    _fix_projection_geometry(seg, sources[0], image)
     return seg
+
+
+def _fix_projection_geometry(seg: Dataset, source: Dataset, image: Image) -> None:
+    """SEGs of images without a frame of reference (radiographs, ultrasound): carry the
+    source's Patient Orientation (type 2C there) and never a zero Pixel Spacing copied from
+    a source that stores ``0\\0`` (the image's real spacing, when known, replaces it)."""
+    if "FrameOfReferenceUID" in source:
+        return
+    if "PatientOrientation" not in seg:
+        seg.PatientOrientation = source.get("PatientOrientation") or None
+    shared = seg.get("SharedFunctionalGroupsSequence")
+    if not shared or "PixelMeasuresSequence" not in shared[0]:
+        return
+    measures = shared[0].PixelMeasuresSequence[0]
+    spacing = [float(v) for v in measures.get("PixelSpacing") or []]
+    if len(spacing) == 2 and all(v > 0 for v in spacing):
+        return
+    if image.spacing_mm is not None and image.spacing_source != "user (--pixel-size)":
+        measures.PixelSpacing = [f"{v:.6g}" for v in image.spacing_mm[-2:]]
+    else:
+        del shared[0].PixelMeasuresSequence
 
 
 # ------------------------------------------------------------------------- SR
@@ -529,13 +551,12 @@ def _planar_group(f: Finding, labels2d: np.ndarray, source, seg: Dataset | None,
     hd = _hd()
     mask = labels2d == f.id
     outlines = _contours(mask)
+    ds, frame = source
     if len(outlines) > 1 and seg is not None:
-        # TID 1410 references one segmentation frame (121214): the segment's frame
-        ref = hd.sr.ReferencedSegmentationFrame.from_segmentation(seg, segment_number=f.id)
+        ref = _segmentation_frame_reference(seg, f.id, ds, frame)
         return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_segment=ref, **common)
     if len(outlines) > 1:
         outlines = _contours(convex_hull_image(mask))
-    ds, frame = source
     src = hd.sr.SourceImageForRegion.from_source_image(
         ds, referenced_frame_numbers=[frame] if frame is not None else None)
     if outlines:
@@ -545,6 +566,35 @@ def _planar_group(f: Finding, labels2d: np.ndarray, source, seg: Dataset | None,
     region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=xy,
                                source_image=src)
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_region=region, **common)
+
+
+def _segmentation_frame_reference(seg: Dataset, segment: int, source: Dataset, frame: int | None):
+    """TID 1410 "Referenced Segmentation Frame" (121214): the SEG frame holding ``segment``
+    on the 2D source image.
+
+    Built by hand rather than with ``ReferencedSegmentationFrame.from_segmentation``,
+    which (highdicom 0.28) writes Referenced Segment Number next to Referenced Frame
+    Number (the Image SOP Instance Reference Macro allows one or the other; a SEG frame
+    already belongs to one segment) and gives the single-frame source image the SEG's
+    frame number; dciodvfy flags both.
+    """
+    hd = _hd()
+    seg_frames = [
+        j + 1 for j, item in enumerate(seg.PerFrameFunctionalGroupsSequence)
+        if int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) == segment
+    ]
+    if not seg_frames:
+        raise CalcdetectError(f"the SEG holds no frame of segment {segment}")
+    ref = hd.sr.ReferencedSegmentationFrame(
+        sop_class_uid=seg.SOPClassUID,
+        sop_instance_uid=seg.SOPInstanceUID,
+        frame_number=seg_frames[0],
+        segment_number=segment,
+        source_image=hd.sr.SourceImageForSegmentation.from_source_image(
+            source, referenced_frame_numbers=[frame] if frame is not None else None),
+    )
+    del ref[0].ReferencedSOPSequence[0].ReferencedSegmentNumber
+    return ref
 
 
 def _seg_tracking_uids(seg: Dataset) -> dict[int, str]:

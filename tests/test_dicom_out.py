@@ -12,7 +12,8 @@ their DerivationImageSequence and compared voxel for voxel with ``Report.labels`
 
 from __future__ import annotations
 
-import io
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -177,7 +178,12 @@ def _groups(sr: Dataset) -> list[dict]:
             elif it.ValueType == "IMAGE" and _code(it) in ("121191", "121214"):
                 # Referenced Segment (volumetric) / Referenced Segmentation Frame (planar)
                 ref = it.ReferencedSOPSequence[0]
-                g["segments"].append((str(ref.ReferencedSOPInstanceUID), int(ref.ReferencedSegmentNumber)))
+                if "ReferencedSegmentNumber" in ref:
+                    assert "ReferencedFrameNumber" not in ref  # the macro allows one of the two
+                    target = int(ref.ReferencedSegmentNumber)
+                else:
+                    target = ("frame", int(ref.ReferencedFrameNumber))
+                g["segments"].append((str(ref.ReferencedSOPInstanceUID), target))
             elif it.ValueType == "SCOORD" and _code(it) == "111030":  # Image Region
                 src = it.ContentSequence[0].ReferencedSOPSequence[0]
                 xy = np.asarray(it.GraphicData, dtype=float).reshape(-1, 2)
@@ -353,8 +359,12 @@ def test_real_slice_round_trip(real_slice):
     n_pieces = [ndi.label(report.labels == f.id, structure=np.ones((3, 3)))[1] for f in report.findings]
     assert 1 in n_pieces and max(n_pieces) > 1  # CT_small has both kinds
     for g, f, pieces in zip(groups[1:], report.findings, n_pieces):
-        if pieces > 1:
-            assert g["regions"] == [] and g["segments"] == [(str(seg.SOPInstanceUID), f.id)]
+        if pieces > 1:  # the SEG frame referenced is the one holding this finding's segment
+            assert g["regions"] == [] and len(g["segments"]) == 1
+            uid, (kind, number) = g["segments"][0]
+            assert uid == seg.SOPInstanceUID and kind == "frame"
+            pf = seg.PerFrameFunctionalGroupsSequence[number - 1]
+            assert pf.SegmentIdentificationSequence[0].ReferencedSegmentNumber == f.id
             continue
         assert len(g["regions"]) == 1 and g["segments"] == []
         uid, gtype, xy = g["regions"][0]
@@ -459,6 +469,8 @@ def test_2d_non_ct_sources(tmp_path, name, modality, frame):
         seg, sr = None, _strict_read(files[0])
     groups = _groups(sr)
     assert sr.StudyInstanceUID == head.StudyInstanceUID
+    for path in files:  # no frame of reference: patient orientation and spacing handled
+        assert _dciodvfy_errors(path) == [], path.name
     for g, f in zip(groups[1:], findings):
         # sizes and depth, no HU on ultrasound
         assert g["measurements"] == {("103339001", None): (f.long_axis_mm, "mm"),
@@ -542,6 +554,24 @@ def test_cli_no_findings_skips_seg(tmp_path, capsys):
     assert '"count": 0' in out and "no DICOM SEG was written" in err
     assert sr.exists() and not seg.exists()
     assert _groups(_strict_read(sr))[0]["measurements"][("111038", None)] == (0.0, "1")
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) not installed")
+def test_outputs_pass_dciodvfy(series, real_slice, tmp_path):
+    """David Clunie's IOD validator finds no error in the SR and SEG objects."""
+    image, report = series["image"], series["report"]
+    no_seg = dicom_out.write_sr(report, image, dicom_out.source_datasets(image), tmp_path / "n.sr.dcm")
+    files = list(series["files"]) + list(real_slice["files"]) + [no_seg]
+    for path in files:
+        assert _dciodvfy_errors(path) == [], path.name
+
+
+def _dciodvfy_errors(path: Path) -> list[str]:
+    """Error lines of dciodvfy (empty when the validator is not installed)."""
+    if shutil.which("dciodvfy") is None:
+        return []
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
 
 
 def test_array_image_has_no_dicom_source():
