@@ -94,7 +94,10 @@ def _write_dicom(args: argparse.Namespace, image, report) -> None:
     """``--dicom-seg`` / ``--dicom-sr``: write the SEG first so the SR references it."""
     from .dicom_out import build_seg, source_datasets, write_dataset, write_sr
 
-    datasets = source_datasets(image)
+    notes: list[str] = []
+    datasets = source_datasets(image, notes=notes)
+    for note in notes:  # printed here: a loader's threads can leave warnings filtered
+        sys.stderr.write(f"calcdetect: warning: {note}\n")
     seg = None
     if args.dicom_seg:
         try:

@@ -82,57 +82,75 @@ def _hd():
 
 
 # ------------------------------------------------------------------------- codes
-def _codes() -> dict[str, Any]:
-    """The coded concepts used in SR and SEG (see docs/dicom-outputs.md)."""
-    hd = _hd()
-    C = hd.sr.CodedConcept
-    return {
-        # finding and segment
-        "calcification": C("18115005", "SCT", "Pathologic calcification"),
-        "abnormal_structure": C("49755003", "SCT", "Morphologically abnormal structure"),
-        # finding sites
-        "skin": C("39937001", "SCT", "Skin"),
-        "subcutaneous": C("71966008", "SCT", "Subcutaneous tissue"),
-        "entire_body": C("38266002", "SCT", "Entire body"),
-        "deep": C("795002", "SCT", "Deep"),
-        "left": C("7771000", "SCT", "Left"),
-        "right": C("24028007", "SCT", "Right"),
-        # measurement names
-        "long_axis": C("103339001", "SCT", "Long axis"),
-        "short_axis": C("103340004", "SCT", "Short axis"),
-        "diameter": C("81827009", "SCT", "Diameter"),
-        "area": C("42798000", "SCT", "Area"),
-        "volume": C("118565006", "SCT", "Volume"),
-        "max_hu": C("112180", "DCM", "Maximum Attenuation Coefficient"),
-        "mean_hu": C("112181", "DCM", "Mean Attenuation Coefficient"),
-        "distance_from_skin": C("121243", "DCM", "Distance from skin"),
-        "calcium_score": C("112058", "DCM", "Calcium score"),
-        "calcium_volume": C("122660", "DCM", "Calcium Volume"),
-        "calcium_mass": C("122661", "DCM", "Calcium Mass"),
-        "count": C("111038", "DCM", "Number of calcifications"),
-        # modifiers and methods
-        "maximum": C("56851009", "SCT", "Maximum"),
-        "agatston": C("112055", "DCM", "Agatston scoring method"),
-        "equivalent_diameter": C(
-            "EQUIV-DIAM", LOCAL_SCHEME, "Equivalent diameter (circle/sphere of equal size)"
-        ),
-        # units (UCUM)
-        "mm": C("mm", "UCUM", "millimeter"),
-        "mm2": C("mm2", "UCUM", "square millimeter"),
-        "mm3": C("mm3", "UCUM", "cubic millimeter"),
-        "mg": C("mg", "UCUM", "milligram"),
-        "hu": C("[hnsf'U]", "UCUM", "Hounsfield unit"),
-        "no_units": C("1", "UCUM", "no units"),
-        # procedures reported (CID 100 / 10005)
-        "proc_CT": C("77477000", "SCT", "Computed tomography"),
-        "proc_XRAY": C("168537006", "SCT", "Plain radiography"),
-        "proc_US": C("16310003", "SCT", "Diagnostic ultrasonography"),
-        "device": C("121007", "DCM", "Device"),
-    }
+#: The coded concepts used in SR and SEG, as (value, scheme, meaning); the reasons for
+#: each choice are in docs/dicom-outputs.md.
+CODES: dict[str, tuple[str, str, str]] = {
+    # finding and segment
+    "calcification": ("18115005", "SCT", "Pathologic calcification"),
+    "abnormal_structure": ("49755003", "SCT", "Morphologically abnormal structure"),
+    # finding sites
+    "skin": ("39937001", "SCT", "Skin"),
+    "subcutaneous": ("71966008", "SCT", "Subcutaneous tissue"),
+    "entire_body": ("38266002", "SCT", "Entire body"),
+    "deep": ("795002", "SCT", "Deep"),
+    "left": ("7771000", "SCT", "Left"),
+    "right": ("24028007", "SCT", "Right"),
+    # measurement names
+    "long_axis": ("103339001", "SCT", "Long axis"),
+    "short_axis": ("103340004", "SCT", "Short axis"),
+    "diameter": ("81827009", "SCT", "Diameter"),
+    "area": ("42798000", "SCT", "Area"),
+    "volume": ("118565006", "SCT", "Volume"),
+    "max_hu": ("112180", "DCM", "Maximum Attenuation Coefficient"),
+    "mean_hu": ("112181", "DCM", "Mean Attenuation Coefficient"),
+    "distance_from_skin": ("121243", "DCM", "Distance from skin"),
+    "calcium_score": ("112058", "DCM", "Calcium score"),
+    "calcium_volume": ("122660", "DCM", "Calcium Volume"),
+    "calcium_mass": ("122661", "DCM", "Calcium Mass"),
+    "count": ("111038", "DCM", "Number of calcifications"),
+    # modifiers and methods
+    "maximum": ("56851009", "SCT", "Maximum"),
+    "agatston": ("112055", "DCM", "Agatston scoring method"),
+    "equivalent_diameter": ("EQUIV-DIAM", LOCAL_SCHEME, "Equivalent diameter (circle/sphere of equal size)"),
+    # units (UCUM)
+    "mm": ("mm", "UCUM", "millimeter"),
+    "mm2": ("mm2", "UCUM", "square millimeter"),
+    "mm3": ("mm3", "UCUM", "cubic millimeter"),
+    "mg": ("mg", "UCUM", "milligram"),
+    "hu": ("[hnsf'U]", "UCUM", "Hounsfield unit"),
+    "no_units": ("1", "UCUM", "no units"),
+    # procedures reported (CID 100 / 10005)
+    "proc_CT": ("77477000", "SCT", "Computed tomography"),
+    "proc_XRAY": ("168537006", "SCT", "Plain radiography"),
+    "proc_US": ("16310003", "SCT", "Diagnostic ultrasonography"),
+    "device": ("121007", "DCM", "Device"),
+}
+
+
+class _Codes:
+    """``CODES`` as highdicom ``CodedConcept`` objects, a new one per use (a dataset
+    must not sit in two places of one content tree)."""
+
+    def __init__(self) -> None:
+        self._concept = _hd().sr.CodedConcept
+
+    def __getitem__(self, key: str):
+        value, scheme, meaning = CODES[key]
+        return self._concept(value, scheme, meaning)
+
+    def get(self, key: str | None, default=None):
+        return self[key] if key in CODES else default
+
+
+def _codes() -> _Codes:
+    """Accessor of the coded concepts (raises the install hint without highdicom)."""
+    return _Codes()
 
 
 # ------------------------------------------------------------------- sources
-def source_datasets(image: Image, *, with_pixels: bool = False) -> list[Dataset]:
+def source_datasets(
+    image: Image, *, with_pixels: bool = False, notes: list[str] | None = None
+) -> list[Dataset]:
     """Re-read the DICOM file(s) an image was loaded from.
 
     Parameters
@@ -143,6 +161,10 @@ def source_datasets(image: Image, *, with_pixels: bool = False) -> list[Dataset]
         ``image.source`` when that is a file.
     with_pixels : bool
         Also read the pixel data (not needed for SR or SEG: headers suffice).
+    notes : list of str, optional
+        Messages for the user are appended here (and issued as ``UserWarning``): e.g.
+        that an anonymised source without Study/Series Instance UID got derived ones.
+        Empty SOP Class/Instance UIDs are taken from the file meta information.
 
     Returns
     -------
@@ -170,23 +192,20 @@ def source_datasets(image: Image, *, with_pixels: bool = False) -> list[Dataset]
             )
         files = [src]
     datasets = [read_header(f, stop_before_pixels=not with_pixels) for f in files]
-    for f, ds in zip(files, datasets):
-        if "SOPInstanceUID" not in ds or "StudyInstanceUID" not in ds:
-            raise UnsupportedImageError(
-                "the source file has no SOPInstanceUID/StudyInstanceUID, so results cannot be "
-                "placed in its study",
-                path=f,
-                fix="repair the header (every DICOM image has these UIDs)",
-            )
     expected = image.metadata.get("SOPInstanceUIDs")
     if expected and len(expected) == len(datasets):
-        found = [str(ds.SOPInstanceUID) for ds in datasets]
-        if found != [str(u) for u in expected]:
+        found = [str(ds.get("SOPInstanceUID", "") or "") for ds in datasets]
+        if found != [str(u or "") for u in expected]:
             raise InconsistentSeriesError(
                 "the source files changed since the image was loaded (other SOP Instance UIDs)",
                 path=image.source,
                 fix="load the image again and rerun detection",
             )
+    datasets, note = _repair_uids(datasets, [Path(f) for f in files])
+    if note:
+        warnings.warn(note, UserWarning, stacklevel=2)
+        if notes is not None:
+            notes.append(note)
     studies = {str(ds.StudyInstanceUID) for ds in datasets}
     if len(studies) > 1:
         raise InconsistentSeriesError(
@@ -194,6 +213,54 @@ def source_datasets(image: Image, *, with_pixels: bool = False) -> list[Dataset]
             fix="load one series of one study",
         )
     return datasets
+
+
+def _uid(ds: Dataset, keyword: str) -> str:
+    return str(ds.get(keyword, "") or "").strip()
+
+
+def _repair_uids(datasets: list[Dataset], files: list[Path]) -> tuple[list[Dataset], str | None]:
+    """Give anonymised headers the UIDs SR and SEG must reference.
+
+    Empty SOP Class/Instance UIDs come from the file meta information (which names the
+    same instance).  An empty Study or Series Instance UID cannot be recovered: one is
+    derived deterministically from the source instances (so the SR and the SEG of one
+    source agree, run after run) and the returned note says that a PACS will not match
+    the outputs to the source study.  The caller's files are never changed.
+    """
+    from pydicom.uid import generate_uid
+
+    out = []
+    for ds, path in zip(datasets, files):
+        meta = getattr(ds, "file_meta", None) or Dataset()
+        fixes = {}
+        if not _uid(ds, "SOPClassUID") and _uid(meta, "MediaStorageSOPClassUID"):
+            fixes["SOPClassUID"] = _uid(meta, "MediaStorageSOPClassUID")
+        if not _uid(ds, "SOPInstanceUID"):
+            fixes["SOPInstanceUID"] = _uid(meta, "MediaStorageSOPInstanceUID") or generate_uid(
+                entropy_srcs=["calcdetect-instance", str(path.resolve())])
+        if fixes:
+            ds = Dataset(ds)
+            for key, value in fixes.items():
+                setattr(ds, key, value)
+        if not _uid(ds, "SOPClassUID"):
+            raise UnsupportedImageError("the source file has no SOP Class UID", path=path,
+                                        fix="repair the header")
+        out.append(ds)
+    instances = sorted(_uid(ds, "SOPInstanceUID") for ds in out)
+    missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID") if any(not _uid(ds, k) for ds in out)]
+    for key in missing:
+        value = generate_uid(entropy_srcs=[f"calcdetect-{key}"] + instances)
+        out = [Dataset(ds) if not _uid(ds, key) else ds for ds in out]
+        for ds in out:
+            if not _uid(ds, key):
+                setattr(ds, key, value)
+    note = None
+    if missing:
+        note = (f"{files[0].parent if len(files) > 1 else files[0]}: the source has no "
+                f"{' or '.join(missing)} (anonymised?); the DICOM outputs use one derived from "
+                "the source instances, so a PACS will not file them with the source study")
+    return out, note
 
 
 def _evidence(datasets: Sequence[Dataset]) -> list[Dataset]:
@@ -447,7 +514,7 @@ def _finding_sites(f: Finding) -> list:
     modifier = None
     if location is None and f.region == "deep":
         location, modifier = code["entire_body"], code["deep"]
-    laterality = code.get(f.side) if f.side in ("left", "right") else None
+    laterality = code[f.side] if f.side in ("left", "right") else None
     if location is None and laterality is not None:
         location = code["entire_body"]
     if location is None:
@@ -566,6 +633,29 @@ def _planar_group(f: Finding, labels2d: np.ndarray, source, seg: Dataset | None,
     region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=xy,
                                source_image=src)
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_region=region, **common)
+
+
+def _segment_reference(seg: Dataset, segment: int, labels3: np.ndarray, slices):
+    """TID 1411 "Referenced Segment" (121191) with the source images (and frames) the
+    segment lies on, taken from the label image -- not from
+    ``ReferencedSegment.from_segmentation``, which scans every SEG frame per segment
+    (tens of seconds for hundreds of findings)."""
+    hd = _hd()
+    frames_by_instance: dict[str, tuple[Dataset, list[int]]] = {}
+    for z in np.flatnonzero((labels3 == segment).any(axis=(1, 2))):
+        ds, frame = slices[int(z)]
+        entry = frames_by_instance.setdefault(str(ds.SOPInstanceUID), (ds, []))
+        if frame is not None:
+            entry[1].append(frame)
+    sources = [hd.sr.SourceImageForSegmentation.from_source_image(
+        ds, referenced_frame_numbers=sorted(frames) or None) for ds, frames in frames_by_instance.values()]
+    if not sources:  # the label image lost this finding: the SEG's source series
+        return hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=segment,
+            source_series=hd.sr.SourceSeriesForSegmentation(str(slices[0][0].SeriesInstanceUID)))
+    return hd.sr.ReferencedSegment(sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
+                                   segment_number=segment, source_images=sources)
 
 
 def _segmentation_frame_reference(seg: Dataset, segment: int, source: Dataset, frame: int | None):
@@ -691,7 +781,7 @@ def build_sr(
         )
         if is_volume:
             if seg is not None:
-                ref = hd.sr.ReferencedSegment.from_segmentation(seg, segment_number=f.id)
+                ref = _segment_reference(seg, f.id, labels3, slices)
                 groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                     referenced_segment=ref, **common))
             else:
