@@ -516,6 +516,31 @@ def test_cine_without_frame_is_refused(tmp_path):
         dicom_out.build_sr(report, image, dicom_out.source_datasets(image))
 
 
+def test_anonymised_source_without_uids(tmp_path):
+    """Empty SOP/Study/Series UIDs (as in anonymised exports): SOP UIDs come from the file
+    meta, the study/series UIDs are derived -- the same for every call -- with a note."""
+    uids = _write_series(tmp_path / "ct", _phantom())
+    for path in (tmp_path / "ct").glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.SOPInstanceUID = ds.StudyInstanceUID = ds.SeriesInstanceUID = ""
+        ds.save_as(path)
+    image = calcdetect.load(tmp_path / "ct")
+    report = calcdetect.detect(image, region="all")
+    notes: list[str] = []
+    with pytest.warns(UserWarning, match="PACS will not file them"):
+        first = dicom_out.source_datasets(image, notes=notes)
+    assert len(notes) == 1 and "StudyInstanceUID or SeriesInstanceUID" in notes[0]
+    assert [str(ds.SOPInstanceUID) for ds in first] == uids["sops"]  # from the file meta
+    with pytest.warns(UserWarning):
+        files = dicom_out.write_dicom_outputs(image, report, tmp_path / "out", "anon")
+    seg, sr = _strict_read(files[0]), _strict_read(files[1])
+    assert seg.StudyInstanceUID == sr.StudyInstanceUID == first[0].StudyInstanceUID
+    assert pydicom.uid.UID(seg.StudyInstanceUID).is_valid
+    labels = _seg_labels(seg, uids["sops"], image.shape)
+    assert np.array_equal(labels, report.labels)
+    _check_sr_against_json(sr, report, is_volume=True)
+
+
 def test_no_findings_writes_sr_only(tmp_path):
     _write_series(tmp_path / "ct", _phantom(with_spheres=False))
     image = calcdetect.load(tmp_path / "ct")
