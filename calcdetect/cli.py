@@ -14,7 +14,7 @@ import sys
 from typing import Sequence
 
 from . import __version__
-from .errors import CalcdetectError, InvalidParameterError
+from .errors import CalcdetectError, InvalidParameterError, UnsupportedImageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -85,7 +85,35 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         write_text_atomic(args.output, text + "\n")
     else:
         sys.stdout.write(text + "\n")
+    if args.dicom_seg or args.dicom_sr:
+        _write_dicom(args, image, report)
     return EXIT_OK
+
+
+def _write_dicom(args: argparse.Namespace, image, report) -> None:
+    """``--dicom-seg`` / ``--dicom-sr``: write the SEG first so the SR references it."""
+    from .dicom_out import build_seg, source_datasets, write_dataset, write_sr
+
+    notes: list[str] = []
+    datasets = source_datasets(image, notes=notes)
+    for note in notes:  # printed here: a loader's threads can leave warnings filtered
+        sys.stderr.write(f"calcdetect: warning: {note}\n")
+    seg = None
+    if args.dicom_seg:
+        try:
+            seg = build_seg(report, image, datasets)
+        except UnsupportedImageError as exc:
+            if not args.dicom_sr:
+                raise
+            sys.stderr.write(f"calcdetect: warning: {exc.message}; writing the SR only\n")
+            seg = None
+        if seg is None and report.count == 0:
+            sys.stderr.write(f"calcdetect: no calcifications found, so no DICOM SEG was written to "
+                             f"{args.dicom_seg} (the SR records the count 0)\n")
+        elif seg is not None:
+            write_dataset(seg, args.dicom_seg)
+    if args.dicom_sr:
+        write_sr(report, image, datasets, args.dicom_sr, seg=seg)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_detector_options(p)
     p.add_argument("-o", "--output", metavar="FILE", help="write the JSON here instead of stdout")
     p.add_argument("--compact", action="store_true", help="one-line JSON")
+    p.add_argument("--dicom-sr", metavar="FILE",
+                   help="also write a DICOM SR measurement report (TID 1500) of the findings "
+                        "(DICOM inputs; needs calcdetect[dicom-out])")
+    p.add_argument("--dicom-seg", metavar="FILE",
+                   help="also write a DICOM Segmentation of the findings (DICOM inputs; needs "
+                        "calcdetect[dicom-out]; skipped when nothing is found)")
     p.set_defaults(func=_cmd_detect)
 
     try:

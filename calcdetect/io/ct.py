@@ -70,6 +70,7 @@ def ct_slice_from_dataset(ds: Dataset, path: str | Path, pixels: np.ndarray) -> 
     meta = basic_metadata(ds)
     meta["RescaleSlope"], meta["RescaleIntercept"] = slope, intercept
     meta["SOPInstanceUIDs"] = [str(ds.get("SOPInstanceUID", ""))]
+    meta["files"] = [str(path)]  # source file(s), for DICOM SR/SEG outputs
     return Image(
         pixels=hu,
         spacing_mm=spacing,
@@ -148,6 +149,7 @@ def _load_enhanced(ds: Dataset, path: str | Path) -> Image:
     meta = basic_metadata(ds)
     meta["SOPInstanceUIDs"] = [str(ds.get("SOPInstanceUID", ""))]
     meta["NumberOfFrames"] = n
+    meta["files"] = [str(path)]  # source file, for DICOM SR/SEG outputs
     slices = [
         _Slice(path=str(path), position=positions[i], orientation=orientations[i],
                spacing=spacings[i], instance=i + 1, frame=i)
