@@ -152,6 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run the command, turn calcdetect errors into one-line messages."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.debug:
+        # pydicom's parser warnings (odd VRs, lenient values) are noise on a terminal;
+        # what users must know is in each report's "warnings".  --debug shows them.
+        import warnings
+
+        warnings.simplefilter("ignore")
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE

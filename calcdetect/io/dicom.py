@@ -9,7 +9,6 @@ file, the reason and the fix (for a missing codec: the extra to install).
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -93,23 +92,24 @@ def read_header(path: str | Path, *, stop_before_pixels: bool = True) -> Dataset
         raise UnreadableFileError(f"cannot be opened ({exc.strerror})", path=path) from exc
     if size == 0:
         raise UnreadableFileError("is empty (0 bytes)", path=path, fix="re-export or re-transfer it")
+    # No warnings.catch_warnings() here: it is not thread-safe (series headers are read
+    # in a thread pool) and a library must not change the caller's warning filters.
+    # The CLI decides what to show.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
-            except InvalidDicomError:
-                # no preamble: old ACR-NEMA style files are still valid datasets
-                ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
-                if "SOPClassUID" not in ds and "Rows" not in ds and "Modality" not in ds:
-                    raise UnreadableFileError(
-                        "is not a DICOM file (no DICM prefix, no image tags)",
-                        path=path,
-                        fix="give a DICOM, PNG, JPEG or TIFF file",
-                    ) from None
-            # touch the elements now, so lazy-parse errors surface here and not later
-            for elem in ds:
-                _ = elem.value
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        except InvalidDicomError:
+            # no preamble: old ACR-NEMA style files are still valid datasets
+            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+            if "SOPClassUID" not in ds and "Rows" not in ds and "Modality" not in ds:
+                raise UnreadableFileError(
+                    "is not a DICOM file (no DICM prefix, no image tags)",
+                    path=path,
+                    fix="give a DICOM, PNG, JPEG or TIFF file",
+                ) from None
+        # touch the elements now, so lazy-parse errors surface here and not later
+        for elem in ds:
+            _ = elem.value
     except UnreadableFileError:
         raise
     except (EOFError, OSError, ValueError, KeyError, TypeError, IndexError, OverflowError,
@@ -251,9 +251,7 @@ def decode_pixels(
     """
     check_decoder(ds, path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            arr = _decode_via_dataset(ds, frame, raw=not as_rgb)
+        arr = _decode_via_dataset(ds, frame, raw=not as_rgb)
     except MemoryError as exc:
         raise UnreadableFileError("pixel data too large to decode in memory", path=path) from exc
     except (ValueError, RuntimeError, NotImplementedError, OSError, EOFError, KeyError,
