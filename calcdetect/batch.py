@@ -30,7 +30,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import CalcdetectError, InvalidParameterError
 from .outputs import write_text_atomic
@@ -445,6 +445,7 @@ def run_job(
     load_options: Mapping[str, Any] | None = None,
     detect_options: Mapping[str, Any] | None = None,
     write_outputs: bool = True,
+    dicom_outputs: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Process one job: load, detect, write ``<name>.json`` and ``<name>.png``.
 
@@ -464,6 +465,11 @@ def run_job(
     write_outputs : bool
         Write the JSON and PNG (the picture is written first, so an existing JSON means
         both are complete).
+    dicom_outputs : sequence of {"sr", "seg"}
+        Also write a DICOM SR measurement report and/or SEG beside the JSON
+        (``<name>.sr.dcm``, ``<name>.seg.dcm``; DICOM inputs only, needs
+        ``calcdetect[dicom-out]``).  A failure is a warning in the report, listed in
+        its ``dicom_outputs_error``; the JSON and picture are still written.
 
     Returns
     -------
@@ -483,6 +489,8 @@ def run_job(
             from .render import save_overlay
 
             base = Path(out) / job.name
+            if dicom_outputs:
+                _write_dicom(job, image, report, base, dicom_outputs, data)
             save_overlay(image, report, base.parent / (base.name + ".png"))
             write_text_atomic(base.parent / (base.name + ".json"), json.dumps(data, indent=2, allow_nan=False) + "\n")
         result["report"] = data
@@ -495,6 +503,26 @@ def run_job(
             result["error"]["traceback"] = traceback.format_exc()
     result["seconds"] = round(time.perf_counter() - t0, 3)
     return result
+
+
+def _write_dicom(job: Job, image, report, base: Path, kinds: Sequence[str], data: dict[str, Any]) -> None:
+    """Write the requested DICOM SR/SEG for one input; record the files or the reason."""
+    data["dicom_outputs_requested"] = sorted(kinds)
+    data["dicom_outputs"] = []
+    if job.kind == "raster":
+        data["warnings"].append("DICOM SR/SEG not written: the input is not DICOM")
+        return
+    try:
+        from .dicom_out import write_dicom_outputs
+
+        written = write_dicom_outputs(image, report, base.parent, base.name, sr="sr" in kinds, seg="seg" in kinds)
+    except Exception as exc:  # the JSON and picture still stand; say why DICOM did not
+        data["dicom_outputs_error"] = _reason(exc)
+        data["warnings"].append(f"DICOM SR/SEG not written: {_reason(exc)}")
+        return
+    data["dicom_outputs"] = [p.name for p in written]
+    if "seg" in kinds and not any(p.name.endswith(".seg.dcm") for p in written):
+        data["warnings"].append("DICOM SEG not written: there is no finding to segment")
 
 
 # ============================================================================ resuming
@@ -528,7 +556,8 @@ def report_from_dict(data: Mapping[str, Any]):
     )
 
 
-def _up_to_date(job: Job, out: Path, detect_options: Mapping[str, Any] | None) -> dict | None:
+def _up_to_date(job: Job, out: Path, detect_options: Mapping[str, Any] | None,
+                dicom_outputs: Sequence[str] = ()) -> dict | None:
     """The earlier report of ``job`` when its JSON and PNG exist, are newer than every
     input file (and sidecar) and were made with the same detector options."""
     base = out / job.name
@@ -548,6 +577,11 @@ def _up_to_date(job: Job, out: Path, detect_options: Mapping[str, Any] | None) -
     params = data.get("parameters") or {}
     for key, value in _split_options(detect_options, data.get("modality", "")).items():
         if key in params and params[key] != value:
+            return None
+    if dicom_outputs:
+        if sorted(data.get("dicom_outputs_requested") or []) != sorted(dicom_outputs):
+            return None
+        if not all((base.parent / name).exists() for name in data.get("dicom_outputs") or []):
             return None
     return data
 
@@ -719,6 +753,7 @@ def annotate(
     quiet: bool = False,
     load_options: Mapping[str, Any] | None = None,
     detect_options: Mapping[str, Any] | None = None,
+    dicom_outputs: Sequence[str] = (),
 ) -> AnnotateResult:
     """Annotate every image and series below ``folder`` into ``out``.
 
@@ -746,6 +781,8 @@ def annotate(
         without a sidecar, ``frame`` for ultrasound cine, ``max_pixels``.
     detect_options : dict, optional
         For :func:`calcdetect.detect`: flat, or per modality ``{"CT": {...}, ...}``.
+    dicom_outputs : sequence of {"sr", "seg"}
+        Also write DICOM SR (TID 1500) and/or SEG per DICOM input (see :func:`run_job`).
 
     Returns
     -------
@@ -781,7 +818,7 @@ def annotate(
 
     todo: list[Job] = []
     for j in job_list:
-        data = None if overwrite else _up_to_date(j, out, detect_options)
+        data = None if overwrite else _up_to_date(j, out, detect_options, dicom_outputs)
         if data is not None:
             result.reports[j.name] = data
             result.skipped.append(j.name)
@@ -792,6 +829,13 @@ def annotate(
     out_s = str(out.resolve())
     load_opts = dict(load_options or {})
     det_opts = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in dict(detect_options or {}).items()}
+    dicom_kinds = tuple(sorted(dicom_outputs))
+    if any(k not in ("sr", "seg") for k in dicom_kinds):
+        raise InvalidParameterError(f"dicom_outputs must name 'sr' and/or 'seg', got {dicom_kinds}")
+    if dicom_kinds:
+        from .dicom_out import _hd
+
+        _hd()  # fail once, up front, with the extra to install
 
     def collect(job: Job, res: dict[str, Any] | None, exc: BaseException | None) -> None:
         if exc is not None:
@@ -814,12 +858,13 @@ def annotate(
         n_workers = int(jobs) if jobs is not None else _default_jobs()
         if executor is None and (n_workers == 1 or len(todo) <= 1):
             for j in todo:
-                collect(j, run_job(j, out_s, load_opts, det_opts), None)
+                collect(j, run_job(j, out_s, load_opts, det_opts, True, dicom_kinds), None)
         else:
             own = executor is None
             ex = executor if executor is not None else ProcessPoolExecutor(max_workers=min(n_workers, len(todo)))
             try:
-                futures: dict[Future, Job] = {ex.submit(run_job, j, out_s, load_opts, det_opts): j for j in todo}
+                futures: dict[Future, Job] = {ex.submit(run_job, j, out_s, load_opts, det_opts, True, dicom_kinds): j
+                                              for j in todo}
                 for fut in as_completed(futures):
                     j = futures[fut]
                     try:
@@ -882,9 +927,10 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
     if args.debug:
         os.environ["CALCDETECT_DEBUG"] = "1"
     try:
+        kinds = [k for k, on in (("sr", args.dicom_sr), ("seg", args.dicom_seg)) if on]
         result = annotate(args.folder, args.output, executor=executor, jobs=args.jobs,
                           overwrite=args.overwrite, quiet=args.quiet,
-                          load_options=lopts, detect_options=dopts)
+                          load_options=lopts, detect_options=dopts, dicom_outputs=kinds)
     finally:
         if client is not None:
             client.close()
@@ -940,6 +986,11 @@ def add_annotate_parser(subparsers) -> argparse.ArgumentParser:
                         "must see FOLDER and OUTDIR at the same paths)")
     p.add_argument("--dask-timeout", type=_positive_seconds, default=10.0, metavar="SECONDS",
                    help="how long to try to reach the Dask scheduler (default 10)")
+    p.add_argument("--dicom-sr", action="store_true",
+                   help="also write a DICOM SR measurement report (TID 1500) per DICOM input "
+                        "(needs calcdetect[dicom-out])")
+    p.add_argument("--dicom-seg", action="store_true",
+                   help="also write a DICOM Segmentation of the findings per DICOM input")
     add_detector_options(p)
     p.set_defaults(func=_cmd_annotate)
     return p

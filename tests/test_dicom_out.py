@@ -618,3 +618,33 @@ def test_report_without_labels_is_refused(real_slice):
     report = dataclasses.replace(real_slice["report"], labels=None)
     with pytest.raises(CalcdetectError, match="label image"):
         dicom_out.build_seg(report, real_slice["image"], dicom_out.source_datasets(real_slice["image"]))
+
+
+def test_annotate_writes_sr_and_seg_per_dicom_input(tmp_path):
+    import json
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from calcdetect.cli import main
+
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), src / "ct.dcm")
+    out = tmp_path / "out"
+    assert main(["annotate", str(src), "-o", str(out), "--region", "all", "--dicom-sr", "--dicom-seg", "-q", "--jobs", "1"]) == 0
+    data = json.loads((out / "ct.dcm.json").read_text())
+    assert data["count"] > 0
+    assert sorted(data["dicom_outputs"]) == ["ct.dcm.seg.dcm", "ct.dcm.sr.dcm"]
+    seg = pydicom.dcmread(out / "ct.dcm.seg.dcm")
+    sr = pydicom.dcmread(out / "ct.dcm.sr.dcm")
+    assert seg.Modality == "SEG" and sr.Modality == "SR"
+    assert len(seg.SegmentSequence) == data["count"]
+    assert seg.StudyInstanceUID == pydicom.dcmread(src / "ct.dcm").StudyInstanceUID
+    # up to date: a second run skips; deleting the SEG makes it redo that input
+    mtime = (out / "ct.dcm.json").stat().st_mtime_ns
+    assert main(["annotate", str(src), "-o", str(out), "--region", "all", "--dicom-sr", "--dicom-seg", "-q", "--jobs", "1"]) == 0
+    assert (out / "ct.dcm.json").stat().st_mtime_ns == mtime
+    (out / "ct.dcm.seg.dcm").unlink()
+    assert main(["annotate", str(src), "-o", str(out), "--region", "all", "--dicom-sr", "--dicom-seg", "-q", "--jobs", "1"]) == 0
+    assert (out / "ct.dcm.seg.dcm").exists()
