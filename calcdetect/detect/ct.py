@@ -363,8 +363,10 @@ def _is_axial(image: Image) -> bool:
 
 def _midline_bone(image: Image, anatomy, table: dict, spacing3, has_spacing: bool) -> np.ndarray:
     """Components near the trunk's midline and deep enough to be sternum, xiphoid or a
-    spinous process (axial slices of a trunk only: the largest body part spans the
-    midline).  The midline is the centre of the largest body part's left-right extent."""
+    spinous process (axial slices only).  The midline is the centre of the left-right
+    extent of the largest deep core (the trunk's muscles and organs: unlike the body
+    outline, it does not merge with an arm resting against the trunk), and a focus must
+    lie in the body part that holds that core."""
     import cv2
 
     n = table["label"].size
@@ -376,13 +378,16 @@ def _midline_bone(image: Image, anatomy, table: dict, spacing3, has_spacing: boo
     cx = np.clip(np.rint(table["centroid-2"]).astype(int), 0, anatomy.body.shape[2] - 1)
     depth = anatomy.depth_mm[cz, cy, cx]
     for z in np.unique(cz[depth >= MIDLINE_BONE_DEPTH_MM]):
-        k, labels, stats, _ = cv2.connectedComponentsWithStats(anatomy.body[z].astype(np.uint8), connectivity=8)
+        k, core, stats, _ = cv2.connectedComponentsWithStats(anatomy.deep[z].astype(np.uint8), connectivity=8)
         if k <= 1:
             continue
         big = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
         left, width = stats[big, cv2.CC_STAT_LEFT], stats[big, cv2.CC_STAT_WIDTH]
         mid = left + (width - 1) / 2.0
-        sel = (cz == z) & (depth >= MIDLINE_BONE_DEPTH_MM) & (labels[cy, cx] == big)
+        _, parts = cv2.connectedComponents(anatomy.body[z].astype(np.uint8), connectivity=8)
+        trunk = parts[core == big]
+        trunk_label = int(np.bincount(trunk[trunk > 0]).argmax()) if (trunk > 0).any() else -1
+        sel = (cz == z) & (depth >= MIDLINE_BONE_DEPTH_MM) & (parts[cy, cx] == trunk_label)
         out |= sel & (np.abs(table["centroid-2"] - mid) * spacing3[2] <= MIDLINE_BONE_MM)
     return out
 
