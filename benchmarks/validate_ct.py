@@ -110,7 +110,7 @@ def run(trials: int, seed: int, per_image: int = 4, thickness: float | None = No
             t0 = time.perf_counter()
             rep = calcdetect.detect(ins)
             results["2d"]["seconds"].append(time.perf_counter() - t0)
-            _score(results["2d"], truth, rep, sp, ins)
+            _score(results["2d"], truth, rep, sp, ins, name)
         if series is not None:
             sp = series.spacing_mm
             nods = sample_nodules(rng, series.pixels, sp[1:], 6, slice_indices=range(2, series.shape[0] - 2))
@@ -119,15 +119,16 @@ def run(trials: int, seed: int, per_image: int = 4, thickness: float | None = No
             t0 = time.perf_counter()
             rep = calcdetect.detect(ins)
             results["3d"]["seconds"].append(time.perf_counter() - t0)
-            _score(results["3d"], truth, rep, sp, ins)
+            _score(results["3d"], truth, rep, sp, ins, "series")
     return results
 
 
-def _score(bucket, truth, rep, spacing, image):
+def _score(bucket, truth, rep, spacing, image, name):
     m = match_findings(truth, rep.findings, spacing)
     matched = dict(m.matched)
     for i, t in enumerate(truth):
-        entry = {"d": t["diameter_mm"], "hu": t["hu"], "found": i in matched}
+        entry = {"image": name, "centroid_px": t["centroid_px"], "d": t["diameter_mm"], "hu": t["hu"],
+                 "found": i in matched}
         if i in matched:
             f = rep.findings[matched[i]]
             entry["size_error"] = f.equivalent_diameter_mm - t["diameter_mm"]

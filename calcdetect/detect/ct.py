@@ -14,8 +14,8 @@ Pipeline (every step an array operation; see docs/algorithms.md):
    (filled area > 1.3 x its area: a long bone or phalanx in cross-section), or
    touching bone or internal air over 15% of its rim; in skin mode also a focus
    embedded in the deep core (40% of its rim) or a deep midline focus of an axial
-   trunk slice (within 8 mm of the midline, 12 mm or more below the skin: sternum,
-   xiphoid, spinous processes).
+   trunk slice (within 8 mm of the midline, 12 mm or more below the skin, its rim in
+   soft tissue rather than fat: sternum, xiphoid, spinous processes).
 5. Noise filter: a component must have a cross-section of at least ``min_area_mm2``
    (1 mm^2, calcium-scoring convention), or a peak at least 70 HU above the
    threshold, or a peak at least 10 noise SDs above its rim (partial volume spreads a
@@ -243,7 +243,8 @@ def detect_ct(
             # embedded in the deep core's tissue (a spinous-process tip between the
             # paraspinal muscles, costal cartilage under the rectus): not subcutaneous
             skeleton |= rim_deep >= 0.4
-            skeleton |= _midline_bone(image, anatomy, table, spacing3, has_spacing)
+            # midline bone lies in soft tissue (linea alba, ligaments, muscle), not in fat
+            skeleton |= _midline_bone(image, anatomy, table, spacing3, has_spacing) & (rim_mean > -60.0)
         keep &= ~skeleton
     # centre inside the deep core / ROI
     cz = np.rint(table["centroid-0"]).astype(int)
