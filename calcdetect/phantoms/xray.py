@@ -156,9 +156,11 @@ def radiograph_phantom(
         inner = np.sqrt(np.clip(ri ** 2 - d ** 2, 0.0, None))
         cortex = (outer - inner) / (cols * 0.085)
         marrow = inner / (cols * 0.085)
-        tex = _smooth_noise(rng, (rows, cols), 0.6 / sp)
-        tex = np.clip(tex, -2.5, 2.5)
-        img += 900.0 * cortex + 180.0 * marrow * (1.0 + 0.25 * tex)
+        # trabecular texture: streaks along the shaft (trabeculae follow the stress lines)
+        tex = rng.standard_normal((rows, cols)).astype(np.float32)
+        tex = cv2.GaussianBlur(tex, (0, 0), sigmaX=0.25 / sp, sigmaY=2.0 / sp)
+        tex /= max(float(tex.std()), 1e-6)
+        img += 900.0 * cortex + 180.0 * marrow * (1.0 + 0.12 * np.clip(tex, -3, 3))
         bone_mask = d < ro
         bone_info = {"center_col": float(bx)}
     # noise (slightly correlated, like a real detector)
