@@ -438,7 +438,7 @@ def _sides(image: Image, centroids: np.ndarray, body: np.ndarray | None, spacing
 def detect_xray(
     image: Image,
     *,
-    threshold: float = 6.0,
+    threshold: float = 7.0,
     grow: float = 3.0,
     min_diameter_mm: float = 0.8,
     max_diameter_mm: float = 10.0,
@@ -449,6 +449,7 @@ def detect_xray(
     border_mm: float = 4.0,
     max_contrast_fraction: float = 0.3,
     size_level: float = 0.3,
+    min_edge_mm: float = 0.2,
     assumed_pixel_mm: float = 0.15,
     mask: np.ndarray | None = None,
 ) -> Report:
@@ -481,6 +482,10 @@ def detect_xray(
         lead markers, metal or burned-in text, not calcifications.
     size_level : float
         Fraction of a focus's peak contrast at which its extent is measured.
+    min_edge_mm : float
+        A focus's contrast divided by the steepest background slope under it is the
+        shift (mm) of that slope that would produce the same bump; below this value the
+        "focus" is an edge residue (skin line, cortex, collimator edge), not a deposit.
     assumed_pixel_mm : float
         Pixel size assumed for the filters when the image has none (no mm is reported).
     mask : ndarray of bool, optional
@@ -572,12 +577,13 @@ def detect_xray(
         "max_diameter_mm": max_diameter_mm, "max_elongation": max_elongation,
         "background_mm": background_mm, "smooth_mm": smooth_mm, "noise_mm": noise_mm,
         "border_mm": border_mm, "max_contrast_fraction": max_contrast_fraction,
-        "size_level": size_level, "assumed_pixel_mm": None if has_spacing else assumed_pixel_mm,
+        "size_level": size_level, "min_edge_mm": min_edge_mm, "assumed_pixel_mm": None if has_spacing else assumed_pixel_mm,
         "roi_mask": mask is not None, "components_total": n,
     }
     findings: list[Finding] = []
     size_labels = np.zeros((rows, cols), np.int32)
-    counts = {"too_small": 0, "too_large": 0, "elongated": 0, "too_dense": 0, "near_dense": 0, "outside_roi": 0}
+    counts = {"too_small": 0, "too_large": 0, "elongated": 0, "too_dense": 0, "near_dense": 0, "outside_roi": 0,
+              "edge_like": 0}
     if n:
         t0 = regionprops_table(labels, resid, spacing=sp)
         peak_res = t0["intensity_max"]
@@ -601,6 +607,12 @@ def detect_xray(
         t0 = select(t0, present)
         tr = regionprops_table(size_lab, resid, spacing=sp)
         tz = regionprops_table(size_lab, cnr, spacing=sp)
+        # edge-likeness: the steepest background slope under the focus (signal per mm)
+        gy = cv2.Sobel(bg, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+        gx = cv2.Sobel(bg, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+        grad = np.sqrt(gx * gx + gy * gy) / np.float32(pix_mm)
+        tg = regionprops_table(size_lab, grad, spacing=sp)
+        edge_mm = tr["intensity_max"] / np.maximum(tg["intensity_max"], 1e-9)
         diam = t["equivalent_diameter"]
         long_ax = t["axis_major_length"]
         short_ax = np.maximum(t["axis_minor_length"], 1e-9)
@@ -623,14 +635,17 @@ def detect_xray(
         cy = np.clip(np.rint(t["centroid-0"]).astype(int), 0, rows - 1)
         cx = np.clip(np.rint(t["centroid-1"]).astype(int), 0, cols - 1)
         outside = np.zeros_like(too_dense) if mask is None else ~mask[cy, cx]
-        keep = ~(too_small | too_large | elongated | too_dense | near_dense | outside)
+        edge_like = (edge_mm < min_edge_mm) & ~(too_small | too_large | elongated)
+        keep = ~(too_small | too_large | elongated | too_dense | near_dense | outside | edge_like)
         counts = {"too_small": int(too_small.sum()), "too_large": int(too_large.sum()),
                   "elongated": int(elongated.sum()), "too_dense": int(too_dense.sum()),
-                  "near_dense": int(near_dense.sum()), "outside_roi": int(outside.sum())}
+                  "near_dense": int(near_dense.sum()), "outside_roi": int(outside.sum()),
+                  "edge_like": int(edge_like.sum())}
         kept = np.flatnonzero(keep)
         kept = kept[np.lexsort((t["centroid-1"][kept], t["centroid-0"][kept]))]
         size_labels, k = filter_labels(size_lab, t["label"][kept])
         ft, fr, fz = select(t, kept), select(tr, kept), select(tz, kept)
+        fe = edge_mm[kept]
         centroids = np.stack([ft["centroid-0"], ft["centroid-1"]], axis=1) if k else np.zeros((0, 2))
         body = field & (smooth > p_lo + 0.15 * dyn)
         sides = _sides(image, centroids, body, sp, warnings)
@@ -654,6 +669,7 @@ def detect_xray(
                     "contrast": float(fr["intensity_max"][i]),
                     "cnr": float(fz["intensity_max"][i]),
                     "num_pixels": int(ft["num_pixels"][i]),
+                    "edge_mm": float(fe[i]),
                     "equivalent_diameter_px": float(np.sqrt(4.0 * ft["num_pixels"][i] / np.pi)),
                 },
             ))
