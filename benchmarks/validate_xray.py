@@ -51,13 +51,15 @@ def body_and_range(image, spacing):
     return body, float(p99 - p1)
 
 
-def marker_zone(image, spacing):
-    """Pixels within 15 mm of very dense small objects (lead marker) found on the original."""
-    import cv2
+#: The lead "R" marker of RG3_UNCR (rows, cols; located by eye on the image: a square of
+#: tape with the letter, next to the collimation edge).
+MARKER_BOX = {"tibia RG3_UNCR": (1370, 1130, 1475, 1230)}
 
-    rep = detect_xray(image)
-    zone = np.zeros(image.shape, bool)
-    return zone, rep
+
+def in_box(findings, box, margin_px):
+    r0, c0, r1, c1 = box
+    return [f for f in findings if r0 - margin_px <= f.centroid_px[0] <= r1 + margin_px
+            and c0 - margin_px <= f.centroid_px[1] <= c1 + margin_px]
 
 
 def main(argv=None) -> int:
@@ -83,11 +85,14 @@ def main(argv=None) -> int:
         rep0 = detect_xray(original)
         dt0 = time.time() - t0
         body, rng_sig = body_and_range(original, sp)
-        # lead marker: the dense objects the detector set aside on the original (too dense / saturated)
-        from calcdetect.detect.xray import exposed_field as _ef
-
-        print(f"{name}: original {rep0.count} finding(s) in {dt0:.2f} s "
-              f"{[ (round(f.centroid_px[0]), round(f.centroid_px[1]), f.equivalent_diameter_mm and round(f.equivalent_diameter_mm, 1)) for f in rep0.findings]}")
+        box = MARKER_BOX.get(name)
+        margin = int(round(3.0 / args.pixel_size))
+        if box is not None:  # no focus is inserted within 15 mm of the marker
+            far = int(round(15.0 / args.pixel_size))
+            body[max(box[0] - far, 0):box[2] + far, max(box[1] - far, 0):box[3] + far] = False
+            totals["marker_false"] += len(in_box(rep0.findings, box, margin))
+        print(f"{name}: original {rep0.count} finding(s) in {dt0:.2f} s"
+              + (f", {len(in_box(rep0.findings, box, margin))} on the lead marker" if box else ""))
         totals["false"] += rep0.count
         totals["images"] += 1
         rows_out.append({"image": name, "trial": "original", "findings": rep0.count, "seconds": dt0})
@@ -101,6 +106,8 @@ def main(argv=None) -> int:
             rep = detect_xray(img)
             dt = time.time() - t0
             m = match_findings(truth, rep.findings, sp)
+            if box is not None:
+                totals["marker_false"] += len(in_box([rep.findings[j] for j in m.false], box, margin))
             ge2 = [i for i, t in enumerate(truth) if t["diameter_mm"] >= 2.0]
             found_idx = {i for i, _ in m.matched}
             totals["truth"] += len(truth)
@@ -123,7 +130,16 @@ def main(argv=None) -> int:
     print(f"TOTAL found {totals['found']}/{totals['truth']} = {100 * sens:.1f}%  "
           f">=2 mm {totals['found_ge2']}/{totals['truth_ge2']} = {100 * sens2:.1f}%  "
           f"false findings {totals['false']} in {totals['images']} images = {fp:.2f}/image  "
-          f"size error median {np.median(err):+.2f} mm, |err| 90th pct {np.percentile(np.abs(err), 90):.2f} mm")
+          f"size error median {np.median(err):+.2f} mm, |err| 90th pct {np.percentile(np.abs(err), 90):.2f} mm; "
+          f"findings on the lead marker {totals['marker_false']}")
+    for name in IMAGES:
+        sub = [r for r in rows_out if r["image"] == name and r["trial"] != "original"]
+        orig = [r for r in rows_out if r["image"] == name and r["trial"] == "original"][0]
+        t = sum(r["truth"] for r in sub)
+        f = sum(r["found"] for r in sub)
+        print(f"  {name}: found {f}/{t} = {100 * f / max(t, 1):.1f}%, false per inserted image "
+              f"{np.mean([r['false'] for r in sub]):.1f}, original {orig['findings']} finding(s), "
+              f"median time {np.median([r['seconds'] for r in sub]):.2f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({"totals": totals, "rows": rows_out}, indent=1))
     return 0

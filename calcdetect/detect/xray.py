@@ -581,6 +581,7 @@ def detect_xray(
         "roi_mask": mask is not None, "components_total": n,
     }
     findings: list[Finding] = []
+    n_pre = 0
     size_labels = np.zeros((rows, cols), np.int32)
     counts = {"too_small": 0, "too_large": 0, "elongated": 0, "too_dense": 0, "near_dense": 0, "outside_roi": 0,
               "edge_like": 0}
@@ -600,6 +601,18 @@ def detect_xray(
         first = regionprops_table(size_lab, spacing=sp)
         first_ratio = dict(zip(first["label"].tolist(),
                                (first["axis_major_length"] / np.maximum(first["axis_minor_length"], 1e-9)).tolist()))
+        # hopeless candidates (far too large, far too elongated, far too small) are dropped
+        # before the per-focus refinement, which is the costly step on cluttered images
+        ratio_first = first["axis_major_length"] / np.maximum(first["axis_minor_length"], 1e-9)
+        hopeless = ((first["equivalent_diameter"] > 2.0 * max_diameter_mm)
+                    | (ratio_first > 2.0 * max_elongation)
+                    | (first["equivalent_diameter"] < 0.5 * min_diameter_mm))
+        n_pre = int(hopeless.sum())
+        if n_pre:
+            lut_keep = np.ones(int(size_lab.max()) + 1, bool)
+            lut_keep[first["label"][hopeless]] = False
+            lut_keep[0] = True
+            size_lab = np.where(lut_keep[size_lab], size_lab, 0).astype(np.int32)
         size_lab = refine_extents(size_lab, smooth, field, pix_mm, size_level, max_diameter_mm)
         t = regionprops_table(size_lab, pixels, spacing=sp)
         # the size mask of a label may lose every pixel in rare cases: align tables by label
@@ -674,6 +687,7 @@ def detect_xray(
                 },
             ))
     params.update({f"components_{k_}": v for k_, v in counts.items()})
+    params["components_prefiltered"] = n_pre
     if saturated.any():
         params["saturated_pixels"] = int(saturated.sum())
         warnings.append(
