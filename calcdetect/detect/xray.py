@@ -193,8 +193,8 @@ def _fill_nan(a: np.ndarray, default: float) -> np.ndarray:
     return a[tuple(idx)]
 
 
-def _tile_peak_heights(resid: np.ndarray, ok: np.ndarray, base: np.ndarray, tile_px: int, peak_px: int
-                       ) -> np.ndarray:
+def _tile_peak_heights(resid: np.ndarray, ok: np.ndarray, base: np.ndarray, tile_px: int, peak_px: int,
+                       quantile: float = 0.5) -> np.ndarray:
     """Median height (above ``base``) of the residual's local maxima in each tile.
 
     Texture (trabecular bone, lung markings, noise) makes many local maxima; a few foci
@@ -219,7 +219,7 @@ def _tile_peak_heights(resid: np.ndarray, ok: np.ndarray, base: np.ndarray, tile
     starts = np.flatnonzero(np.r_[True, np.diff(tid) != 0])
     ends = np.r_[starts[1:], tid.size]
     cnt = ends - starts
-    med = h[starts + (cnt - 1) // 2] * 0.5 + h[starts + cnt // 2] * 0.5
+    med = h[starts + np.floor(quantile * (cnt - 1)).astype(np.int64)]
     good = cnt >= 8
     flat = out.ravel()
     flat[tid[starts[good]]] = med[good]
@@ -236,7 +236,8 @@ def _upsample(tiles: np.ndarray, tile_px: int, shape: tuple[int, int]) -> np.nda
 
 
 def local_cnr(
-    resid: np.ndarray, ok: np.ndarray, tile_px: int, peak_px: int = 3
+    resid: np.ndarray, ok: np.ndarray, tile_px: int, peak_px: int = 3, quantile: float = 0.5,
+    clutter_line_px: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Contrast-to-clutter map of a background-removed image.
 
@@ -250,6 +251,11 @@ def local_cnr(
         Tile size in pixels.
     peak_px : int
         Radius (pixels) within which a local maximum must be the highest value.
+    quantile : float
+        Which quantile of the tile's local-maximum heights is its clutter level.
+    clutter_line_px : float
+        When set, the maxima are taken on the residual minus its own line openings of
+        this length, so elongated ridges (edges, cortex) do not count as clutter.
 
     Returns
     -------
@@ -267,7 +273,13 @@ def local_cnr(
     typical = typical if typical > 0 else 1.0
     med = _fill_nan(med, float(np.median(resid[ok])) if ok.any() else 0.0)
     med_f = _upsample(med, tile_px, resid.shape)
-    peaks = _tile_peak_heights(resid, ok, med_f, tile_px, peak_px)
+    if clutter_line_px:
+        # clutter from compact bumps only: ridges along edges and cortex are removed
+        # with short line openings, so they do not raise the level of their tile
+        blobs = resid - line_opening_background(resid, clutter_line_px)
+        peaks = _tile_peak_heights(blobs, ok, np.zeros_like(med_f), tile_px, peak_px, quantile)
+    else:
+        peaks = _tile_peak_heights(resid, ok, med_f, tile_px, peak_px, quantile)
     scale = np.fmax(sig, peaks)
     finite = np.isfinite(scale) & (scale > 0)
     typical = float(np.median(scale[finite])) if finite.any() else typical
@@ -372,6 +384,58 @@ def refine_extents(
     return out
 
 
+def lung_fields(image: np.ndarray, field: np.ndarray, pix_mm: float, min_area_cm2: float = 30.0) -> np.ndarray:
+    """Lung fields of a chest film: large dark regions enclosed by the body.
+
+    The field is split into dark and bright by Otsu's threshold; dark components that do
+    not reach the field's edge (air beside the body does) and are larger than
+    ``min_area_cm2`` are lungs.  Each is replaced by its convex hull so nodules, vessels and
+    hila inside it are covered.  Extremity, skull and abdominal films have no such region.
+
+    Parameters
+    ----------
+    image : ndarray
+        Smoothed radiograph (dense = bright).
+    field : ndarray of bool
+        Exposed field.
+    pix_mm : float
+        Pixel size (mm).
+    min_area_cm2 : float
+        Smallest lung area.
+
+    Returns
+    -------
+    ndarray of bool
+    """
+    import cv2
+    from skimage.filters import threshold_otsu
+
+    out = np.zeros(field.shape, bool)
+    vals = image[field]
+    if vals.size < 100:
+        return out
+    thr = threshold_otsu(vals[:: max(1, vals.size // 200000)])
+    dark = (field & (image < thr)).astype(np.uint8)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(dark, connectivity=8)
+    edge = ~field
+    edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
+    edge = cv2.dilate(edge.view(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    touching = set(np.unique(lab[edge & (dark > 0)]).tolist())
+    min_px = min_area_cm2 * 100.0 / (pix_mm * pix_mm)
+    for i in range(1, n):
+        if i in touching or stats[i, cv2.CC_STAT_AREA] < min_px:
+            continue
+        x, y, w, h = (stats[i, cv2.CC_STAT_LEFT], stats[i, cv2.CC_STAT_TOP],
+                      stats[i, cv2.CC_STAT_WIDTH], stats[i, cv2.CC_STAT_HEIGHT])
+        comp = (lab[y:y + h, x:x + w] == i).astype(np.uint8)
+        cnts, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        hull = cv2.convexHull(np.concatenate(cnts))
+        filled = np.zeros_like(comp)
+        cv2.fillPoly(filled, [hull], 1)
+        out[y:y + h, x:x + w] |= filled > 0
+    return out & field
+
+
 def _hysteresis(cnr: np.ndarray, allowed: np.ndarray, seed: float, grow: float) -> tuple[np.ndarray, int]:
     low = (cnr >= grow) & allowed
     labels, n = label(low)
@@ -450,8 +514,13 @@ def detect_xray(
     max_contrast_fraction: float = 0.3,
     size_level: float = 0.3,
     min_edge_mm: float = 0.2,
+    clutter_quantile: float = 0.5,
+    clutter_line_mm: float = 0.0,
+    min_solidity: float = 0.8,
+    exclude_lungs: bool = True,
     assumed_pixel_mm: float = 0.15,
     mask: np.ndarray | None = None,
+    report_rejected: bool = False,
 ) -> Report:
     """Find radiopaque foci (calcifications) on a plain radiograph.
 
@@ -486,10 +555,22 @@ def detect_xray(
         A focus's contrast divided by the steepest background slope under it is the
         shift (mm) of that slope that would produce the same bump; below this value the
         "focus" is an edge residue (skin line, cortex, collimator edge), not a deposit.
+    exclude_lungs : bool
+        Do not search lung fields (large dark regions enclosed by the body, i.e. on chest
+        films): end-on vessels, granulomas and nodule edges there mimic calcified foci.
+        A warning says when this applied; pass ``False`` to search them.
+    min_solidity : float
+        Smallest area / convex-hull area of a reported focus (deposits are compact
+        lumps; trabecular clumps are ragged).
+    clutter_quantile : float
+        Quantile of the local-maximum heights in a tile taken as its clutter level.
     assumed_pixel_mm : float
         Pixel size assumed for the filters when the image has none (no mm is reported).
     mask : ndarray of bool, optional
         Region of interest: only foci whose centre lies in it are reported.
+    report_rejected : bool
+        Also list every rejected candidate (centre, size, contrast, reasons) in
+        ``report.extra["rejected"]``, to see why something was not reported.
 
     Returns
     -------
@@ -565,9 +646,38 @@ def detect_xray(
     p_lo, p_hi = np.percentile(fvals, [0.5, 99.5])
     dyn = max(float(p_hi - p_lo), 1e-6)
 
+    # direct exposure (air beside the body): dark regions reaching the field's edge;
+    # enclosed dark regions (lungs) are body.  Foci more than 2 mm into the air are dust.
+    dark = field & (smooth < p_lo + 0.1 * dyn)
+    deep_air = np.zeros_like(dark)
+    if dark.any():
+        n_d, lab_d = cv2.connectedComponents(dark.view(np.uint8), connectivity=8)
+        edge_ring = ~field
+        edge_ring[0, :] = edge_ring[-1, :] = edge_ring[:, 0] = edge_ring[:, -1] = True
+        ring_d = cv2.dilate(edge_ring.view(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        touch = np.unique(lab_d[ring_d & dark])
+        touch = touch[touch > 0]
+        if touch.size:
+            lut_air = np.zeros(n_d, bool)
+            lut_air[touch] = True
+            air = lut_air[lab_d]
+            ra = max(int(round(2.0 / pix_mm)), 1)
+            ka = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * ra + 1, 2 * ra + 1))
+            deep_air = cv2.erode(air.view(np.uint8), ka) > 0
+
+    # lung fields: large dark regions enclosed by the body (Otsu split of the field).
+    # Vessels seen end-on, granulomas and nodule edges there look exactly like small
+    # calcified foci, so by default they are not searched (warned).
+    lungs = np.zeros_like(dark)
+    if exclude_lungs:
+        lungs = lung_fields(smooth, field, pix_mm)
+        if lungs.any():
+            searchable &= ~lungs
+
     # 3. contrast-to-noise
     tile_px = max(int(round(noise_mm / pix_mm)), 16)
-    cnr, med_map, sig_map = local_cnr(resid, searchable, tile_px, max(int(round(1.0 / pix_mm)), 1))
+    cnr, med_map, sig_map = local_cnr(resid, searchable, tile_px, max(int(round(1.0 / pix_mm)), 1),
+                                      clutter_quantile, clutter_line_mm / pix_mm)
 
     # 4. candidates
     allowed = searchable.copy()
@@ -577,14 +687,16 @@ def detect_xray(
         "max_diameter_mm": max_diameter_mm, "max_elongation": max_elongation,
         "background_mm": background_mm, "smooth_mm": smooth_mm, "noise_mm": noise_mm,
         "border_mm": border_mm, "max_contrast_fraction": max_contrast_fraction,
-        "size_level": size_level, "min_edge_mm": min_edge_mm, "assumed_pixel_mm": None if has_spacing else assumed_pixel_mm,
+        "size_level": size_level, "min_edge_mm": min_edge_mm, "min_solidity": min_solidity, "exclude_lungs": exclude_lungs,
+        "clutter_quantile": clutter_quantile, "clutter_line_mm": clutter_line_mm, "assumed_pixel_mm": None if has_spacing else assumed_pixel_mm,
         "roi_mask": mask is not None, "components_total": n,
     }
     findings: list[Finding] = []
+    rejected_list: list[dict[str, Any]] = []
     n_pre = 0
     size_labels = np.zeros((rows, cols), np.int32)
     counts = {"too_small": 0, "too_large": 0, "elongated": 0, "too_dense": 0, "near_dense": 0, "outside_roi": 0,
-              "edge_like": 0}
+              "edge_like": 0, "in_air": 0, "ragged": 0}
     if n:
         t0 = regionprops_table(labels, resid, spacing=sp)
         peak_res = t0["intensity_max"]
@@ -648,19 +760,48 @@ def detect_xray(
         cy = np.clip(np.rint(t["centroid-0"]).astype(int), 0, rows - 1)
         cx = np.clip(np.rint(t["centroid-1"]).astype(int), 0, cols - 1)
         outside = np.zeros_like(too_dense) if mask is None else ~mask[cy, cx]
+        in_air = deep_air[cy, cx]
         edge_like = (edge_mm < min_edge_mm) & ~(too_small | too_large | elongated)
-        keep = ~(too_small | too_large | elongated | too_dense | near_dense | outside | edge_like)
+        keep = ~(too_small | too_large | elongated | too_dense | near_dense | outside | edge_like | in_air)
+        # compactness: a deposit is a convex-ish lump; trabecular clumps and physeal
+        # scars are ragged (solidity = area / convex hull area)
+        solidity = np.ones(t["label"].size)
+        for i in np.flatnonzero(keep):
+            sl = (slice(int(t["bbox-0"][i]), int(t["bbox-2"][i])), slice(int(t["bbox-1"][i]), int(t["bbox-3"][i])))
+            comp = (size_lab[sl] == t["label"][i]).astype(np.uint8)
+            if comp.sum() < 20:
+                continue
+            cnts, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            hull = cv2.convexHull(np.concatenate(cnts))
+            hull_mask = np.zeros_like(comp)
+            cv2.fillPoly(hull_mask, [hull], 1)
+            solidity[i] = comp.sum() / max(int(hull_mask.sum()), 1)
+        ragged = (solidity < min_solidity) & keep
+        keep &= ~ragged
         counts = {"too_small": int(too_small.sum()), "too_large": int(too_large.sum()),
                   "elongated": int(elongated.sum()), "too_dense": int(too_dense.sum()),
                   "near_dense": int(near_dense.sum()), "outside_roi": int(outside.sum()),
-                  "edge_like": int(edge_like.sum())}
+                  "edge_like": int(edge_like.sum()), "in_air": int(in_air.sum()), "ragged": int(ragged.sum())}
+        if report_rejected:
+            reasons = {"too_small": too_small, "too_large": too_large, "elongated": elongated,
+                       "too_dense": too_dense, "near_dense": near_dense, "outside_roi": outside,
+                       "edge_like": edge_like, "in_air": in_air, "ragged": ragged}
+            rejected_list = [
+                {"centroid_px": [float(t["centroid-0"][i]), float(t["centroid-1"][i])],
+                 "equivalent_diameter_px": float(np.sqrt(4.0 * t["num_pixels"][i] / np.pi)),
+                 "contrast": float(tr["intensity_max"][i]), "cnr": float(tz["intensity_max"][i]),
+                 "edge_mm": float(edge_mm[i]),
+                 "elongation": float(long_ax[i] / short_ax[i]), "solidity": float(solidity[i]),
+                 "reasons": [r for r, v in reasons.items() if v[i]]}
+                for i in np.flatnonzero(~keep)]
         kept = np.flatnonzero(keep)
         kept = kept[np.lexsort((t["centroid-1"][kept], t["centroid-0"][kept]))]
         size_labels, k = filter_labels(size_lab, t["label"][kept])
         ft, fr, fz = select(t, kept), select(tr, kept), select(tz, kept)
         fe = edge_mm[kept]
+        fs = solidity[kept]
         centroids = np.stack([ft["centroid-0"], ft["centroid-1"]], axis=1) if k else np.zeros((0, 2))
-        body = field & (smooth > p_lo + 0.15 * dyn)
+        body = field & ~deep_air
         sides = _sides(image, centroids, body, sp, warnings)
         patient = image.index_to_patient(centroids) if (has_spacing and k) else None
         mm = (lambda v: float(v)) if has_spacing else (lambda v: None)
@@ -683,6 +824,7 @@ def detect_xray(
                     "cnr": float(fz["intensity_max"][i]),
                     "num_pixels": int(ft["num_pixels"][i]),
                     "edge_mm": float(fe[i]),
+                    "solidity": float(fs[i]),
                     "equivalent_diameter_px": float(np.sqrt(4.0 * ft["num_pixels"][i] / np.pi)),
                 },
             ))
@@ -697,6 +839,11 @@ def detect_xray(
         warnings.append(
             f"{counts['too_dense'] + counts['near_dense']} very dense object(s) (contrast above "
             f"{max_contrast_fraction:g} of the image range: lead markers, metal, labels) were set aside")
+    if lungs.any():
+        params["lung_fraction"] = float(lungs.mean())
+        warnings.append(
+            f"lung fields ({100 * float(lungs.mean()):.0f}% of the image) were not searched: vessels seen "
+            "end-on, granulomas and nodules there mimic calcified foci (exclude_lungs=False searches them)")
     outside_frac = 1.0 - float(field.mean())
     if outside_frac > 0.01:
         warnings.append(f"{100 * outside_frac:.0f}% of the image is outside the exposed field "
@@ -705,6 +852,8 @@ def detect_xray(
     extra = {"geometry": {k_: (image.geometry or {}).get(k_) for k_ in
                           ("PatientOrientation", "ImageLaterality", "Laterality", "ViewPosition",
                            "BodyPartExamined")}}
+    if report_rejected:
+        extra["rejected"] = rejected_list
     return Report(
         source=image.source,
         modality="XRAY",
