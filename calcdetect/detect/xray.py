@@ -419,7 +419,9 @@ def lung_fields(image: np.ndarray, field: np.ndarray, pix_mm: float, min_area_cm
     n, lab, stats, _ = cv2.connectedComponentsWithStats(dark, connectivity=8)
     edge = ~field
     edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
-    edge = cv2.dilate(edge.view(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    # a blurred collimator edge leaves a bright rim: reach 6 mm into the field
+    re = max(int(round(6.0 / pix_mm)), 1)
+    edge = cv2.dilate(edge.view(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * re + 1, 2 * re + 1))) > 0
     touching = set(np.unique(lab[edge & (dark > 0)]).tolist())
     min_px = min_area_cm2 * 100.0 / (pix_mm * pix_mm)
     for i in range(1, n):
@@ -513,7 +515,7 @@ def detect_xray(
     border_mm: float = 4.0,
     max_contrast_fraction: float = 0.3,
     size_level: float = 0.3,
-    min_edge_mm: float = 0.2,
+    min_edge_mm: float = 0.15,
     clutter_quantile: float = 0.5,
     clutter_line_mm: float = 0.0,
     min_solidity: float = 0.8,
