@@ -24,10 +24,13 @@ Pipeline (all sizes in mm, converted with the pixel spacing; docs/xray.md):
    taken where the residual exceeds ``size_level`` (30 %) of its peak (a projected sphere
    is 95 % of its diameter wide at that level), so sizes do not depend on the threshold.
 5. **Rejection**: outside ``min_diameter_mm``..``max_diameter_mm``; elongated
-   (long/short axis > ``max_elongation``: edge and cortex fragments); contrast above
+   (long/short axis > ``max_elongation``: edge and cortex fragments); edge-like
+   (contrast / steepest background slope under it < ``min_edge_mm``); ragged
+   (solidity < ``min_solidity``: trabecular clumps); contrast above
    ``max_contrast_fraction`` of the field's dynamic range or next to such an object
    (lead letters, metal, burned-in labels: far denser than any soft-tissue deposit);
-   saturated; outside the exposed field.
+   saturated; more than 2 mm into the air beside the body (dust); outside the exposed
+   field; inside lung fields (``exclude_lungs``, chest films).
 6. **Side** from PatientOrientation / laterality tags only (image left is not patient
    left); null when the file cannot say.
 
@@ -566,6 +569,9 @@ def detect_xray(
         lumps; trabecular clumps are ragged).
     clutter_quantile : float
         Quantile of the local-maximum heights in a tile taken as its clutter level.
+    clutter_line_mm : float
+        When positive, ridges longer than this are removed before the clutter level is
+        measured (experimental; 0 = off, the validated setting).
     assumed_pixel_mm : float
         Pixel size assumed for the filters when the image has none (no mm is reported).
     mask : ndarray of bool, optional
