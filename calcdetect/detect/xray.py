@@ -135,10 +135,21 @@ def exposed_field(
     import cv2
 
     rows, cols = pixels.shape
-    top = float(pixels.max()) if valid is None else float(pixels[valid].max())
-    lo, hi = np.percentile(pixels[:: 4, :: 4], [0.5, 99.5])
-    tol = max(0.004 * (top - float(lo)), 1e-6)
-    sat = pixels >= top - tol
+    sub = pixels[::2, ::2] if valid is None else pixels[::2, ::2][valid[::2, ::2]]
+    top = float(sub.max())
+    lo = float(np.percentile(sub, 0.5))
+    tol = max(0.004 * (top - lo), 1e-6)
+    # the saturation plateau: the highest level held by at least 0.5 % of the pixels
+    # (unexposed plate, burned-in text).  A few brighter pixels above it (a very dense
+    # small object) must not move it; without such a plateau the image maximum is used.
+    level = top - tol
+    edges = np.arange(top + tol, lo + 0.5 * (top - lo), -tol)[::-1]
+    if edges.size >= 2:
+        counts, _ = np.histogram(sub, bins=edges)
+        plateau = np.flatnonzero(counts >= 0.005 * sub.size)
+        if plateau.size:
+            level = float(edges[plateau[-1]]) - tol
+    sat = pixels >= level
     if valid is not None:
         sat &= valid
     field = np.ones_like(sat) if valid is None else valid.copy()
@@ -153,10 +164,12 @@ def exposed_field(
         outside = np.zeros(n, bool)
         outside[1:] = touches & big
         inside_obj = np.zeros(n, bool)
-        inside_obj[1:] = ~outside[1:]
+        # a saturated object (text, lead) is at least 1 mm^2; a focus peak touching the
+        # maximum is not one
+        inside_obj[1:] = ~outside[1:] & (area_px * spacing[0] * spacing[1] >= 1.0)
         field &= ~outside[lab]
         saturated = inside_obj[lab]
-    return field, saturated, top - tol
+    return field, saturated, level
 
 
 def _tile_stats(resid: np.ndarray, ok: np.ndarray, tile_px: int, step: int) -> tuple[np.ndarray, np.ndarray]:

@@ -312,6 +312,7 @@ def insert_foci(
     foci: Sequence[dict[str, Any]],
     *,
     spacing_mm: Sequence[float] | None = None,
+    clip: bool = False,
 ) -> tuple[Image, list[dict[str, Any]]]:
     """Add foci of known size and contrast to a (real) radiograph.
 
@@ -325,11 +326,14 @@ def insert_foci(
     spacing_mm : (float, float), optional
         The pixel size to lay out the foci with when the image has none (e.g. 0.15 mm);
         it is then also set on the returned image (``spacing_source`` says so).
+    clip : bool
+        Clip to the image's maximum (a detector without headroom: a dense focus over
+        bone then saturates and is set aside like a lead marker).  Off by default.
 
     Returns
     -------
     image : Image
-        A copy with the foci added (values clipped to the image's stored range).
+        A copy with the foci added.
     truth : list of dict
         The foci as inserted.
     """
@@ -347,7 +351,8 @@ def insert_foci(
         render_focus(pixels, f["centroid_px"], d / sp[0], float(f["contrast"]))
         truth.append({"centroid_px": [float(v) for v in f["centroid_px"]], "diameter_mm": d,
                       "contrast": float(f["contrast"])})
-    pixels = np.minimum(pixels, max(hi, float(np.max(image.pixels))))
+    if clip:
+        pixels = np.minimum(pixels, hi)
     changes: dict[str, Any] = {}
     if image.spacing_mm is None or tuple(image.spacing_mm) != sp:
         changes = {"spacing_mm": sp, "spacing_source": "stated for validation (insert_foci)"}
