@@ -270,3 +270,15 @@ def test_cli_detect_on_radiograph(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["spacing_mm"] is None and data["count"] >= 1
     assert all(f["equivalent_diameter_mm"] is None for f in data["findings"])
+
+
+def test_brightest_focus_is_not_taken_for_saturation():
+    # no collimation and no marker: the image maximum is the densest focus, which must
+    # not be set aside as a saturated object
+    image, truth = radiograph_phantom(shape=(600, 600), foci=5, seed=8, bone=False,
+                                      lead_marker=False, collimation=False)
+    rep = detect_xray(image)
+    m = match_findings(truth, rep.findings, image.spacing_mm)
+    found = {i for i, _ in m.matched}
+    assert {i for i, t in enumerate(truth) if t["diameter_mm"] >= 2.0} <= found and len(m.false) == 0
+    assert "saturated_pixels" not in rep.parameters

@@ -139,17 +139,17 @@ def exposed_field(
     top = float(sub.max())
     lo = float(np.percentile(sub, 0.5))
     tol = max(0.004 * (top - lo), 1e-6)
-    # the saturation plateau: the highest level held by at least 0.5 % of the pixels
-    # (unexposed plate, burned-in text).  A few brighter pixels above it (a very dense
-    # small object) must not move it; without such a plateau the image maximum is used.
-    level = top - tol
-    edges = np.arange(top + tol, lo + 0.5 * (top - lo), -tol)[::-1]
-    if edges.size >= 2:
-        counts, _ = np.histogram(sub, bins=edges)
-        plateau = np.flatnonzero(counts >= 0.005 * sub.size)
-        if plateau.size:
-            level = float(edges[plateau[-1]]) - tol
-    sat = pixels >= level
+    # saturation is flat: a value held *exactly* by at least 0.5 % of the pixels (an
+    # unexposed plate clipped at the detector limit, burned-in text).  The highest such
+    # value is the level; a smooth bright ridge (noisy) is never a plateau, and a few
+    # brighter pixels above the plateau do not move it.  Without a plateau, only
+    # pixels exactly at the maximum can be saturated.
+    high = sub[sub >= lo + 0.5 * (top - lo)]
+    values, counts = np.unique(high, return_counts=True)
+    plateau = values[counts >= max(0.005 * sub.size, 4)]
+    level = float(plateau.max()) if plateau.size else top
+    tol = 1e-6 * max(abs(level), 1.0)
+    sat = pixels >= level - tol
     if valid is not None:
         sat &= valid
     field = np.ones_like(sat) if valid is None else valid.copy()
@@ -169,7 +169,7 @@ def exposed_field(
         inside_obj[1:] = ~outside[1:] & (area_px * spacing[0] * spacing[1] >= 1.0)
         field &= ~outside[lab]
         saturated = inside_obj[lab]
-    return field, saturated, level
+    return field, saturated, level - tol
 
 
 def _tile_stats(resid: np.ndarray, ok: np.ndarray, tile_px: int, step: int) -> tuple[np.ndarray, np.ndarray]:
