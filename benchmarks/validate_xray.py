@@ -85,6 +85,12 @@ def main(argv=None) -> int:
         rep0 = detect_xray(original)
         dt0 = time.time() - t0
         body, rng_sig = body_and_range(original, sp)
+        import cv2
+
+        from calcdetect.detect.xray import exposed_field as _field, lung_fields
+
+        _f, _, _ = _field(original.pixels, sp)
+        lungs = lung_fields(cv2.GaussianBlur(original.pixels, (0, 0), 0.2 / args.pixel_size), _f, args.pixel_size)
         box = MARKER_BOX.get(name)
         margin = int(round(3.0 / args.pixel_size))
         if box is not None:  # no focus is inserted within 15 mm of the marker
@@ -110,6 +116,8 @@ def main(argv=None) -> int:
                 totals["marker_false"] += len(in_box([rep.findings[j] for j in m.false], box, margin))
             ge2 = [i for i, t in enumerate(truth) if t["diameter_mm"] >= 2.0]
             found_idx = {i for i, _ in m.matched}
+            outside_lung = [i for i, t in enumerate(truth)
+                            if not lungs[int(round(t["centroid_px"][0])), int(round(t["centroid_px"][1]))]]
             totals["truth"] += len(truth)
             totals["found"] += m.found
             totals["truth_ge2"] += len(ge2)
@@ -122,6 +130,8 @@ def main(argv=None) -> int:
                   f"missed sizes {missed}, {dt:.2f} s")
             rows_out.append({"image": name, "trial": trial, "truth": len(truth), "found": m.found,
                              "false": len(m.false), "missed_mm": missed, "seconds": dt,
+                             "truth_outside_lungs": len(outside_lung),
+                             "found_outside_lungs": sum(1 for i in outside_lung if i in found_idx),
                              "size_errors_mm": m.size_errors_mm})
     sens = totals["found"] / max(totals["truth"], 1)
     sens2 = totals["found_ge2"] / max(totals["truth_ge2"], 1)
@@ -137,7 +147,10 @@ def main(argv=None) -> int:
         orig = [r for r in rows_out if r["image"] == name and r["trial"] == "original"][0]
         t = sum(r["truth"] for r in sub)
         f = sum(r["found"] for r in sub)
-        print(f"  {name}: found {f}/{t} = {100 * f / max(t, 1):.1f}%, false per inserted image "
+        to = sum(r["truth_outside_lungs"] for r in sub)
+        fo = sum(r["found_outside_lungs"] for r in sub)
+        print(f"  {name}: found {f}/{t} = {100 * f / max(t, 1):.1f}% (outside lung fields {fo}/{to}), "
+              f"false per inserted image "
               f"{np.mean([r['false'] for r in sub]):.1f}, original {orig['findings']} finding(s), "
               f"median time {np.median([r['seconds'] for r in sub]):.2f} s")
     if args.json:
