@@ -313,6 +313,8 @@ def refine_extents(
     pix_mm: float,
     size_level: float,
     max_diameter_mm: float,
+    resid: np.ndarray | None = None,
+    guard_min_mm: float = 3.0,
 ) -> np.ndarray:
     """Re-measure each focus against a plane fitted to the ring around it.
 
@@ -337,16 +339,26 @@ def refine_extents(
         Fraction of the peak contrast that bounds the extent.
     max_diameter_mm : float
         Larger components are left as they are (they will be rejected anyway).
+    resid : ndarray, optional
+        The line-opening residual.  When given, a second label image for *shape* tests
+        is returned as well: for foci of ``guard_min_mm`` and more, their extent cut to
+        where the residual keeps at least half of ``size_level`` of its peak, so a leak
+        into a neighbouring cortex or edge (background in the residual) does not make a
+        focus look ragged.  Small foci are not guarded (the guard would make ragged
+        texture look compact).
+    guard_min_mm : float
+        First-extent size (mm) from which the residual guard applies.
 
     Returns
     -------
-    ndarray of int32
-        Refined label image (same label values).
+    ndarray of int32, or (ndarray, ndarray) with ``resid``
+        Refined label image (same label values); with ``resid`` also the shape labels.
     """
     import cv2
     from scipy import ndimage as ndi
 
     out = labels.copy()
+    shape_out = labels.copy() if resid is not None else None
     objs = ndi.find_objects(labels)
     rows, cols = labels.shape
     for lab_minus1, sl in enumerate(objs):
@@ -397,6 +409,19 @@ def refine_extents(
         view = out[r0:r1, c0:c1]
         view[(view == lab)] = 0
         view[keep] = lab
+        if shape_out is not None:
+            shape_keep = keep
+            if diam_mm >= guard_min_mm:
+                rsub = resid[r0:r1, c0:c1]
+                rpeak = float(rsub[comp > 0].max())
+                g = keep & (rsub >= 0.5 * size_level * rpeak)
+                lab_g, _ = ndi.label(g)
+                shape_keep = (lab_g == lab_g[py, px]) if lab_g[py, px] else keep
+            sview = shape_out[r0:r1, c0:c1]
+            sview[(sview == lab)] = 0
+            sview[shape_keep] = lab
+    if shape_out is not None:
+        return out, shape_out
     return out
 
 
@@ -452,6 +477,20 @@ def lung_fields(image: np.ndarray, field: np.ndarray, pix_mm: float, min_area_cm
         cv2.fillPoly(filled, [hull], 1)
         out[y:y + h, x:x + w] |= filled > 0
     return out & field
+
+
+def _solidity(comp: np.ndarray) -> float:
+    """Area / convex-hull area of one binary component (1.0 below 20 pixels)."""
+    import cv2
+
+    comp = np.ascontiguousarray(comp, dtype=np.uint8)
+    if comp.sum() < 20:
+        return 1.0
+    cnts, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    hull = cv2.convexHull(np.concatenate(cnts))
+    hull_mask = np.zeros_like(comp)
+    cv2.fillPoly(hull_mask, [hull], 1)
+    return float(comp.sum()) / max(int(hull_mask.sum()), 1)
 
 
 def _hysteresis(cnr: np.ndarray, allowed: np.ndarray, seed: float, grow: float) -> tuple[np.ndarray, int]:
@@ -534,7 +573,7 @@ def detect_xray(
     min_edge_mm: float = 0.15,
     clutter_quantile: float = 0.5,
     clutter_line_mm: float = 0.0,
-    min_solidity: float = 0.8,
+    min_solidity: float = 0.9,
     exclude_lungs: bool = True,
     assumed_pixel_mm: float = 0.15,
     mask: np.ndarray | None = None,
@@ -746,7 +785,7 @@ def detect_xray(
             lut_keep[first["label"][hopeless]] = False
             lut_keep[0] = True
             size_lab = np.where(lut_keep[size_lab], size_lab, 0).astype(np.int32)
-        size_lab = refine_extents(size_lab, smooth, field, pix_mm, size_level, max_diameter_mm)
+        size_lab, shape_lab = refine_extents(size_lab, smooth, field, pix_mm, size_level, max_diameter_mm, resid)
         t = regionprops_table(size_lab, pixels, spacing=sp)
         # the size mask of a label may lose every pixel in rare cases: align tables by label
         present = np.isin(t0["label"], t["label"])
@@ -789,14 +828,7 @@ def detect_xray(
         solidity = np.ones(t["label"].size)
         for i in np.flatnonzero(keep):
             sl = (slice(int(t["bbox-0"][i]), int(t["bbox-2"][i])), slice(int(t["bbox-1"][i]), int(t["bbox-3"][i])))
-            comp = (size_lab[sl] == t["label"][i]).astype(np.uint8)
-            if comp.sum() < 20:
-                continue
-            cnts, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-            hull = cv2.convexHull(np.concatenate(cnts))
-            hull_mask = np.zeros_like(comp)
-            cv2.fillPoly(hull_mask, [hull], 1)
-            solidity[i] = comp.sum() / max(int(hull_mask.sum()), 1)
+            solidity[i] = _solidity(shape_lab[sl] == t["label"][i])
         ragged = (solidity < min_solidity) & keep
         keep &= ~ragged
         counts = {"too_small": int(too_small.sum()), "too_large": int(too_large.sum()),
