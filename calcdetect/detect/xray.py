@@ -756,7 +756,7 @@ def detect_xray(
     n_pre = 0
     size_labels = np.zeros((rows, cols), np.int32)
     counts = {"too_small": 0, "too_large": 0, "elongated": 0, "too_dense": 0, "near_dense": 0, "outside_roi": 0,
-              "edge_like": 0, "in_air": 0, "ragged": 0}
+              "edge_like": 0, "in_air": 0, "ragged": 0, "off_field": 0}
     if n:
         t0 = regionprops_table(labels, resid, spacing=sp)
         peak_res = t0["intensity_max"]
@@ -821,8 +821,11 @@ def detect_xray(
         cx = np.clip(np.rint(t["centroid-1"]).astype(int), 0, cols - 1)
         outside = np.zeros_like(too_dense) if mask is None else ~mask[cy, cx]
         in_air = deep_air[cy, cx]
+        # the extent may grow past the searched area: the centre must lie inside it
+        off_field = ~searchable[cy, cx]
         edge_like = (edge_mm < min_edge_mm) & ~(too_small | too_large | elongated)
-        keep = ~(too_small | too_large | elongated | too_dense | near_dense | outside | edge_like | in_air)
+        keep = ~(too_small | too_large | elongated | too_dense | near_dense | outside | edge_like | in_air
+                 | off_field)
         # compactness: a deposit is a convex-ish lump; trabecular clumps and physeal
         # scars are ragged (solidity = area / convex hull area)
         solidity = np.ones(t["label"].size)
@@ -834,11 +837,12 @@ def detect_xray(
         counts = {"too_small": int(too_small.sum()), "too_large": int(too_large.sum()),
                   "elongated": int(elongated.sum()), "too_dense": int(too_dense.sum()),
                   "near_dense": int(near_dense.sum()), "outside_roi": int(outside.sum()),
-                  "edge_like": int(edge_like.sum()), "in_air": int(in_air.sum()), "ragged": int(ragged.sum())}
+                  "edge_like": int(edge_like.sum()), "in_air": int(in_air.sum()), "ragged": int(ragged.sum()),
+                  "off_field": int(off_field.sum())}
         if report_rejected:
             reasons = {"too_small": too_small, "too_large": too_large, "elongated": elongated,
                        "too_dense": too_dense, "near_dense": near_dense, "outside_roi": outside,
-                       "edge_like": edge_like, "in_air": in_air, "ragged": ragged}
+                       "edge_like": edge_like, "in_air": in_air, "ragged": ragged, "off_field": off_field}
             rejected_list = [
                 {"centroid_px": [float(t["centroid-0"][i]), float(t["centroid-1"][i])],
                  "equivalent_diameter_px": float(np.sqrt(4.0 * t["num_pixels"][i] / np.pi)),
