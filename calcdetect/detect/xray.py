@@ -1,0 +1,927 @@
+"""Plain radiographs: small radiopaque foci over soft tissue and bone.
+
+A projection radiograph superimposes everything, so a calcification is judged by its
+*local* contrast against the slowly varying background of soft-tissue thickness and bone.
+Pipeline (all sizes in mm, converted with the pixel spacing; docs/xray.md):
+
+1. **Exposed field** (:func:`exposed_field`): collimated / unexposed areas are the large
+   regions of saturated-dense signal touching the image border; they, a margin of
+   ``border_mm`` inside the field edge and the image edge are not searched.
+   Small saturated objects inside the field (lead markers, burned-in text) are set aside
+   with a margin.
+2. **Background removal** (:func:`line_opening_background`): after a light Gaussian
+   (``smooth_mm``) the background is the supremum of grey openings by straight line
+   segments of length ``background_mm`` in 18 directions.  A focus narrower than the
+   segment in every direction disappears from every opening; anything a segment fits
+   into - bone shafts, cortex lines, rib and soft-tissue edges, large nodules - stays in
+   the background.  The residual (image - background) therefore keeps compact bright
+   foci and drops elongated bright structures, which a disk top-hat would keep.
+3. **Contrast-to-noise**: the residual is normalised by its robust local spread
+   (median and MAD in tiles of ``noise_mm``, interpolated), so textured areas
+   (trabecular bone, lung markings) need more contrast than smooth soft tissue.
+4. **Candidates**: hysteresis on the CNR map (seed ``threshold``, grow ``grow``),
+   labelled and measured with :mod:`calcdetect.measure`.  The extent of each focus is
+   taken where the residual exceeds ``size_level`` (30 %) of its peak (a projected sphere
+   is 95 % of its diameter wide at that level), so sizes do not depend on the threshold.
+5. **Rejection**: outside ``min_diameter_mm``..``max_diameter_mm``; elongated
+   (long/short axis > ``max_elongation``: edge and cortex fragments); edge-like
+   (contrast / steepest background slope under it < ``min_edge_mm``); ragged
+   (solidity < ``min_solidity``: trabecular clumps); contrast above
+   ``max_contrast_fraction`` of the field's dynamic range or next to such an object
+   (lead letters, metal, burned-in labels: far denser than any soft-tissue deposit);
+   saturated; more than 2 mm into the air beside the body (dust); outside the exposed
+   field; inside lung fields (``exclude_lungs``, chest films).
+6. **Side** from PatientOrientation / laterality tags only (image left is not patient
+   left); null when the file cannot say.
+
+Without a pixel size the filters assume ``assumed_pixel_mm`` (0.15 mm, a typical CR/DR
+pixel), every mm field is null and a warning says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..distribution import describe_distribution
+from ..errors import InvalidParameterError
+from ..image import Image
+from ..measure import filter_labels, label, regionprops_table, select
+from ..report import Finding, Report
+
+__all__ = ["detect_xray", "exposed_field", "line_opening_background", "local_cnr"]
+
+#: Orientations of the line segments (degrees); 10 degree steps keep a 10 mm segment
+#: within +-0.9 mm of any straight structure's axis.
+LINE_ANGLES = tuple(range(0, 180, 10))
+
+#: Views in which patient left/right is not in the image plane.
+LATERAL_VIEWS = ("LL", "RL", "LATERAL", "LAT", "LLD", "RLD", "XTABLE", "LM", "ML")
+
+
+def _line_kernel(length_px: int, angle_deg: float) -> np.ndarray:
+    """A 1-pixel-wide line segment structuring element (uint8)."""
+    import cv2
+
+    length_px = max(int(length_px) | 1, 3)
+    if angle_deg % 180 == 0:
+        return np.ones((1, length_px), np.uint8)
+    if angle_deg % 180 == 90:
+        return np.ones((length_px, 1), np.uint8)
+    t = np.deg2rad(angle_deg)
+    half = (length_px - 1) / 2.0
+    dx, dy = half * np.cos(t), -half * np.sin(t)
+    size = int(2 * np.ceil(max(abs(dx), abs(dy))) + 1)
+    k = np.zeros((size, size), np.uint8)
+    c = size // 2
+    cv2.line(k, (int(round(c - dx)), int(round(c - dy))), (int(round(c + dx)), int(round(c + dy))), 1, 1)
+    return k
+
+
+def line_opening_background(
+    image: np.ndarray, length_px: float, angles: tuple[float, ...] = LINE_ANGLES
+) -> np.ndarray:
+    """Supremum of grey openings by line segments: the background of compact bright foci.
+
+    Parameters
+    ----------
+    image : ndarray
+        2D float32 image (dense = bright).
+    length_px : float
+        Segment length in pixels (longer than the largest focus to remove).
+    angles : tuple of float
+        Segment orientations in degrees.
+
+    Returns
+    -------
+    ndarray
+        Background, ``<= image`` everywhere.
+    """
+    import cv2
+
+    img = np.ascontiguousarray(image, dtype=np.float32)
+    out = None
+    for a in angles:
+        k = _line_kernel(int(round(length_px)), a)
+        o = cv2.morphologyEx(img, cv2.MORPH_OPEN, k, borderType=cv2.BORDER_REPLICATE)
+        out = o if out is None else np.maximum(out, o, out=out)
+    return out
+
+
+def exposed_field(
+    pixels: np.ndarray, spacing: tuple[float, float], *, valid: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Where the detector was exposed, and the small saturated objects inside it.
+
+    Parameters
+    ----------
+    pixels : ndarray
+        Radiograph (dense = bright).
+    spacing : (float, float)
+        Pixel size in mm (assumed when unknown).
+    valid : ndarray of bool, optional
+        Pixels holding image data at all (padding excluded).
+
+    Returns
+    -------
+    field : ndarray of bool
+        Exposed field (collimated / unexposed border regions removed).
+    saturated : ndarray of bool
+        Saturated-dense objects inside the field (lead markers, burned-in text).
+    saturation_level : float
+        The signal level taken as saturated.
+    """
+    import cv2
+
+    rows, cols = pixels.shape
+    sub = pixels[::2, ::2] if valid is None else pixels[::2, ::2][valid[::2, ::2]]
+    top = float(sub.max())
+    lo = float(np.percentile(sub, 0.5))
+    tol = max(0.004 * (top - lo), 1e-6)
+    # saturation is flat: a value held *exactly* by at least 0.5 % of the pixels (an
+    # unexposed plate clipped at the detector limit, burned-in text).  The highest such
+    # value is the level; a smooth bright ridge (noisy) is never a plateau, and a few
+    # brighter pixels above the plateau do not move it.  Without a plateau, only
+    # pixels exactly at the maximum can be saturated.
+    high = sub[sub >= lo + 0.5 * (top - lo)]
+    values, counts = np.unique(high, return_counts=True)
+    plateau = values[counts >= max(0.005 * sub.size, 4)]
+    level = float(plateau.max()) if plateau.size else top
+    tol = 1e-6 * max(abs(level), 1.0)
+    sat = pixels >= level - tol
+    if valid is not None:
+        sat &= valid
+    field = np.ones_like(sat) if valid is None else valid.copy()
+    saturated = np.zeros_like(sat)
+    if sat.any():
+        n, lab, stats, _ = cv2.connectedComponentsWithStats(sat.view(np.uint8), connectivity=8)
+        area_px = stats[1:, cv2.CC_STAT_AREA]
+        x0, y0 = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
+        x1, y1 = x0 + stats[1:, cv2.CC_STAT_WIDTH], y0 + stats[1:, cv2.CC_STAT_HEIGHT]
+        touches = (x0 == 0) | (y0 == 0) | (x1 == cols) | (y1 == rows)
+        big = area_px * spacing[0] * spacing[1] >= 100.0  # >= 1 cm^2
+        outside = np.zeros(n, bool)
+        outside[1:] = touches & big
+        inside_obj = np.zeros(n, bool)
+        # a saturated object (text, lead) is at least 1 mm^2; a focus peak touching the
+        # maximum is not one
+        inside_obj[1:] = ~outside[1:] & (area_px * spacing[0] * spacing[1] >= 1.0)
+        field &= ~outside[lab]
+        saturated = inside_obj[lab]
+    return field, saturated, level - tol
+
+
+def _tile_stats(resid: np.ndarray, ok: np.ndarray, tile_px: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Median and MAD of ``resid`` over ``ok`` pixels in square tiles (coarse maps)."""
+    rows, cols = resid.shape
+    ty, tx = int(np.ceil(rows / tile_px)), int(np.ceil(cols / tile_px))
+    sub = resid[::step, ::step]
+    oks = ok[::step, ::step]
+    t = max(tile_px // step, 1)
+    pr, pc = ty * t - sub.shape[0], tx * t - sub.shape[1]
+    a = np.pad(np.where(oks, sub, np.nan).astype(np.float32), ((0, max(pr, 0)), (0, max(pc, 0))),
+               constant_values=np.nan)[: ty * t, : tx * t]
+    blocks = a.reshape(ty, t, tx, t).transpose(0, 2, 1, 3).reshape(ty, tx, t * t)
+    count = np.isfinite(blocks).sum(axis=2)
+    import warnings as _w
+
+    with _w.catch_warnings():
+        _w.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(blocks, axis=2)
+        mad = np.nanmedian(np.abs(blocks - med[..., None]), axis=2)
+    enough = count >= max(16, (t * t) // 8)
+    med[~enough] = np.nan
+    mad[~enough] = np.nan
+    return med, mad
+
+
+def _fill_nan(a: np.ndarray, default: float) -> np.ndarray:
+    """Fill NaN tiles with the nearest finite tile (or ``default`` when none)."""
+    from scipy import ndimage as ndi
+
+    bad = ~np.isfinite(a)
+    if not bad.any():
+        return a
+    if bad.all():
+        return np.full_like(a, default)
+    idx = ndi.distance_transform_edt(bad, return_distances=False, return_indices=True)
+    return a[tuple(idx)]
+
+
+def _tile_peak_heights(resid: np.ndarray, ok: np.ndarray, base: np.ndarray, tile_px: int, peak_px: int,
+                       quantile: float = 0.5) -> np.ndarray:
+    """Median height (above ``base``) of the residual's local maxima in each tile.
+
+    Texture (trabecular bone, lung markings, noise) makes many local maxima; a few foci
+    make a few.  The median peak height of a tile is therefore the typical contrast of its
+    clutter, and foci do not move it.
+    """
+    import cv2
+
+    rows, cols = resid.shape
+    ty, tx = int(np.ceil(rows / tile_px)), int(np.ceil(cols / tile_px))
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * peak_px + 1, 2 * peak_px + 1))
+    # strict peaks only: plateaus (a residual of exactly zero where a segment fits) are not clutter
+    is_max = (resid >= cv2.dilate(resid, k)) & (resid > cv2.erode(resid, np.ones((3, 3), np.uint8))) & ok
+    yy, xx = np.nonzero(is_max)
+    out = np.full((ty, tx), np.nan, np.float32)
+    if yy.size == 0:
+        return out
+    h = (resid[yy, xx] - base[yy, xx]).astype(np.float64)
+    tid = (yy // tile_px) * tx + (xx // tile_px)
+    order = np.lexsort((h, tid))
+    tid, h = tid[order], h[order]
+    starts = np.flatnonzero(np.r_[True, np.diff(tid) != 0])
+    ends = np.r_[starts[1:], tid.size]
+    cnt = ends - starts
+    med = h[starts + np.floor(quantile * (cnt - 1)).astype(np.int64)]
+    good = cnt >= 8
+    flat = out.ravel()
+    flat[tid[starts[good]]] = med[good]
+    return flat.reshape(ty, tx)
+
+
+def _upsample(tiles: np.ndarray, tile_px: int, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear interpolation of a tile map (values at tile centres) to the pixel grid."""
+    import cv2
+
+    ty, tx = tiles.shape
+    big = cv2.resize(tiles.astype(np.float32), (tx * tile_px, ty * tile_px), interpolation=cv2.INTER_LINEAR)
+    return big[: shape[0], : shape[1]]
+
+
+def local_cnr(
+    resid: np.ndarray, ok: np.ndarray, tile_px: int, peak_px: int = 3, quantile: float = 0.5,
+    clutter_line_px: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Contrast-to-clutter map of a background-removed image.
+
+    Parameters
+    ----------
+    resid : ndarray
+        Residual (image - background).
+    ok : ndarray of bool
+        Pixels to draw the statistics from.
+    tile_px : int
+        Tile size in pixels.
+    peak_px : int
+        Radius (pixels) within which a local maximum must be the highest value.
+    quantile : float
+        Which quantile of the tile's local-maximum heights is its clutter level.
+    clutter_line_px : float
+        When set, the maxima are taken on the residual minus its own line openings of
+        this length, so elongated ridges (edges, cortex) do not count as clutter.
+
+    Returns
+    -------
+    cnr, median, scale : ndarray
+        ``(resid - median) / scale``.  ``median`` is the robust local level of the
+        residual; ``scale`` the larger of the robust noise (``1.4826 x MAD``) and the
+        median height of the residual's local maxima (the clutter of textured areas),
+        both from tiles and interpolated; floored at a quarter of its typical value.
+    """
+    step = max(1, tile_px // 48)
+    med, mad = _tile_stats(resid, ok, tile_px, step)
+    sig = 1.4826 * mad
+    finite = np.isfinite(sig) & (sig > 0)
+    typical = float(np.median(sig[finite])) if finite.any() else float(np.std(resid[ok])) if ok.any() else 1.0
+    typical = typical if typical > 0 else 1.0
+    med = _fill_nan(med, float(np.median(resid[ok])) if ok.any() else 0.0)
+    med_f = _upsample(med, tile_px, resid.shape)
+    if clutter_line_px:
+        # clutter from compact bumps only: ridges along edges and cortex are removed
+        # with short line openings, so they do not raise the level of their tile
+        blobs = resid - line_opening_background(resid, clutter_line_px)
+        peaks = _tile_peak_heights(blobs, ok, np.zeros_like(med_f), tile_px, peak_px, quantile)
+    else:
+        peaks = _tile_peak_heights(resid, ok, med_f, tile_px, peak_px, quantile)
+    scale = np.fmax(sig, peaks)
+    finite = np.isfinite(scale) & (scale > 0)
+    typical = float(np.median(scale[finite])) if finite.any() else typical
+    scale = _fill_nan(np.where(finite, scale, np.nan), typical)
+    scale = np.maximum(scale, 0.25 * typical)
+    sig_f = _upsample(scale, tile_px, resid.shape)
+    cnr = (resid - med_f) / sig_f
+    return cnr, med_f, sig_f
+
+
+def refine_extents(
+    labels: np.ndarray,
+    image: np.ndarray,
+    field: np.ndarray,
+    pix_mm: float,
+    size_level: float,
+    max_diameter_mm: float,
+    resid: np.ndarray | None = None,
+    guard_min_mm: float = 3.0,
+) -> np.ndarray:
+    """Re-measure each focus against a plane fitted to the ring around it.
+
+    The line-opening background is exact on flat or straight-sloped backgrounds but cuts
+    into a focus on a curved one (near a skin edge, on a bone's dome).  For measurement
+    each focus gets its own background: a least-squares plane through a ring of pixels
+    0.5-2 mm (at least half a diameter) outside its first extent, refitted once without
+    outliers.  The extent is then where the image exceeds that plane by ``size_level`` of
+    the focus's peak, connected to the peak and within a margin of the first extent.
+
+    Parameters
+    ----------
+    labels : ndarray of int
+        First extents (label image).
+    image : ndarray
+        The (lightly smoothed) radiograph.
+    field : ndarray of bool
+        Exposed field; ring pixels outside it are not used.
+    pix_mm : float
+        Pixel size (mm).
+    size_level : float
+        Fraction of the peak contrast that bounds the extent.
+    max_diameter_mm : float
+        Larger components are left as they are (they will be rejected anyway).
+    resid : ndarray, optional
+        The line-opening residual.  When given, a second label image for *shape* tests
+        is returned as well: for foci of ``guard_min_mm`` and more, their extent cut to
+        where the residual keeps at least half of ``size_level`` of its peak, so a leak
+        into a neighbouring cortex or edge (background in the residual) does not make a
+        focus look ragged.  Small foci are not guarded (the guard would make ragged
+        texture look compact).
+    guard_min_mm : float
+        First-extent size (mm) from which the residual guard applies.
+
+    Returns
+    -------
+    ndarray of int32, or (ndarray, ndarray) with ``resid``
+        Refined label image (same label values); with ``resid`` also the shape labels.
+    """
+    import cv2
+    from scipy import ndimage as ndi
+
+    out = labels.copy()
+    shape_out = labels.copy() if resid is not None else None
+    objs = ndi.find_objects(labels)
+    rows, cols = labels.shape
+    for lab_minus1, sl in enumerate(objs):
+        if sl is None:
+            continue
+        lab = lab_minus1 + 1
+        h = sl[0].stop - sl[0].start
+        w = sl[1].stop - sl[1].start
+        diam_mm = max(h, w) * pix_mm
+        if diam_mm > 2.0 * max_diameter_mm:
+            continue
+        ring_out = max(2.0, 0.5 * diam_mm + 0.5) / pix_mm
+        pad = int(np.ceil(ring_out)) + 2
+        r0, r1 = max(sl[0].start - pad, 0), min(sl[0].stop + pad, rows)
+        c0, c1 = max(sl[1].start - pad, 0), min(sl[1].stop + pad, cols)
+        comp = (labels[r0:r1, c0:c1] == lab).astype(np.uint8)
+        sub = image[r0:r1, c0:c1].astype(np.float64)
+        others = (labels[r0:r1, c0:c1] > 0) & (comp == 0)
+        inner = max(int(round(0.5 / pix_mm)), 1)
+        outer = max(int(round(ring_out)), inner + 2)
+        k_in = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * inner + 1, 2 * inner + 1))
+        k_out = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * outer + 1, 2 * outer + 1))
+        near = cv2.dilate(comp, k_in) > 0
+        ring = (cv2.dilate(comp, k_out) > 0) & ~near & ~others & field[r0:r1, c0:c1]
+        if ring.sum() < 12:
+            continue
+        yy, xx = np.nonzero(ring)
+        a = np.stack([np.ones(yy.size), yy, xx], axis=1)
+        vals = sub[yy, xx]
+        coef, *_ = np.linalg.lstsq(a, vals, rcond=None)
+        res = vals - a @ coef
+        mad = np.median(np.abs(res - np.median(res))) * 1.4826
+        good = np.abs(res - np.median(res)) <= 2.5 * max(mad, 1e-6)
+        if good.sum() >= 12 and not good.all():
+            coef, *_ = np.linalg.lstsq(a[good], vals[good], rcond=None)
+        gy, gx = np.mgrid[0:sub.shape[0], 0:sub.shape[1]]
+        local = sub - (coef[0] + coef[1] * gy + coef[2] * gx)
+        peak = float(local[comp > 0].max())
+        if not peak > 0:
+            continue
+        grow_r = max(int(round(max(1.0, 0.5 * diam_mm) / pix_mm)), 1)
+        k_grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow_r + 1, 2 * grow_r + 1))
+        allow = (cv2.dilate(comp, k_grow) > 0) & ~others
+        m = (local >= size_level * peak) & allow
+        lab_m, _ = ndi.label(m)
+        py, px = np.unravel_index(np.argmax(np.where(comp > 0, local, -np.inf)), local.shape)
+        keep = lab_m == lab_m[py, px] if lab_m[py, px] else (comp > 0)
+        view = out[r0:r1, c0:c1]
+        view[(view == lab)] = 0
+        view[keep] = lab
+        if shape_out is not None:
+            shape_keep = keep
+            if diam_mm >= guard_min_mm:
+                rsub = resid[r0:r1, c0:c1]
+                rpeak = float(rsub[comp > 0].max())
+                g = keep & (rsub >= 0.5 * size_level * rpeak)
+                lab_g, _ = ndi.label(g)
+                shape_keep = (lab_g == lab_g[py, px]) if lab_g[py, px] else keep
+            sview = shape_out[r0:r1, c0:c1]
+            sview[(sview == lab)] = 0
+            sview[shape_keep] = lab
+    if shape_out is not None:
+        return out, shape_out
+    return out
+
+
+def lung_fields(image: np.ndarray, field: np.ndarray, pix_mm: float, min_area_cm2: float = 30.0) -> np.ndarray:
+    """Lung fields of a chest film: large dark regions enclosed by the body.
+
+    The field is split into dark and bright by Otsu's threshold; dark components that do
+    not reach the field's edge (air beside the body does) and are larger than
+    ``min_area_cm2`` are lungs.  Each is replaced by its convex hull so nodules, vessels and
+    hila inside it are covered.  Extremity, skull and abdominal films have no such region.
+
+    Parameters
+    ----------
+    image : ndarray
+        Smoothed radiograph (dense = bright).
+    field : ndarray of bool
+        Exposed field.
+    pix_mm : float
+        Pixel size (mm).
+    min_area_cm2 : float
+        Smallest lung area.
+
+    Returns
+    -------
+    ndarray of bool
+    """
+    import cv2
+    from skimage.filters import threshold_otsu
+
+    out = np.zeros(field.shape, bool)
+    vals = image[field]
+    if vals.size < 100:
+        return out
+    thr = threshold_otsu(vals[:: max(1, vals.size // 200000)])
+    dark = (field & (image < thr)).astype(np.uint8)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(dark, connectivity=8)
+    edge = ~field
+    edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
+    # a blurred collimator edge leaves a bright rim: reach 6 mm into the field
+    re = max(int(round(6.0 / pix_mm)), 1)
+    edge = cv2.dilate(edge.view(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * re + 1, 2 * re + 1))) > 0
+    touching = set(np.unique(lab[edge & (dark > 0)]).tolist())
+    min_px = min_area_cm2 * 100.0 / (pix_mm * pix_mm)
+    for i in range(1, n):
+        if i in touching or stats[i, cv2.CC_STAT_AREA] < min_px:
+            continue
+        x, y, w, h = (stats[i, cv2.CC_STAT_LEFT], stats[i, cv2.CC_STAT_TOP],
+                      stats[i, cv2.CC_STAT_WIDTH], stats[i, cv2.CC_STAT_HEIGHT])
+        comp = (lab[y:y + h, x:x + w] == i).astype(np.uint8)
+        cnts, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        hull = cv2.convexHull(np.concatenate(cnts))
+        filled = np.zeros_like(comp)
+        cv2.fillPoly(filled, [hull], 1)
+        out[y:y + h, x:x + w] |= filled > 0
+    return out & field
+
+
+def _solidity(comp: np.ndarray) -> float:
+    """Area / convex-hull area of one binary component (1.0 below 20 pixels)."""
+    import cv2
+
+    comp = np.ascontiguousarray(comp, dtype=np.uint8)
+    if comp.sum() < 20:
+        return 1.0
+    cnts, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    hull = cv2.convexHull(np.concatenate(cnts))
+    hull_mask = np.zeros_like(comp)
+    cv2.fillPoly(hull_mask, [hull], 1)
+    return float(comp.sum()) / max(int(hull_mask.sum()), 1)
+
+
+def _hysteresis(cnr: np.ndarray, allowed: np.ndarray, seed: float, grow: float) -> tuple[np.ndarray, int]:
+    low = (cnr >= grow) & allowed
+    labels, n = label(low)
+    if n == 0:
+        return labels, 0
+    seeds = np.unique(labels[(cnr >= seed) & low])
+    seeds = seeds[seeds > 0]
+    lut = np.zeros(n + 1, np.int32)
+    lut[seeds] = np.arange(1, seeds.size + 1, dtype=np.int32)
+    return lut[labels], int(seeds.size)
+
+
+def _sides(image: Image, centroids: np.ndarray, body: np.ndarray | None, spacing: tuple[float, float],
+           warnings: list[str]) -> list[str | None]:
+    """Patient side per finding from orientation tags (never from image left/right)."""
+    n = centroids.shape[0]
+    geo = image.geometry or {}
+    view = str(geo.get("ViewPosition") or "").upper()
+    lat = geo.get("laterality")
+    if lat is None:
+        raw = str(geo.get("ImageLaterality") or geo.get("Laterality") or "").upper()
+        lat = {"L": "left", "R": "right", "B": "both", "U": "unpaired"}.get(raw)
+    if lat in ("left", "right"):
+        return [lat] * n
+    axis = geo.get("left_right_axis")
+    inc = geo.get("increasing_index_is")
+    if axis is None or inc is None:
+        po = geo.get("PatientOrientation")
+        if po and len(po) >= 2:
+            for ax, code in ((1, str(po[0]).upper()), (0, str(po[1]).upper())):
+                if code[:1] in ("L", "R"):
+                    axis, inc = ax, ("left" if code[:1] == "L" else "right")
+                    break
+    if view in LATERAL_VIEWS or axis is None or inc is None:
+        if n:
+            warnings.append(
+                "patient side cannot be known (no laterality tag, and PatientOrientation does not "
+                "put left/right in the image plane" + (f"; ViewPosition {view}" if view else "")
+                + "): side is null -- image left is not patient left")
+        return [None] * n
+    if body is None or not body.any():
+        if n:
+            warnings.append("patient side: no body midline could be found; side is null")
+        return [None] * n
+    # midline: middle of the body's extent along the left-right axis
+    prof = body.any(axis=0 if axis == 1 else 1)
+    idx = np.flatnonzero(prof)
+    mid = 0.5 * (idx[0] + idx[-1])
+    tol_px = 5.0 / spacing[axis]
+    out: list[str | None] = []
+    for i in range(n):
+        d = centroids[i, axis] - mid
+        if abs(d) < tol_px:
+            out.append(None)
+        else:
+            out.append(inc if d > 0 else ("right" if inc == "left" else "left"))
+    if n:
+        warnings.append(
+            f"patient side from PatientOrientation {geo.get('PatientOrientation')} against the body "
+            f"midline at {'column' if axis == 1 else 'row'} {mid:.0f} (within 5 mm of it: null)")
+    return out
+
+
+def detect_xray(
+    image: Image,
+    *,
+    threshold: float = 7.0,
+    grow: float = 3.0,
+    min_diameter_mm: float = 0.8,
+    max_diameter_mm: float = 10.0,
+    max_elongation: float = 2.5,
+    background_mm: float = 11.0,
+    smooth_mm: float = 0.2,
+    noise_mm: float = 12.0,
+    border_mm: float = 4.0,
+    max_contrast_fraction: float = 0.3,
+    size_level: float = 0.3,
+    min_edge_mm: float = 0.15,
+    clutter_quantile: float = 0.5,
+    clutter_line_mm: float = 0.0,
+    min_solidity: float = 0.9,
+    exclude_lungs: bool = True,
+    assumed_pixel_mm: float = 0.15,
+    mask: np.ndarray | None = None,
+    report_rejected: bool = False,
+) -> Report:
+    """Find radiopaque foci (calcifications) on a plain radiograph.
+
+    Parameters
+    ----------
+    image : Image
+        2D radiograph, dense = bright (as :func:`calcdetect.load` returns it).
+    threshold : float
+        Contrast-to-noise ratio a focus must reach at its peak (robust local noise).
+    grow : float
+        CNR down to which a focus region is grown from its peak (hysteresis).
+    min_diameter_mm, max_diameter_mm : float
+        Equivalent-diameter range of reported foci (calcinosis: 1-6 mm typical, up to
+        about 10 mm).
+    max_elongation : float
+        Largest long/short axis ratio; more elongated residues are bone edges / cortex.
+    background_mm : float
+        Length of the line segments of the background estimate; must exceed the largest
+        focus.
+    smooth_mm : float
+        Gaussian sigma applied before detection (matched to the smallest foci).
+    noise_mm : float
+        Tile size of the robust local noise estimate.
+    border_mm : float
+        Margin inside the exposed-field edge and the image edge that is not searched.
+    max_contrast_fraction : float
+        Foci whose local contrast exceeds this fraction of the field's dynamic range are
+        lead markers, metal or burned-in text, not calcifications.
+    size_level : float
+        Fraction of a focus's peak contrast at which its extent is measured.
+    min_edge_mm : float
+        A focus's contrast divided by the steepest background slope under it is the
+        shift (mm) of that slope that would produce the same bump; below this value the
+        "focus" is an edge residue (skin line, cortex, collimator edge), not a deposit.
+    exclude_lungs : bool
+        Do not search lung fields (large dark regions enclosed by the body, i.e. on chest
+        films): end-on vessels, granulomas and nodule edges there mimic calcified foci.
+        A warning says when this applied; pass ``False`` to search them.
+    min_solidity : float
+        Smallest area / convex-hull area of a reported focus (deposits are compact
+        lumps; trabecular clumps are ragged).
+    clutter_quantile : float
+        Quantile of the local-maximum heights in a tile taken as its clutter level.
+    clutter_line_mm : float
+        When positive, ridges longer than this are removed before the clutter level is
+        measured (experimental; 0 = off, the validated setting).
+    assumed_pixel_mm : float
+        Pixel size assumed for the filters when the image has none (no mm is reported).
+    mask : ndarray of bool, optional
+        Region of interest: only foci whose centre lies in it are reported.
+    report_rejected : bool
+        Also list every rejected candidate (centre, size, contrast, reasons) in
+        ``report.extra["rejected"]``, to see why something was not reported.
+
+    Returns
+    -------
+    Report
+        Findings with area, equivalent diameter, long/short axis (mm, null without
+        spacing), peak/mean (image units), side, and per-finding ``contrast`` (residual
+        peak) and ``cnr`` in the extras.
+    """
+    import cv2
+
+    if image.ndim != 2:
+        raise InvalidParameterError(
+            f"radiograph detection needs a 2D image, got shape {image.shape}",
+            fix="pass one frame of the radiograph",
+        )
+    for name, v in (("threshold", threshold), ("grow", grow), ("background_mm", background_mm),
+                    ("max_diameter_mm", max_diameter_mm), ("noise_mm", noise_mm),
+                    ("assumed_pixel_mm", assumed_pixel_mm), ("max_elongation", max_elongation)):
+        if not (np.isfinite(v) and v > 0):
+            raise InvalidParameterError(f"{name} must be a positive number, got {v!r}")
+    if grow > threshold:
+        raise InvalidParameterError(f"grow ({grow}) must not exceed threshold ({threshold})")
+    if not 0 < size_level < 1:
+        raise InvalidParameterError(f"size_level must be between 0 and 1, got {size_level}")
+    if min_diameter_mm < 0 or min_diameter_mm >= max_diameter_mm:
+        raise InvalidParameterError("min_diameter_mm must be >= 0 and below max_diameter_mm")
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != image.shape:
+            raise InvalidParameterError(f"mask shape {mask.shape} differs from image shape {image.shape}")
+
+    warnings = list(image.warnings)
+    has_spacing = image.spacing_mm is not None
+    sp = tuple(float(s) for s in image.spacing_mm) if has_spacing else (assumed_pixel_mm, assumed_pixel_mm)
+    if not has_spacing:
+        warnings.append(
+            f"no pixel spacing: sizes are not reported in mm; the filters assumed {assumed_pixel_mm:g} mm "
+            "pixels (a typical CR/DR pixel), so size limits are approximate -- pass --pixel-size "
+            "for real sizes")
+    elif str(image.spacing_source or "").startswith("user"):
+        warnings.append(f"pixel size {sp[0]:g} x {sp[1]:g} mm given by the user")
+    pix_mm = float(np.sqrt(sp[0] * sp[1]))
+    pixels = np.ascontiguousarray(image.pixels, dtype=np.float32)
+    valid = image.valid_mask
+    rows, cols = pixels.shape
+
+    # 1. exposed field, saturated objects
+    field, saturated, sat_level = exposed_field(pixels, sp, valid=valid)
+    if not field.any():
+        raise InvalidParameterError("the radiograph has no exposed field (every pixel is saturated or padding)",
+                                    path=image.source)
+    margin_px = max(int(round(border_mm / pix_mm)), 1)
+    kin = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin_px + 1, 2 * margin_px + 1))
+    searchable = cv2.erode(field.view(np.uint8), kin, borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
+    sat_margin = max(int(round(3.0 / pix_mm)), 1)
+    if saturated.any():
+        ks = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * sat_margin + 1, 2 * sat_margin + 1))
+        near_sat = cv2.dilate(saturated.view(np.uint8), ks) > 0
+        searchable &= ~near_sat
+    else:
+        near_sat = saturated
+
+    # 2. background removal
+    sig_px = smooth_mm / pix_mm
+    smooth = cv2.GaussianBlur(pixels, (0, 0), sig_px) if sig_px >= 0.3 else pixels
+    # outside the field the background must not leak in: replace with the field's edge values
+    work = smooth
+    bg = line_opening_background(work, background_mm / pix_mm)
+    resid = work - bg
+
+    # dynamic range of the exposed field, for the "far too dense" (marker/metal) test
+    fvals = pixels[field][:: max(1, int(field.sum()) // 200000)]
+    p_lo, p_hi = np.percentile(fvals, [0.5, 99.5])
+    dyn = max(float(p_hi - p_lo), 1e-6)
+
+    # direct exposure (air beside the body): dark regions reaching the field's edge;
+    # enclosed dark regions (lungs) are body.  Foci more than 2 mm into the air are dust.
+    dark = field & (smooth < p_lo + 0.1 * dyn)
+    deep_air = np.zeros_like(dark)
+    if dark.any():
+        n_d, lab_d = cv2.connectedComponents(dark.view(np.uint8), connectivity=8)
+        edge_ring = ~field
+        edge_ring[0, :] = edge_ring[-1, :] = edge_ring[:, 0] = edge_ring[:, -1] = True
+        ring_d = cv2.dilate(edge_ring.view(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        touch = np.unique(lab_d[ring_d & dark])
+        touch = touch[touch > 0]
+        if touch.size:
+            lut_air = np.zeros(n_d, bool)
+            lut_air[touch] = True
+            air = lut_air[lab_d]
+            ra = max(int(round(2.0 / pix_mm)), 1)
+            ka = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * ra + 1, 2 * ra + 1))
+            deep_air = cv2.erode(air.view(np.uint8), ka) > 0
+
+    # lung fields: large dark regions enclosed by the body (Otsu split of the field).
+    # Vessels seen end-on, granulomas and nodule edges there look exactly like small
+    # calcified foci, so by default they are not searched (warned).
+    lungs = np.zeros_like(dark)
+    if exclude_lungs:
+        lungs = lung_fields(smooth, field, pix_mm)
+        if lungs.any():
+            searchable &= ~lungs
+
+    # 3. contrast-to-noise
+    tile_px = max(int(round(noise_mm / pix_mm)), 16)
+    cnr, med_map, sig_map = local_cnr(resid, searchable, tile_px, max(int(round(1.0 / pix_mm)), 1),
+                                      clutter_quantile, clutter_line_mm / pix_mm)
+
+    # 4. candidates
+    allowed = searchable.copy()
+    labels, n = _hysteresis(cnr, allowed, threshold, grow)
+    params: dict[str, Any] = {
+        "threshold": threshold, "grow": grow, "min_diameter_mm": min_diameter_mm,
+        "max_diameter_mm": max_diameter_mm, "max_elongation": max_elongation,
+        "background_mm": background_mm, "smooth_mm": smooth_mm, "noise_mm": noise_mm,
+        "border_mm": border_mm, "max_contrast_fraction": max_contrast_fraction,
+        "size_level": size_level, "min_edge_mm": min_edge_mm, "min_solidity": min_solidity, "exclude_lungs": exclude_lungs,
+        "clutter_quantile": clutter_quantile, "clutter_line_mm": clutter_line_mm, "assumed_pixel_mm": None if has_spacing else assumed_pixel_mm,
+        "roi_mask": mask is not None, "components_total": n,
+    }
+    findings: list[Finding] = []
+    rejected_list: list[dict[str, Any]] = []
+    n_pre = 0
+    size_labels = np.zeros((rows, cols), np.int32)
+    counts = {"too_small": 0, "too_large": 0, "elongated": 0, "too_dense": 0, "near_dense": 0, "outside_roi": 0,
+              "edge_like": 0, "in_air": 0, "ragged": 0, "off_field": 0}
+    if n:
+        t0 = regionprops_table(labels, resid, spacing=sp)
+        peak_res = t0["intensity_max"]
+        # size at a fraction of the peak, grown up to 1 mm beyond the hysteresis region
+        grow_px = max(int(round(1.0 / pix_mm)), 1)
+        kd = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow_px + 1, 2 * grow_px + 1))
+        dil = cv2.dilate(labels.astype(np.float32), kd).astype(np.int32)
+        expanded = np.where(labels > 0, labels, dil)
+        lut_level = np.zeros(n + 1, np.float32)
+        lut_level[t0["label"]] = (size_level * peak_res).astype(np.float32)
+        level = np.maximum(lut_level[expanded], med_map + 1.0 * sig_map)
+        keep_px = (expanded > 0) & (resid >= level) & field
+        size_lab = np.where(keep_px, expanded, 0).astype(np.int32)
+        first = regionprops_table(size_lab, spacing=sp)
+        first_ratio = dict(zip(first["label"].tolist(),
+                               (first["axis_major_length"] / np.maximum(first["axis_minor_length"], 1e-9)).tolist()))
+        # hopeless candidates (far too large, far too elongated, far too small) are dropped
+        # before the per-focus refinement, which is the costly step on cluttered images
+        ratio_first = first["axis_major_length"] / np.maximum(first["axis_minor_length"], 1e-9)
+        hopeless = ((first["equivalent_diameter"] > 2.0 * max_diameter_mm)
+                    | (ratio_first > 2.0 * max_elongation)
+                    | (first["equivalent_diameter"] < 0.5 * min_diameter_mm))
+        n_pre = int(hopeless.sum())
+        if n_pre:
+            lut_keep = np.ones(int(size_lab.max()) + 1, bool)
+            lut_keep[first["label"][hopeless]] = False
+            lut_keep[0] = True
+            size_lab = np.where(lut_keep[size_lab], size_lab, 0).astype(np.int32)
+        size_lab, shape_lab = refine_extents(size_lab, smooth, field, pix_mm, size_level, max_diameter_mm, resid)
+        t = regionprops_table(size_lab, pixels, spacing=sp)
+        # the size mask of a label may lose every pixel in rare cases: align tables by label
+        present = np.isin(t0["label"], t["label"])
+        t0 = select(t0, present)
+        tr = regionprops_table(size_lab, resid, spacing=sp)
+        tz = regionprops_table(size_lab, cnr, spacing=sp)
+        # edge-likeness: the steepest background slope under the focus (signal per mm)
+        gy = cv2.Sobel(bg, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+        gx = cv2.Sobel(bg, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+        grad = np.sqrt(gx * gx + gy * gy) / np.float32(pix_mm)
+        tg = regionprops_table(size_lab, grad, spacing=sp)
+        edge_mm = tr["intensity_max"] / np.maximum(tg["intensity_max"], 1e-9)
+        diam = t["equivalent_diameter"]
+        long_ax = t["axis_major_length"]
+        short_ax = np.maximum(t["axis_minor_length"], 1e-9)
+        contrast = tr["intensity_max"]
+        too_small = diam < min_diameter_mm
+        too_large = diam > max_diameter_mm
+        ratio0 = np.array([first_ratio.get(int(v), np.inf) for v in t["label"]])
+        # elongated by both the first and the refined extent: edge / cortex fragments
+        elongated = (np.minimum(long_ax / short_ax, ratio0) > max_elongation) & ~too_small
+        too_dense = contrast > max_contrast_fraction * dyn
+        # anything touching a too-dense object's neighbourhood (letter strokes, metal edges)
+        dense_px = (resid > max_contrast_fraction * dyn) & field
+        if dense_px.any():
+            kd2 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * sat_margin + 1, 2 * sat_margin + 1))
+            dense_zone = cv2.dilate(dense_px.view(np.uint8), kd2) > 0
+            hit = np.unique(size_lab[dense_zone & (size_lab > 0)])
+            near_dense = np.isin(t["label"], hit) & ~too_dense
+        else:
+            near_dense = np.zeros_like(too_dense)
+        cy = np.clip(np.rint(t["centroid-0"]).astype(int), 0, rows - 1)
+        cx = np.clip(np.rint(t["centroid-1"]).astype(int), 0, cols - 1)
+        outside = np.zeros_like(too_dense) if mask is None else ~mask[cy, cx]
+        in_air = deep_air[cy, cx]
+        # the extent may grow past the searched area: the centre must lie inside it
+        off_field = ~searchable[cy, cx]
+        edge_like = (edge_mm < min_edge_mm) & ~(too_small | too_large | elongated)
+        keep = ~(too_small | too_large | elongated | too_dense | near_dense | outside | edge_like | in_air
+                 | off_field)
+        # compactness: a deposit is a convex-ish lump; trabecular clumps and physeal
+        # scars are ragged (solidity = area / convex hull area)
+        solidity = np.ones(t["label"].size)
+        for i in np.flatnonzero(keep):
+            sl = (slice(int(t["bbox-0"][i]), int(t["bbox-2"][i])), slice(int(t["bbox-1"][i]), int(t["bbox-3"][i])))
+            solidity[i] = _solidity(shape_lab[sl] == t["label"][i])
+        ragged = (solidity < min_solidity) & keep
+        keep &= ~ragged
+        counts = {"too_small": int(too_small.sum()), "too_large": int(too_large.sum()),
+                  "elongated": int(elongated.sum()), "too_dense": int(too_dense.sum()),
+                  "near_dense": int(near_dense.sum()), "outside_roi": int(outside.sum()),
+                  "edge_like": int(edge_like.sum()), "in_air": int(in_air.sum()), "ragged": int(ragged.sum()),
+                  "off_field": int(off_field.sum())}
+        if report_rejected:
+            reasons = {"too_small": too_small, "too_large": too_large, "elongated": elongated,
+                       "too_dense": too_dense, "near_dense": near_dense, "outside_roi": outside,
+                       "edge_like": edge_like, "in_air": in_air, "ragged": ragged, "off_field": off_field}
+            rejected_list = [
+                {"centroid_px": [float(t["centroid-0"][i]), float(t["centroid-1"][i])],
+                 "equivalent_diameter_px": float(np.sqrt(4.0 * t["num_pixels"][i] / np.pi)),
+                 "contrast": float(tr["intensity_max"][i]), "cnr": float(tz["intensity_max"][i]),
+                 "edge_mm": float(edge_mm[i]),
+                 "elongation": float(long_ax[i] / short_ax[i]), "solidity": float(solidity[i]),
+                 "reasons": [r for r, v in reasons.items() if v[i]]}
+                for i in np.flatnonzero(~keep)]
+        kept = np.flatnonzero(keep)
+        kept = kept[np.lexsort((t["centroid-1"][kept], t["centroid-0"][kept]))]
+        size_labels, k = filter_labels(size_lab, t["label"][kept])
+        ft, fr, fz = select(t, kept), select(tr, kept), select(tz, kept)
+        fe = edge_mm[kept]
+        fs = solidity[kept]
+        centroids = np.stack([ft["centroid-0"], ft["centroid-1"]], axis=1) if k else np.zeros((0, 2))
+        body = field & ~deep_air
+        sides = _sides(image, centroids, body, sp, warnings)
+        patient = image.index_to_patient(centroids) if (has_spacing and k) else None
+        mm = (lambda v: float(v)) if has_spacing else (lambda v: None)
+        for i in range(k):
+            findings.append(Finding(
+                id=i + 1,
+                centroid_px=[float(centroids[i, 0]), float(centroids[i, 1])],
+                centroid_mm=None if patient is None else [float(v) for v in patient[i]],
+                bbox_px=[int(ft["bbox-0"][i]), int(ft["bbox-1"][i]), int(ft["bbox-2"][i]), int(ft["bbox-3"][i])],
+                equivalent_diameter_mm=mm(ft["equivalent_diameter"][i]),
+                long_axis_mm=mm(ft["axis_major_length"][i]),
+                short_axis_mm=mm(ft["axis_minor_length"][i]),
+                area_mm2=mm(ft["size"][i]),
+                volume_mm3=None,
+                peak=float(ft["intensity_max"][i]),
+                mean=float(ft["intensity_mean"][i]),
+                side=sides[i],
+                extra={
+                    "contrast": float(fr["intensity_max"][i]),
+                    "cnr": float(fz["intensity_max"][i]),
+                    "num_pixels": int(ft["num_pixels"][i]),
+                    "edge_mm": float(fe[i]),
+                    "solidity": float(fs[i]),
+                    "equivalent_diameter_px": float(np.sqrt(4.0 * ft["num_pixels"][i] / np.pi)),
+                },
+            ))
+    params.update({f"components_{k_}": v for k_, v in counts.items()})
+    params["components_prefiltered"] = n_pre
+    if saturated.any():
+        params["saturated_pixels"] = int(saturated.sum())
+        warnings.append(
+            f"{int(saturated.sum())} saturated pixel(s) inside the field (lead marker, burned-in text or "
+            f"metal) and {sat_margin * pix_mm:.0f} mm around them were not searched")
+    if counts["too_dense"] or counts["near_dense"]:
+        warnings.append(
+            f"{counts['too_dense'] + counts['near_dense']} very dense object(s) (contrast above "
+            f"{max_contrast_fraction:g} of the image range: lead markers, metal, labels) were set aside")
+    if lungs.any():
+        params["lung_fraction"] = float(lungs.mean())
+        warnings.append(
+            f"lung fields ({100 * float(lungs.mean()):.0f}% of the image) were not searched: vessels seen "
+            "end-on, granulomas and nodules there mimic calcified foci (exclude_lungs=False searches them)")
+    outside_frac = 1.0 - float(field.mean())
+    if outside_frac > 0.01:
+        warnings.append(f"{100 * outside_frac:.0f}% of the image is outside the exposed field "
+                        "(collimation or unexposed border) and was not searched")
+    params["field_fraction"] = float(field.mean())
+    extra = {"geometry": {k_: (image.geometry or {}).get(k_) for k_ in
+                          ("PatientOrientation", "ImageLaterality", "Laterality", "ViewPosition",
+                           "BodyPartExamined")}}
+    if report_rejected:
+        extra["rejected"] = rejected_list
+    return Report(
+        source=image.source,
+        modality="XRAY",
+        shape=list(image.shape),
+        spacing_mm=list(image.spacing_mm) if has_spacing else None,
+        findings=findings,
+        warnings=warnings,
+        distribution=describe_distribution(findings),
+        scores=None,
+        parameters=params,
+        spacing_source=image.spacing_source,
+        extra=extra,
+        labels=size_labels,
+    )

@@ -1,0 +1,284 @@
+"""Radiographs: loading (spacing, MONOCHROME1, orientation) and radiopaque-focus detection.
+
+Ground truth comes from real files whose tags we know (pydicom-data RG1/RG3, pydicom's
+small CR files), DICOM files we write with chosen tags, and radiograph phantoms with
+foci of known size and place.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+import calcdetect
+from calcdetect.detect.xray import detect_xray, line_opening_background
+from calcdetect.phantoms.xray import (
+    insert_foci,
+    radiograph_phantom,
+    random_foci,
+    write_radiograph_dicom,
+)
+from calcdetect.validation import match_findings
+
+CR_SMALL = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" / "77654033" / "CR1" / "6154"
+
+
+def _data(name: str) -> str:
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (pydicom-data)")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def phantom0():
+    image, truth = radiograph_phantom(seed=0)
+    return image, truth, detect_xray(image)
+
+
+# ---------------------------------------------------------------- loading real files
+def test_rg1_monochrome1_is_inverted_and_zero_spacing_is_none():
+    path = _data("RG1_UNCR.dcm")
+    image = calcdetect.load(path)
+    stored = pydicom.dcmread(path).pixel_array.astype(np.float64)
+    assert image.modality == "XRAY"
+    # BitsStored 15: loaded = (2**15 - 1) - stored, exactly
+    np.testing.assert_array_equal(image.pixels.astype(np.float64) + stored, 2 ** 15 - 1)
+    assert image.spacing_mm is None and image.spacing_source is None
+    msg = " ".join(image.warnings)
+    assert "PixelSpacing is 0.0" in msg and "--pixel-size" in msg
+    assert any("MONOCHROME1" in w for w in image.warnings)
+    assert image.geometry["PatientOrientation"] == ["L", "F"]
+    assert image.geometry["ViewPosition"] == "PA"
+    assert image.geometry["increasing_index_is"] == "left"
+    # anatomy: air-filled lung is less dense (darker) than the mediastinum/spine
+    lung = image.pixels[600:800, 400:600].mean()
+    mediastinum = image.pixels[600:800, 880:960].mean()
+    assert lung < mediastinum - 2000
+
+
+def test_rg1_zero_spacing_never_yields_mm():
+    image = calcdetect.load(_data("RG1_UNCR.dcm"))
+    small = image.with_pixels(image.pixels[800:1300, 300:800].copy(), valid_mask=None)
+    report = detect_xray(small)
+    data = report.to_dict()
+    assert data["spacing_mm"] is None
+    for f in data["findings"]:
+        assert f["equivalent_diameter_mm"] is None and f["area_mm2"] is None
+        assert f["long_axis_mm"] is None and f["centroid_mm"] is None
+    assert any("assumed 0.15 mm" in w for w in report.warnings)
+
+
+def test_rg3_no_spacing_laterality_and_j2k_twin_identical():
+    unc = calcdetect.load(_data("RG3_UNCR.dcm"))
+    j2k = calcdetect.load(_data("RG3_J2KR.dcm"))
+    np.testing.assert_array_equal(unc.pixels, j2k.pixels)
+    assert unc.spacing_mm is None
+    assert "neither ImagerPixelSpacing nor PixelSpacing" in unc.warnings[0]
+    assert "CassetteSize 35CMX35CM" in unc.warnings[0]
+    assert unc.geometry["laterality"] == "right"
+    # collimated border (stored 0 on MONOCHROME1) becomes the brightest value
+    assert unc.pixels[:, :50].mean() > 1000
+
+
+def test_user_pixel_size_fills_zero_spacing():
+    image = calcdetect.load(_data("RG1_UNCR.dcm"), pixel_size_mm=0.2)
+    assert image.spacing_mm == (0.2, 0.2)
+    assert image.spacing_source.startswith("user")
+    assert not any("sizes are not reported in mm" in w for w in image.warnings)
+
+
+def test_small_cr_imager_pixel_spacing():
+    if not CR_SMALL.exists():
+        pytest.skip("pydicom dicomdirtests not installed")
+    image = calcdetect.load(CR_SMALL)
+    assert image.spacing_mm == (0.1, 0.1)
+    assert image.spacing_source == "ImagerPixelSpacing"
+    assert any("ImagerPixelSpacing" in w and "detector plane" in w for w in image.warnings)
+
+
+# ---------------------------------------------------------------- spacing tags we write
+def test_written_cr_magnification_calibration_and_monochrome1(tmp_path):
+    image, _ = radiograph_phantom(shape=(200, 240), seed=3, lead_marker=False)
+    p = write_radiograph_dicom(image, tmp_path / "mag.dcm", monochrome1=True, magnification=1.25)
+    loaded = calcdetect.load(p)
+    np.testing.assert_allclose(loaded.spacing_mm, (0.15, 0.15), rtol=1e-6)
+    assert loaded.spacing_source == "ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor"
+    assert "EstimatedRadiographicMagnificationFactor 1.25" in loaded.warnings[0]
+    np.testing.assert_array_equal(loaded.pixels, np.clip(np.rint(image.pixels), 0, 4095))
+    assert loaded.metadata["inverted"] is True
+
+    # zero PixelSpacing beside a valid ImagerPixelSpacing: the imager spacing is used
+    p = write_radiograph_dicom(image, tmp_path / "zero.dcm", pixel_spacing=(0, 0))
+    loaded = calcdetect.load(p)
+    assert loaded.spacing_mm == (0.15, 0.15) and loaded.spacing_source == "ImagerPixelSpacing"
+
+    # calibrated PixelSpacing wins over the detector-plane ImagerPixelSpacing
+    ds = pydicom.dcmread(p)
+    ds.PixelSpacing = ["0.120", "0.120"]
+    ds.PixelSpacingCalibrationType = "GEOMETRY"
+    ds.save_as(tmp_path / "cal.dcm")
+    loaded = calcdetect.load(tmp_path / "cal.dcm")
+    assert loaded.spacing_mm == (0.12, 0.12)
+    assert "PixelSpacingCalibrationType GEOMETRY" in loaded.spacing_source
+
+    # neither tag: no spacing, a warning naming the fix
+    del ds.PixelSpacing, ds.ImagerPixelSpacing, ds.PixelSpacingCalibrationType
+    ds.save_as(tmp_path / "none.dcm")
+    loaded = calcdetect.load(tmp_path / "none.dcm")
+    assert loaded.spacing_mm is None and "--pixel-size" in loaded.warnings[0]
+
+
+# ---------------------------------------------------------------- detection on phantoms
+def test_phantom_sensitivity_size_and_no_false_findings(phantom0):
+    image, truth, report = phantom0
+    m = match_findings(truth, report.findings, image.spacing_mm)
+    assert m.found >= 10, [truth[i] for i in m.missed]
+    assert len(m.false) == 0
+    # every focus over soft tissue, and every focus of 3 mm or more, is found
+    must = [i for i, t in enumerate(truth) if t["diameter_mm"] >= 3.0 or not t["over_bone"]]
+    assert set(must) <= {i for i, _ in m.matched}
+    # size within two pixels (0.3 mm) for foci over soft tissue, a few pixels over bone
+    errs = {i: report.findings[j].equivalent_diameter_mm - truth[i]["diameter_mm"] for i, j in m.matched}
+    soft = [abs(e) for i, e in errs.items() if not truth[i]["over_bone"]]
+    assert max(soft) <= 2 * 0.15 + 0.1
+    assert abs(np.median(list(errs.values()))) <= 0.3
+    assert report.count == len(report.to_dict()["findings"])
+    assert report.distribution["pattern"] == "scattered"
+
+
+def test_phantom_no_finding_on_lead_marker_or_collimation(phantom0):
+    image, _, report = phantom0
+    meta = image.metadata["phantom"]
+    r0, c0, r1, c1 = meta["lead_marker_bbox"]
+    f0, g0, f1, g1 = meta["field_bbox"]
+    for f in report.findings:
+        r, c = f.centroid_px
+        assert not (r0 - 20 <= r <= r1 + 20 and c0 - 20 <= c <= c1 + 20), "finding on the lead marker"
+        assert f0 + 10 <= r <= f1 - 10 and g0 + 10 <= c <= g1 - 10, "finding on the collimation border"
+    # the marker was seen and set aside as too dense
+    assert report.parameters["components_too_dense"] + report.parameters["components_near_dense"] >= 1
+    assert any("outside the exposed field" in w for w in report.warnings)
+
+
+def test_lead_letter_alone_gives_nothing():
+    image, truth = radiograph_phantom(shape=(600, 600), foci=[], seed=4, bone=True)
+    report = detect_xray(image)
+    assert truth == [] and report.count == 0
+
+
+def test_no_spacing_reports_null_mm_and_same_foci():
+    with_sp, truth = radiograph_phantom(seed=1)
+    without = with_sp.with_pixels(with_sp.pixels, spacing_mm=None, spacing_source=None)
+    rep = detect_xray(without)
+    assert rep.spacing_mm is None
+    assert all(f.equivalent_diameter_mm is None and f.area_mm2 is None and f.centroid_mm is None
+               for f in rep.findings)
+    assert any("assumed 0.15 mm" in w for w in rep.warnings)
+    # the assumed scale equals the real one here, so the same foci are found
+    m = match_findings(truth, rep.findings, (0.15, 0.15))
+    assert m.found >= 10 and len(m.false) == 0
+    assert rep.distribution["size_mm"] is None
+
+
+def test_side_from_orientation_not_image_left():
+    # increasing column = patient RIGHT (PatientOrientation R\F): a focus on the image
+    # right half is on the patient's right
+    foci = [{"centroid_px": [400.0, 300.0], "diameter_mm": 4.0},
+            {"centroid_px": [600.0, 640.0], "diameter_mm": 4.0}]
+    image, _ = radiograph_phantom(foci=foci, seed=2, bone=False, lead_marker=False, orientation=("R", "F"))
+    rep = detect_xray(image)
+    by_col = sorted(rep.findings, key=lambda f: f.centroid_px[1])
+    assert [f.side for f in by_col] == ["left", "right"]
+    flipped = image.with_pixels(image.pixels, geometry=dict(image.geometry, PatientOrientation=["L", "F"],
+                                                             col_direction="L", increasing_index_is="left"))
+    assert [f.side for f in sorted(detect_xray(flipped).findings, key=lambda f: f.centroid_px[1])] == ["right", "left"]
+    lateral = image.with_pixels(image.pixels, geometry={"PatientOrientation": ["A", "F"], "ViewPosition": "LL"})
+    rep = detect_xray(lateral)
+    assert rep.count == 2 and all(f.side is None for f in rep.findings)
+    assert any("side cannot be known" in w for w in rep.warnings)
+    tagged = image.with_pixels(image.pixels, geometry=dict(image.geometry, laterality="left"))
+    assert {f.side for f in detect_xray(tagged).findings} == {"left"}
+
+
+def test_insert_foci_into_real_radiograph():
+    real = calcdetect.load(_data("RG3_UNCR.dcm"))
+    crop = real.with_pixels(real.pixels[200:1000, 300:1100].copy())  # leg, no marker
+    rng_sig = float(np.percentile(crop.pixels, 99) - np.percentile(crop.pixels, 1))
+    body = crop.pixels > np.percentile(crop.pixels, 30)
+    body[:100], body[-100:], body[:, :100], body[:, -100:] = False, False, False, False
+    foci = random_foci(crop, 5, diameters_mm=(2.5, 5.0), contrast_per_mm=0.03 * rng_sig, allowed=body,
+                       seed=3, spacing_mm=(0.15, 0.15))
+    img, truth = insert_foci(crop, foci, spacing_mm=(0.15, 0.15))
+    assert img.spacing_mm == (0.15, 0.15) and "stated for validation" in img.spacing_source
+    diff = img.pixels - crop.pixels
+    assert diff.min() >= 0 and diff.max() > 0.9 * min(f["contrast"] for f in foci)
+    rep = detect_xray(img)
+    m = match_findings(truth, rep.findings, (0.15, 0.15))
+    assert m.found >= 4
+
+
+def test_line_opening_keeps_lines_removes_dots():
+    img = np.zeros((200, 200), np.float32)
+    img[100, 20:180] = 50.0          # a 1-pixel line (cortex-like), 160 px long
+    img[48:53, 48:53] = 80.0          # a 5-pixel dot
+    bg = line_opening_background(img, 41)
+    resid = img - bg
+    assert resid[100, 30:170].max() == 0.0      # the line is background
+    assert resid[50, 50] == 80.0                # the dot is all residual
+
+
+# ---------------------------------------------------------------- raster + CLI
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_raster_png_8_and_16_bit(tmp_path, dtype):
+    import cv2
+
+    image, truth = radiograph_phantom(shape=(600, 600), seed=5, lead_marker=False)
+    top = 255 if dtype == np.uint8 else 65535
+    arr = np.clip(image.pixels / 4095.0 * top, 0, top).astype(dtype)
+    path = tmp_path / f"xr{np.dtype(dtype).itemsize}.png"
+    cv2.imwrite(str(path), arr)
+    loaded = calcdetect.load(path, modality="XRAY", pixel_size_mm=0.15)
+    assert loaded.metadata["dtype"] == np.dtype(dtype).name
+    rep = calcdetect.detect(loaded)
+    m = match_findings(truth, rep.findings, (0.15, 0.15))
+    big = [t for t in truth if t["diameter_mm"] >= 3.0]
+    assert m.found >= len(big) and len(m.false) <= 1
+
+
+def test_cli_detect_on_radiograph(tmp_path, capsys):
+    from calcdetect.cli import main
+
+    image, truth = radiograph_phantom(shape=(600, 600), foci=6, seed=6)
+    path = write_radiograph_dicom(image, tmp_path / "cr.dcm", monochrome1=True)
+    assert main(["detect", str(path), "--compact"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["modality"] == "XRAY" and data["spacing_mm"] == [0.15, 0.15]
+    assert data["spacing_source"] == "ImagerPixelSpacing"
+    m = match_findings(truth, data["findings"], (0.15, 0.15))
+    assert m.found >= len(truth) - 2 and len(m.false) == 0
+    assert all(f["equivalent_diameter_mm"] is not None for f in data["findings"])
+    # a zero-spacing file through the CLI: mm fields null
+    zpath = write_radiograph_dicom(image.with_pixels(image.pixels, spacing_mm=None), tmp_path / "z.dcm",
+                                   pixel_spacing=(0, 0))
+    assert main(["detect", str(zpath), "--compact"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["spacing_mm"] is None and data["count"] >= 1
+    assert all(f["equivalent_diameter_mm"] is None for f in data["findings"])
+
+
+def test_brightest_focus_is_not_taken_for_saturation():
+    # no collimation and no marker: the image maximum is the densest focus, which must
+    # not be set aside as a saturated object
+    image, truth = radiograph_phantom(shape=(600, 600), foci=5, seed=8, bone=False,
+                                      lead_marker=False, collimation=False)
+    rep = detect_xray(image)
+    m = match_findings(truth, rep.findings, image.spacing_mm)
+    found = {i for i, _ in m.matched}
+    assert {i for i, t in enumerate(truth) if t["diameter_mm"] >= 2.0} <= found and len(m.false) == 0
+    assert "saturated_pixels" not in rep.parameters
