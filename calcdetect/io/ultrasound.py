@@ -323,8 +323,10 @@ def _frame_image(
         fan = fan_mask(grey, box, over)
         fans.append(fan)
         valid |= fan
+    fan_all = valid.copy()
     valid &= ~over
     geometry: dict[str, Any] = {
+        "fan": fan_all,
         "regions": [dict(r, fan_px=int(f.sum())) for r, f in zip(regions, fans)] if regions else [],
         "frame": index,
         "n_frames": number_of_frames(ds),
