@@ -10,10 +10,10 @@ Pipeline, per B-mode region (docs/ultrasound.md):
    fits straight lines to the left and right edges of the fan: parallel edges are a
    linear probe, converging edges a sector whose apex is where they meet.
 2. Speckle-robust smoothing: Gaussian of ``smooth_mm`` (0.5 mm).
-3. Background at the same depth: a sigma-clipped mean and spread over a window
-   ``background_mm`` wide across the beam and 2 mm along it, computed in beam space
-   (the image itself for linear probes, a polar resampling around the apex for
-   sectors) and mapped back.
+3. Background at the same depth: median and spread (interquartile range / 1.349) of
+   the tissue in a window ``background_mm`` (40 mm) wide across the beam and 3 mm
+   along it, computed on a 1 mm grid in beam space (depth x lateral position for
+   linear probes, radius x angle around the apex for sectors) and mapped back.
 4. Candidates: smoothed signal at least ``z_threshold`` spreads above the
    background and ``ratio`` times it; each candidate is measured at half maximum
    between its background and its peak (size robust to blur), with
@@ -21,9 +21,12 @@ Pipeline, per B-mode region (docs/ultrasound.md):
 5. Shadow test: along the beam behind the focus (from 1 mm past its far edge,
    ``shadow_mm`` deep) in a band as wide as the focus' central part, against bands
    of the same depth beside that path on both sides; ``shadow_contrast`` =
-   1 - behind / beside (the darker of the two comparisons, i.e. the smaller
-   contrast).  Only foci with ``shadow_contrast >= min_shadow_contrast`` whose
-   shadow persists over both halves of the depth range are kept.
+   1 - behind / beside (beside = mean of the two sides).  A focus is kept when
+   ``shadow_contrast >= min_shadow_contrast`` (0.4) and the path is darker than
+   *each* side and over the near and the far half of the depth range by at least
+   half that (a real shadow has two edges and persists; a bright patch at the edge of
+   a cyst does not).  Both sides must hold tissue, else the focus is untestable and
+   not reported.
 6. Report: focus size (equivalent diameter, axes, area), ``shadow_width_mm``,
    ``depth_mm`` below the transducer surface, ``region`` from depth (``dermal``
    <= 2.5 mm, ``subcutaneous`` <= 15 mm, ``deep`` beyond: a depth rule, the image does
@@ -80,7 +83,9 @@ def beam_geometry(fan: np.ndarray, spacing: tuple[float, float], probe: str = "a
         return {"probe": "linear", "apex_mm": None, "surface_mm": float(rows.min() * dy) if rows.size else 0.0,
                 "edge_slopes": None}
     r0, r1 = int(rows.min()), int(rows.max())
-    sel = np.arange(r0 + int(0.2 * (r1 - r0)), r0 + int(0.8 * (r1 - r0)) + 1)
+    # the upper part of the fan: sector edges are straight there (lower down a fan may
+    # be cut by the display or end in its bottom arc)
+    sel = np.arange(r0 + int(0.05 * (r1 - r0)), r0 + int(0.35 * (r1 - r0)) + 1)
     sel = sel[fan[sel].any(axis=1)]
     left = np.argmax(fan[sel], axis=1).astype(float)
     right = (fan.shape[1] - 1 - np.argmax(fan[sel][:, ::-1], axis=1)).astype(float)
@@ -141,61 +146,75 @@ def _beam_to_px(t: np.ndarray, s: np.ndarray, geom: dict, spacing: tuple[float, 
 
 
 # --------------------------------------------------------------------------- background
-def _clipped_stats(img: np.ndarray, w: np.ndarray, ksize: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Sigma-clipped local mean and standard deviation of ``img`` over weights ``w``."""
-    import cv2
+def _window_quantiles(grid: np.ndarray, kh: int, kw: int, min_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """25th, 50th and 75th percentiles of the finite values in a kh x kw window."""
+    from numpy.lib.stride_tricks import sliding_window_view
 
-    def box(a):
-        return cv2.boxFilter(a, cv2.CV_32F, ksize, normalize=True, borderType=cv2.BORDER_REFLECT)
-
-    wt = w.astype(np.float32)
-    mean = sd = None
-    for _ in range(2):
-        n = box(wt)
-        m1 = box(img * wt) / np.maximum(n, 1e-6)
-        m2 = box(img * img * wt) / np.maximum(n, 1e-6)
-        mean = m1
-        sd = np.sqrt(np.maximum(m2 - m1 * m1, 0.0))
-        # drop bright outliers (the foci themselves) and recompute
-        wt = (w & (img <= mean + 2.0 * sd)).astype(np.float32)
-    return mean, sd
+    ph, pw = kh // 2, kw // 2
+    padded = np.pad(grid, ((ph, kh - 1 - ph), (pw, kw - 1 - pw)), constant_values=np.nan)
+    win = sliding_window_view(padded, (kh, kw)).reshape(grid.shape[0] * grid.shape[1], kh * kw)
+    win = np.sort(win, axis=1)  # NaN sorts last
+    n = np.isfinite(win).sum(axis=1)
+    out = []
+    for q in (0.25, 0.5, 0.75):
+        k = np.clip(np.floor(q * (n - 1)).astype(np.int64), 0, kh * kw - 1)
+        v = np.take_along_axis(win, k[:, None], axis=1)[:, 0]
+        v[n < min_count] = np.nan
+        out.append(v.reshape(grid.shape))
+    return out[0], out[1], out[2]
 
 
 def _background(smooth: np.ndarray, valid: np.ndarray, geom: dict, spacing: tuple[float, float],
-                width_mm: float, height_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """Same-depth background mean and spread, mapped to image pixels."""
-    import cv2
+                width_mm: float, height_mm: float, cell_mm: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Same-depth background (median) and spread (IQR / 1.349), mapped to image pixels.
 
-    dy, dx = spacing
-    if geom["probe"] == "linear":
-        k = (max(3, int(round(width_mm / dx)) | 1), max(3, int(round(height_mm / dy)) | 1))
-        return _clipped_stats(smooth, valid, k)
-    # polar resampling around the apex: rows = radius, cols = angle
+    The smoothed image is sampled on a grid of ``cell_mm`` cells in beam coordinates
+    (depth x lateral position for linear probes, radius x angle for sectors); the
+    median and quartiles of the tissue samples in a window ``width_mm`` across the
+    beam and ``height_mm`` along it give the background and its spread.  Medians
+    ignore a focus filling up to a third of the window.
+    """
+    import cv2
+    from scipy import ndimage as ndi
+
     yy, xx = np.nonzero(valid)
-    r, th = _beam_coords(yy, xx, geom, spacing)
-    step = min(dy, dx)
-    rmin, rmax = float(r.min()), float(r.max())
-    tmin, tmax = float(th.min()), float(th.max())
-    rmid = max(0.5 * (rmin + rmax), step)
-    dth = step / rmid
-    nr = int(np.ceil((rmax - rmin) / step)) + 1
-    nt = int(np.ceil((tmax - tmin) / dth)) + 1
-    rr = (rmin + np.arange(nr) * step)[:, None]
-    tt = (tmin + np.arange(nt) * dth)[None, :]
-    py, px = _beam_to_px(rr, tt, geom, spacing)
+    t, s = _beam_coords(yy.astype(np.float64), xx.astype(np.float64), geom, spacing)
+    tmin, tmax = float(t.min()), float(t.max())
+    smin, smax = float(s.min()), float(s.max())
+    sector = geom["probe"] == "sector"
+    # angular cell = cell_mm of arc at a shallow reference radius (the window is then
+    # at least width_mm wide at most depths)
+    rmid = max(float(np.percentile(t, 25)), cell_mm) if sector else 1.0
+    ds = cell_mm / rmid if sector else cell_mm
+    nr = int(np.ceil((tmax - tmin) / cell_mm)) + 1
+    nc = int(np.ceil((smax - smin) / ds)) + 1
+    T = (tmin + np.arange(nr) * cell_mm)[:, None] * np.ones((1, nc))
+    S = np.ones((nr, 1)) * (smin + np.arange(nc) * ds)[None, :]
+    py, px = _beam_to_px(T, S, geom, spacing)
     mapy, mapx = py.astype(np.float32), px.astype(np.float32)
-    beam = cv2.remap(smooth, mapx, mapy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    bval = cv2.remap(valid.astype(np.uint8), mapx, mapy, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT) > 0
-    k = (max(3, int(round(width_mm / step)) | 1), max(3, int(round(height_mm / step)) | 1))
-    mean, sd = _clipped_stats(beam, bval, k)
-    # back to the image: for each pixel its (radius, angle) index in the polar grid
+    vals = cv2.remap(smooth.astype(np.float32), mapx, mapy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    ok = cv2.remap(valid.astype(np.uint8), mapx, mapy, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT) > 0
+    grid = np.where(ok, vals, np.nan).astype(np.float64)
+    kh = max(1, int(round(height_mm / cell_mm)))
+    kw = max(3, int(round(width_mm / cell_mm)))
+    q1, med, q3 = _window_quantiles(grid, kh, kw, max(5, (kh * kw) // 5))
+    spread = (q3 - q1) / 1.349
+    missing = ~np.isfinite(med)
+    if missing.all():
+        m = float(np.median(smooth[valid])) if valid.any() else 0.0
+        return np.full(smooth.shape, m, np.float32), np.full(smooth.shape, 1.0, np.float32)
+    if missing.any():
+        idx = ndi.distance_transform_edt(missing, return_distances=False, return_indices=True)
+        med = med[tuple(idx)]
+        spread = spread[tuple(idx)]
+    # back to the image: fractional cell index of every pixel
     gy, gx = np.mgrid[0:smooth.shape[0], 0:smooth.shape[1]]
-    r_img, t_img = _beam_coords(gy.astype(np.float32), gx.astype(np.float32), geom, spacing)
-    iy = ((r_img - rmin) / step).astype(np.float32)
-    ix = ((t_img - tmin) / dth).astype(np.float32)
-    mean_img = cv2.remap(mean, ix, iy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    sd_img = cv2.remap(sd, ix, iy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return mean_img, sd_img
+    ti, si = _beam_coords(gy.astype(np.float32), gx.astype(np.float32), geom, spacing)
+    iy = ((ti - tmin) / cell_mm).astype(np.float32)
+    ix = ((si - smin) / ds).astype(np.float32)
+    bg = cv2.remap(med.astype(np.float32), ix, iy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    sd = cv2.remap(spread.astype(np.float32), ix, iy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return bg, sd
 
 
 # --------------------------------------------------------------------------- shadow test
@@ -232,8 +251,9 @@ def shadow_test(
     Returns
     -------
     dict
-        ``contrast`` (1 - behind/beside, the smaller of the two sides; NaN when the
-        shadow cannot be tested), ``contrast_near`` / ``contrast_far`` (the two halves
+        ``contrast`` (1 - behind/beside, beside = mean of both sides; NaN when the
+        shadow cannot be tested), ``contrast_min_side`` (against the brighter... the
+        darker side), ``contrast_near`` / ``contrast_far`` (the two halves
         of the depth range), ``width_mm`` (the shadow's width across the beam),
         ``depth_tested_mm``, ``behind`` / ``beside`` mean signals.
     """
@@ -269,7 +289,7 @@ def shadow_test(
         ok = inside & valid[iyc, ixc]
         return v, ok
 
-    out = {"contrast": float("nan"), "contrast_near": float("nan"), "contrast_far": float("nan"),
+    out = {"contrast": float("nan"), "contrast_min_side": float("nan"), "contrast_near": float("nan"), "contrast_far": float("nan"),
            "width_mm": float("nan"), "depth_tested_mm": 0.0, "behind": float("nan"), "beside": float("nan")}
     vb, ob = sample(lat_behind)
     vl, ol = sample(lat_left)
@@ -286,28 +306,39 @@ def shadow_test(
     if usable.sum() * step < min(4.0, 0.5 * shadow_mm):
         return out
 
+    # a shadow is judged against tissue on both sides (at the edge of the fan, or
+    # beside an anechoic area cut by the fan edge, one side alone misleads)
+    if (usable & row_l).sum() < 0.5 * usable.sum() or (usable & row_r).sum() < 0.5 * usable.sum():
+        return out
+
     def masked_mean(v, o, rows):
         o = o & rows[:, None]
         return float(v[o].mean()) if o.any() else float("nan")
 
     def contrast(rows):
-        b = masked_mean(vb, ob, rows)
-        cs = []
+        """(1 - behind / mean of both sides, 1 - behind / each side)."""
+        sides, per_side = [], []
         for v, o, rs in ((vl, ol, row_l), (vr, orr, row_r)):
             rr = rows & rs
             if rr.sum() * step >= 2.0:
                 side = masked_mean(v, o, rr)
                 bb = masked_mean(vb, ob, rr)
                 if side > 0:
-                    cs.append(1.0 - bb / side)
-        return (min(cs) if cs else float("nan")), b
+                    sides.append(side)
+                    per_side.append(1.0 - bb / side)
+        if not sides:
+            return float("nan"), float("nan")
+        b = masked_mean(vb, ob, rows)
+        return 1.0 - b / float(np.mean(sides)), min(per_side)
 
     idx = np.flatnonzero(usable)
     half = idx[len(idx) // 2]
     near = usable & (np.arange(usable.size) < half)
     far = usable & (np.arange(usable.size) >= half)
-    c, b = contrast(usable)
+    c, c_min = contrast(usable)
     out["contrast"] = c
+    out["contrast_min_side"] = c_min
+    b = masked_mean(vb, ob, usable)
     out["behind"] = b
     out["contrast_near"] = contrast(near)[0]
     out["contrast_far"] = contrast(far)[0]
@@ -342,7 +373,7 @@ def detect_ultrasound(
     *,
     probe: str = "auto",
     smooth_mm: float = 0.5,
-    background_mm: float = 20.0,
+    background_mm: float = 40.0,
     z_threshold: float = 3.0,
     ratio: float = 1.4,
     min_size_mm: float = 1.0,
@@ -503,7 +534,7 @@ def _detect_frame(image, pix, val, roi, params, stats):
         # and a wide blur would pull its far edge in
         sig2 = 0.5 * sig
         fine = cv2.GaussianBlur(pix.astype(np.float32), (0, 0), sigmaX=float(sig2[1]), sigmaY=float(sig2[0]))
-        bg, sd = _background(smooth, valid, geom, sp, params["background_mm"], 2.0)
+        bg, sd = _background(smooth, valid, geom, sp, params["background_mm"], 3.0)
         floor = 2.0 + 0.05 * bg
         z = (smooth - bg) / np.maximum(sd, floor)
         cand = valid & (z >= 0.5 * params["z_threshold"]) & (smooth >= params["ratio"] * bg)
@@ -555,7 +586,10 @@ def _detect_frame(image, pix, val, roi, params, stats):
                 stats["untestable"] += 1
                 continue
             thr = params["min_shadow_contrast"]
-            if c < thr or not (sh["contrast_near"] >= 0.5 * thr and sh["contrast_far"] >= 0.5 * thr):
+            # a clear shadow: dark against the tissue beside it, darker than each side,
+            # over the near and the far half of the examined depth
+            if c < thr or not (sh["contrast_near"] >= 0.5 * thr and sh["contrast_far"] >= 0.5 * thr
+                               and sh["contrast_min_side"] >= 0.5 * thr):
                 stats["no_shadow"] += 1
                 continue
             cy, cx = float(yy.mean()), float(xx.mean())

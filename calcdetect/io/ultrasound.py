@@ -219,6 +219,21 @@ def overlay_mask(grey: np.ndarray, color: np.ndarray | None, spacing_mm: tuple[f
         # tissue or black; a bright tissue interface fades out gradually)
         local = cv2.blur(g8, (9, 9)).astype(np.int16)
         thin = (bright > 0) & (opened == 0) & (g8.astype(np.int16) - local > 45)
+        if thin.any():
+            # graphics are glyphs and lines (>= 7 pixels long) of an even grey, or
+            # dots of one exact grey value; bright speckle grains and fibres of tissue
+            # are short or uneven
+            from ..measure import label, regionprops_table
+
+            lab, n = label(thin)
+            t = regionprops_table(lab, g8, spacing=(1.0, 1.0))
+            extent = np.maximum(t["bbox-2"] - t["bbox-0"], t["bbox-3"] - t["bbox-1"])
+            flat_dot = (t["intensity_max"] == t["intensity_min"]) & (t["num_pixels"] >= 3)
+            even = (t["intensity_max"] - t["intensity_min"]) <= 16
+            keep = t["label"][((extent >= 7) & even) | flat_dot]
+            lut = np.zeros(n + 1, bool)
+            lut[keep] = True
+            thin = lut[lab]
         over |= thin
     # flat graphics (grey bars, filled labels): no speckle at all over 5 x 5 pixels
     g = grey.astype(np.float32)
