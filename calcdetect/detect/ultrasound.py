@@ -17,7 +17,8 @@ Pipeline, per B-mode region (docs/ultrasound.md):
 4. Candidates: smoothed signal at least ``z_threshold`` spreads above the
    background and ``ratio`` times it; each candidate is measured at half maximum
    between its background and its peak (size robust to blur), with
-   :mod:`calcdetect.measure`.
+   :mod:`calcdetect.measure`.  Thin line echoes (short axis < 2.5 mm and long axis
+   > 3 x short: fascia, valve leaflets, specular interfaces) are not nodules.
 5. Shadow test: along the beam behind the focus (from 1 mm past its far edge,
    ``shadow_mm`` deep) in a band as wide as the focus' central part, against bands
    of the same depth beside that path on both sides; ``shadow_contrast`` =
@@ -26,7 +27,9 @@ Pipeline, per B-mode region (docs/ultrasound.md):
    *each* side and over the near and the far half of the depth range by at least
    half that (a real shadow has two edges and persists; a bright patch at the edge of
    a cyst does not).  Both sides must hold tissue, else the focus is untestable and
-   not reported.
+   not reported.  The dark band must also be about as wide as the focus (shadow
+   width <= 2 x focus width + 2 mm): an anechoic cavity behind a bright valve or
+   interface is far wider than the echo in front of it.
 6. Report: focus size (equivalent diameter, axes, area), ``shadow_width_mm``,
    ``depth_mm`` below the transducer surface, ``region`` from depth (``dermal``
    <= 2.5 mm, ``subcutaneous`` <= 15 mm, ``deep`` beyond: a depth rule, the image does
@@ -289,7 +292,7 @@ def shadow_test(
         ok = inside & valid[iyc, ixc]
         return v, ok
 
-    out = {"contrast": float("nan"), "contrast_min_side": float("nan"), "contrast_near": float("nan"), "contrast_far": float("nan"),
+    out = {"focus_width_mm": 2 * half_w, "contrast": float("nan"), "contrast_min_side": float("nan"), "contrast_near": float("nan"), "contrast_far": float("nan"),
            "width_mm": float("nan"), "depth_tested_mm": 0.0, "behind": float("nan"), "beside": float("nan")}
     vb, ob = sample(lat_behind)
     vl, ol = sample(lat_left)
@@ -443,7 +446,7 @@ def detect_ultrasound(
     masks = ([mask] if image.ndim == 2 else list(mask)) if mask is not None else [None] * len(frames)
     all_rows: list[dict[str, Any]] = []
     labels_out = np.zeros(image.shape, np.int32)
-    stats = {"candidates": 0, "no_shadow": 0, "untestable": 0, "size": 0}
+    stats = {"candidates": 0, "no_shadow": 0, "untestable": 0, "size": 0, "line": 0}
     geoms: list[dict[str, Any]] = []
     for f, (pix, val, roi) in enumerate(zip(frames, valids, masks)):
         rows, geoms_f = _detect_frame(image, pix, val, roi, params, stats)
@@ -576,6 +579,14 @@ def _detect_frame(image, pix, val, roi, params, stats):
             if eqd < params["min_size_mm"] or eqd > params["max_size_mm"]:
                 stats["size"] += 1
                 continue
+            # a thin line echo (fascia, a valve leaflet, a specular interface) is not a
+            # nodule: short axis under 2.5 mm and more than 3 times longer than wide
+            lab1 = np.zeros((int(yy.max() - yy.min()) + 1, int(xx.max() - xx.min()) + 1), np.int32)
+            lab1[yy - yy.min(), xx - xx.min()] = 1
+            ax = regionprops_table(lab1, spacing=sp)
+            if ax["axis_minor_length"][0] < 2.5 and ax["axis_major_length"][0] > 3.0 * ax["axis_minor_length"][0]:
+                stats["line"] += 1
+                continue
             # mostly graphics-free: the focus lies in tissue
             if valid[yy, xx].mean() < 0.5:
                 stats["size"] += 1
@@ -590,6 +601,11 @@ def _detect_frame(image, pix, val, roi, params, stats):
             # over the near and the far half of the examined depth
             if c < thr or not (sh["contrast_near"] >= 0.5 * thr and sh["contrast_far"] >= 0.5 * thr
                                and sh["contrast_min_side"] >= 0.5 * thr):
+                stats["no_shadow"] += 1
+                continue
+            # the shadow is cast by the focus: about as wide as it (an anechoic area
+            # behind a bright interface is much wider than the interface's echo)
+            if not (np.isfinite(sh["width_mm"]) and sh["width_mm"] <= 2.0 * sh["focus_width_mm"] + 2.0):
                 stats["no_shadow"] += 1
                 continue
             cy, cx = float(yy.mean()), float(xx.mean())
