@@ -162,6 +162,12 @@ def _grey_and_color(ds: Any, arr: np.ndarray, path: str | Path) -> tuple[np.ndar
         # LUT entries are 8 or 16 bit; the descriptor says which
         desc = ds.get("RedPaletteColorLookupTableDescriptor")
         lut_bits = int(desc[2]) if desc is not None and len(desc) > 2 else (16 if rgb.dtype != np.uint8 else 8)
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if lut_bits > 8 and rgb.dtype != np.uint8 and ts is not None and not ts.is_little_endian \
+                and int(rgb.max()) <= 255 and not ds.get("SegmentedRedPaletteColorLookupTableData"):
+            # pydicom returns big-endian 16-bit LUT entries byte-swapped (0xFF00 read as
+            # 0x00FF): every entry below 256 in a 16-bit palette is that signature
+            rgb = rgb.byteswap()
         if rgb.dtype != np.uint8:
             rgb = (rgb.astype(np.uint32) >> 8).astype(np.uint8) if lut_bits > 8 else np.clip(rgb, 0, 255).astype(np.uint8)
         color = rgb
