@@ -204,14 +204,18 @@ def run_trials(trials: int, seed: int = 0) -> dict:
         errors += c["size_errors_mm"]
     originals = []
     for kind, name, opts in CASES + [("original", n, {}) for n in ORIGINALS_ONLY]:
-        key = (name, json.dumps(opts))
+        beam = kind.startswith("linear (beam")
+        if beam:
+            name_shown = name + " (beam space)"
+        else:
+            name_shown = name
+        key = (name_shown, json.dumps(opts))
         if any(o["key"] == key for o in originals):
             continue
         img = load(_path(name), **opts)
-        if kind.startswith("linear (beam"):
+        if beam:
             img = beam_space(img)
-            key = (name + " (beam space)", json.dumps(opts))
-            name = name + " (beam space)"
+        name = name_shown
         rep = detect_ultrasound(img)
         originals.append({"key": key, "case": name, "opts": opts, "false": rep.count})
     n_orig_false = sum(o["false"] for o in originals)

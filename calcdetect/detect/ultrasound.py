@@ -56,6 +56,9 @@ SUBCUTIS_MM = 15.0
 #: filter sizes when the image has no pixel size (a typical B-mode display pixel);
 #: used only to size filters, never to report mm
 ASSUMED_PIXEL_MM = 0.25
+#: the shadow path must be darker than *each* side by this fraction of
+#: min_shadow_contrast (0: at least not brighter than either side)
+MIN_SIDE_FACTOR = 0.0
 
 
 # --------------------------------------------------------------------------- geometry
@@ -254,11 +257,12 @@ def shadow_test(
     Returns
     -------
     dict
-        ``contrast`` (1 - behind/beside, beside = mean of both sides; NaN when the
-        shadow cannot be tested), ``contrast_min_side`` (against the brighter... the
-        darker side), ``contrast_near`` / ``contrast_far`` (the two halves
-        of the depth range), ``width_mm`` (the shadow's width across the beam),
-        ``depth_tested_mm``, ``behind`` / ``beside`` mean signals.
+        ``focus_width_mm`` (across the beam); ``contrast`` (1 - behind/beside,
+        beside = mean of both sides; NaN when the shadow cannot be tested);
+        ``contrast_min_side`` (the smaller of 1 - behind/left and 1 - behind/right);
+        ``contrast_near`` / ``contrast_far`` (the two halves of the depth range);
+        ``width_mm`` (the shadow's width across the beam); ``depth_tested_mm``;
+        ``behind`` / ``beside`` mean signals.
     """
     dy, dx = spacing
     step = min(dy, dx)
@@ -292,7 +296,7 @@ def shadow_test(
         ok = inside & valid[iyc, ixc]
         return v, ok
 
-    out = {"focus_width_mm": 2 * half_w, "contrast": float("nan"), "contrast_min_side": float("nan"), "contrast_near": float("nan"), "contrast_far": float("nan"),
+    out = {"focus_width_mm": 2 * half_w, "width_sym_mm": float("nan"), "contrast": float("nan"), "contrast_min_side": float("nan"), "contrast_near": float("nan"), "contrast_far": float("nan"),
            "width_mm": float("nan"), "depth_tested_mm": 0.0, "behind": float("nan"), "beside": float("nan")}
     vb, ob = sample(lat_behind)
     vl, ol = sample(lat_left)
@@ -367,6 +371,9 @@ def shadow_test(
             while hi < below.size - 1 and below[hi + 1]:
                 hi += 1
             out["width_mm"] = float((hi - lo + 1) * step)
+            # symmetric width: twice the nearer edge's distance from the focus axis (a
+            # shadow that runs into an anechoic area on one side keeps its other edge)
+            out["width_sym_mm"] = float((2 * min(centre - lo, hi - centre) + 1) * step)
     return out
 
 
@@ -384,6 +391,7 @@ def detect_ultrasound(
     shadow_mm: float = 15.0,
     min_shadow_contrast: float = 0.4,
     mask: np.ndarray | None = None,
+    explain: bool = False,
 ) -> Report:
     """Find calcifications on a B-mode ultrasound image: echogenic foci with a shadow.
 
@@ -411,6 +419,9 @@ def detect_ultrasound(
         Keep foci whose shadow contrast (1 - behind/beside) reaches this.
     mask : ndarray of bool, optional
         Region of interest: only foci whose centre lies in it are reported.
+    explain : bool
+        Also list every rejected candidate with the reason (and its shadow
+        measures) in ``report.extra["rejected"]``.
 
     Returns
     -------
@@ -446,10 +457,15 @@ def detect_ultrasound(
     masks = ([mask] if image.ndim == 2 else list(mask)) if mask is not None else [None] * len(frames)
     all_rows: list[dict[str, Any]] = []
     labels_out = np.zeros(image.shape, np.int32)
-    stats = {"candidates": 0, "no_shadow": 0, "untestable": 0, "size": 0, "line": 0}
+    stats = {"candidates": 0, "no_shadow": 0, "untestable": 0, "size": 0, "line": 0, "overlay": 0}
+    rejected: list[dict[str, Any]] | None = [] if explain else None
     geoms: list[dict[str, Any]] = []
     for f, (pix, val, roi) in enumerate(zip(frames, valids, masks)):
-        rows, geoms_f = _detect_frame(image, pix, val, roi, params, stats)
+        n_rej = len(rejected) if rejected is not None else 0
+        rows, geoms_f = _detect_frame(image, pix, val, roi, params, stats, rejected)
+        if rejected is not None and image.ndim == 3:
+            for r in rejected[n_rej:]:
+                r["frame"] = f
         if f == 0:
             geoms = geoms_f
         for r in rows:
@@ -483,7 +499,7 @@ def detect_ultrasound(
         scores=None,
         parameters=params,
         spacing_source=image.spacing_source,
-        extra={"beam": extra},
+        extra={"beam": extra, **({"rejected": rejected} if rejected is not None else {})},
         labels=labels_out,
     )
 
@@ -501,7 +517,7 @@ def _regions(image: Image, shape: tuple[int, int]) -> list[dict[str, Any]]:
     return [{"box": (0, 0, shape[1] - 1, shape[0] - 1), "spacing_mm": sp, "number": None}]
 
 
-def _detect_frame(image, pix, val, roi, params, stats):
+def _detect_frame(image, pix, val, roi, params, stats, rejected):
     import cv2
 
     shape = pix.shape
@@ -527,7 +543,11 @@ def _detect_frame(image, pix, val, roi, params, stats):
         fan = fan_all & box
         if valid.sum() < 100:
             continue
-        geom = dict(image.geometry.get("beam") or {}) if reg["number"] in (None, 0) and image.geometry.get("beam") else {}
+        # a known beam geometry (geometry["beams"][k], as from beam_geometry) wins
+        # over the estimate from the fan, unless the caller forces another probe type
+        k = reg["number"] or 0
+        known = image.geometry.get("beams") or []
+        geom = dict(known[k]) if k < len(known) and known[k] else None
         if not geom or (params["probe"] != "auto" and geom.get("probe") != params["probe"]):
             geom = beam_geometry(fan, sp, params["probe"])
         geoms.append(geom)
@@ -576,37 +596,16 @@ def _detect_frame(image, pix, val, roi, params, stats):
             xx = xx + c0
             area = yy.size * sp[0] * sp[1]
             eqd = float(np.sqrt(4 * area / np.pi))
-            if eqd < params["min_size_mm"] or eqd > params["max_size_mm"]:
-                stats["size"] += 1
-                continue
-            # a thin line echo (fascia, a valve leaflet, a specular interface) is not a
-            # nodule: short axis under 2.5 mm and more than 3 times longer than wide
-            lab1 = np.zeros((int(yy.max() - yy.min()) + 1, int(xx.max() - xx.min()) + 1), np.int32)
-            lab1[yy - yy.min(), xx - xx.min()] = 1
-            ax = regionprops_table(lab1, spacing=sp)
-            if ax["axis_minor_length"][0] < 2.5 and ax["axis_major_length"][0] > 3.0 * ax["axis_minor_length"][0]:
-                stats["line"] += 1
-                continue
-            # mostly graphics-free: the focus lies in tissue
-            if valid[yy, xx].mean() < 0.5:
-                stats["size"] += 1
-                continue
-            sh = shadow_test(smooth, valid, yy, xx, geom, sp, shadow_mm=params["shadow_mm"])
-            c = sh["contrast"]
-            if not np.isfinite(c):
-                stats["untestable"] += 1
-                continue
-            thr = params["min_shadow_contrast"]
-            # a clear shadow: dark against the tissue beside it, darker than each side,
-            # over the near and the far half of the examined depth
-            if c < thr or not (sh["contrast_near"] >= 0.5 * thr and sh["contrast_far"] >= 0.5 * thr
-                               and sh["contrast_min_side"] >= 0.5 * thr):
-                stats["no_shadow"] += 1
-                continue
-            # the shadow is cast by the focus: about as wide as it (an anechoic area
-            # behind a bright interface is much wider than the interface's echo)
-            if not (np.isfinite(sh["width_mm"]) and sh["width_mm"] <= 2.0 * sh["focus_width_mm"] + 2.0):
-                stats["no_shadow"] += 1
+            reason, sh = _judge(yy, xx, eqd, smooth, valid, geom, sp, params)
+            if reason is not None:
+                stats[reason.split(":")[0]] += 1
+                if rejected is not None:
+                    rejected.append({
+                        "centroid_px": [float(yy.mean()), float(xx.mean())], "reason": reason,
+                        "equivalent_diameter_px": float(np.sqrt(4 * yy.size / np.pi)),
+                        "bmode_region": reg["number"],
+                        **({} if sh is None else {k: float(v) for k, v in sh.items()}),
+                    })
                 continue
             cy, cx = float(yy.mean()), float(xx.mean())
             if roi is not None and not roi[int(round(cy)), int(round(cx))]:
@@ -619,6 +618,39 @@ def _detect_frame(image, pix, val, roi, params, stats):
                 "peak": peak, "background": b_level, "intensity": pix,
             })
     return out_rows, geoms
+
+
+def _judge(yy, xx, eqd, smooth, valid, geom, sp, params):
+    """Why a candidate is not reported (None when it is), and its shadow measures."""
+    if eqd < params["min_size_mm"] or eqd > params["max_size_mm"]:
+        return "size: outside min_size_mm..max_size_mm", None
+    # a thin line echo (fascia, a valve leaflet, a specular interface) is not a
+    # nodule: short axis under 2.5 mm and more than 3 times longer than wide
+    lab1 = np.zeros((int(yy.max() - yy.min()) + 1, int(xx.max() - xx.min()) + 1), np.int32)
+    lab1[yy - yy.min(), xx - xx.min()] = 1
+    ax = regionprops_table(lab1, spacing=sp)
+    if ax["axis_minor_length"][0] < 2.5 and ax["axis_major_length"][0] > 3.0 * ax["axis_minor_length"][0]:
+        return "line: thin line echo", None
+    # mostly graphics-free: the focus lies in tissue
+    if valid[yy, xx].mean() < 0.5:
+        return "overlay: mostly on graphics", None
+    sh = shadow_test(smooth, valid, yy, xx, geom, sp, shadow_mm=params["shadow_mm"])
+    if not np.isfinite(sh["contrast"]):
+        return "untestable: too little tissue behind or beside", sh
+    thr = params["min_shadow_contrast"]
+    # a clear shadow: dark against the tissue beside it, darker than each side, over
+    # the near and the far half of the examined depth
+    if sh["contrast"] < thr:
+        return "no_shadow: contrast below min_shadow_contrast", sh
+    if sh["contrast_min_side"] < MIN_SIDE_FACTOR * thr:
+        return "no_shadow: not darker than both sides", sh
+    if sh["contrast_near"] < 0.5 * thr or sh["contrast_far"] < 0.5 * thr:
+        return "no_shadow: does not persist with depth", sh
+    # the shadow is cast by the focus: about as wide as it (an anechoic area behind a
+    # bright interface is much wider than the interface's echo)
+    if not (np.isfinite(sh["width_sym_mm"]) and sh["width_sym_mm"] <= 2.0 * sh["focus_width_mm"] + 2.0):
+        return "no_shadow: dark band much wider than the focus", sh
+    return None, sh
 
 
 def _finding(fid: int, r: dict[str, Any], image: Image, has_spacing: bool, side: str | None) -> Finding:
