@@ -23,13 +23,14 @@ Pipeline, per B-mode region (docs/ultrasound.md):
    ``shadow_mm`` deep) in a band as wide as the focus' central part, against bands
    of the same depth beside that path on both sides; ``shadow_contrast`` =
    1 - behind / beside (beside = mean of the two sides).  A focus is kept when
-   ``shadow_contrast >= min_shadow_contrast`` (0.4) and the path is darker than
-   *each* side and over the near and the far half of the depth range by at least
-   half that (a real shadow has two edges and persists; a bright patch at the edge of
-   a cyst does not).  Both sides must hold tissue, else the focus is untestable and
-   not reported.  The dark band must also be about as wide as the focus (shadow
-   width <= 2 x focus width + 2 mm): an anechoic cavity behind a bright valve or
-   interface is far wider than the echo in front of it.
+   ``shadow_contrast >= min_shadow_contrast`` (0.4), the path is not brighter than
+   either side (a bright patch at the edge of a cyst has the cyst on one side only),
+   the contrast holds (>= half the threshold) over the near and the far half of the
+   depth range (a shadow persists), and the dark band is about as wide as the focus
+   (twice the distance from the focus axis to the band's nearer edge <= 2 x focus
+   width + 2 mm: an anechoic cavity behind a bright valve or interface is far
+   wider).  Both sides must hold tissue, else the focus is untestable and not
+   reported.
 6. Report: focus size (equivalent diameter, axes, area), ``shadow_width_mm``,
    ``depth_mm`` below the transducer surface, ``region`` from depth (``dermal``
    <= 2.5 mm, ``subcutaneous`` <= 15 mm, ``deep`` beyond: a depth rule, the image does
