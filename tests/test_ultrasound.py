@@ -333,3 +333,21 @@ def test_cli_on_real_us_file(capsys):
     assert main(["detect", _file("US1_UNCR.dcm"), "--pixel-size", "0.13"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["spacing_mm"] == [0.13, 0.13]
+
+
+def test_png_frame_with_pixel_size(tmp_path):
+    """A sector screenshot as PNG: fan, overlays and beam geometry found without DICOM."""
+    import cv2
+
+    image, truth = ultrasound_phantom(geometry="sector", seed=5)
+    path = tmp_path / "frame.png"
+    cv2.imwrite(str(path), np.clip(np.rint(image.pixels), 0, 255).astype(np.uint8))
+    loaded = load(path, modality="US", pixel_size_mm=0.1)
+    assert loaded.valid_mask is None and "fan" not in loaded.geometry
+    report = detect(loaded)
+    assert report.extra["beam"]["probe"] == ["sector"]
+    m = match_findings([t for t in truth if t["shadow"]], report.findings, (0.1, 0.1))
+    assert m.found == 3 and report.count == 3
+    assert report.findings[0].extra["bmode_region"] is None
+    no_size = detect(load(path, modality="US"))
+    assert no_size.count == 3 and all(f.equivalent_diameter_mm is None for f in no_size.findings)

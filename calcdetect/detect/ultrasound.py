@@ -403,15 +403,19 @@ def detect_ultrasound(
         ``load(..., frame="all")`` (each frame analysed on its own).
     probe : {"auto", "linear", "sector"}
         Beam geometry; ``"auto"`` decides from the edges of the fan (sector and curved
-        probes both count as ``"sector"``: rays from an apex).
+        probes both count as ``"sector"``: rays from an apex).  A known geometry per
+        B-mode region may be given in ``image.geometry["beams"]`` (a list of dicts as
+        returned by :func:`beam_geometry`); it is used unless ``probe`` forces
+        another type.
     smooth_mm : float
         Gaussian smoothing (sigma, mm) against speckle.
     background_mm : float
         Width across the beam of the same-depth background window.
     z_threshold : float
-        A focus is at least this many background spreads above the same-depth mean...
+        A focus is at least this many background spreads above the same-depth
+        median...
     ratio : float
-        ...and at least ``ratio`` times that mean.
+        ...and at least ``ratio`` times that median.
     min_size_mm, max_size_mm : float
         Equivalent diameter limits of a focus.
     shadow_mm : float
@@ -525,7 +529,14 @@ def _detect_frame(image, pix, val, roi, params, stats, rejected):
     valid_all = np.ones(shape, bool) if val is None else val
     fan_all = image.geometry.get("fan")
     if fan_all is None or np.shape(fan_all) != shape:
-        fan_all = valid_all
+        # an image that did not come through the DICOM loader (a PNG/JPEG frame, an
+        # array): find the fan and the overlays here, as the loader would
+        from ..io.ultrasound import fan_mask, overlay_mask
+
+        color = image.color if image.color is not None and image.color.shape[:2] == shape else None
+        over = overlay_mask(pix, color)
+        fan_all = fan_mask(pix, None, over)
+        valid_all = valid_all & fan_all & ~over
     has_spacing = image.spacing_mm is not None
     out_rows = []
     geoms = []
