@@ -351,3 +351,15 @@ def test_png_frame_with_pixel_size(tmp_path):
     assert report.findings[0].extra["bmode_region"] is None
     no_size = detect(load(path, modality="US"))
     assert no_size.count == 3 and all(f.equivalent_diameter_mm is None for f in no_size.findings)
+
+
+def test_cine_all_frames_with_user_pixel_size(capsys):
+    from calcdetect.cli import main
+
+    path = _file("examples_ybr_color.dcm")  # 30 frames, regions not trusted
+    image = load(path, frame="all", pixel_size_mm=0.2)
+    assert image.shape == (30, 240, 320)
+    assert image.spacing_mm == (1.0, 0.2, 0.2)
+    assert main(["detect", path, "--frames", "all", "--pixel-size", "0.2", "--compact"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["shape"] == [30, 240, 320] and out["spacing_mm"] == [1.0, 0.2, 0.2]
