@@ -27,8 +27,8 @@ Pipeline, per B-mode region (docs/ultrasound.md):
    either side (a bright patch at the edge of a cyst has the cyst on one side only),
    the contrast holds (>= half the threshold) over the near and the far half of the
    depth range (a shadow persists), and the dark band is about as wide as the focus
-   (twice the distance from the focus axis to the band's nearer edge <= 2 x focus
-   width + 2 mm: an anechoic cavity behind a bright valve or interface is far
+   (twice the distance from the focus axis to the band's nearer edge <= 1.5 x focus
+   width + 1.5 mm: an anechoic cavity behind a bright valve or interface is far
    wider).  Both sides must hold tissue, else the focus is untestable and not
    reported.
 6. Report: focus size (equivalent diameter, axes, area), ``shadow_width_mm``,
@@ -60,6 +60,8 @@ ASSUMED_PIXEL_MM = 0.25
 #: the shadow path must be darker than *each* side by this fraction of
 #: min_shadow_contrast (0: at least not brighter than either side)
 MIN_SIDE_FACTOR = 0.0
+#: the shadow's (symmetric) width may be at most a x focus width + b mm
+SHADOW_WIDTH_RULE = (1.5, 1.5)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -660,7 +662,8 @@ def _judge(yy, xx, eqd, smooth, valid, geom, sp, params):
         return "no_shadow: does not persist with depth", sh
     # the shadow is cast by the focus: about as wide as it (an anechoic area behind a
     # bright interface is much wider than the interface's echo)
-    if not (np.isfinite(sh["width_sym_mm"]) and sh["width_sym_mm"] <= 2.0 * sh["focus_width_mm"] + 2.0):
+    a, b = SHADOW_WIDTH_RULE
+    if not (np.isfinite(sh["width_sym_mm"]) and sh["width_sym_mm"] <= a * sh["focus_width_mm"] + b):
         return "no_shadow: dark band much wider than the focus", sh
     return None, sh
 
