@@ -147,6 +147,7 @@ def test_cine_frames():
     assert len(frames) == 2 and frames[0].shape == (600, 800)
     report = detect(two)
     assert report.shape == [2, 600, 800]
+    assert report.to_dict()["frames"] == {"analysed": 2, "findings_per_frame": [0, 0], "frames_with_findings": 0}
 
 
 def test_calipers_text_and_doppler_masked():
@@ -363,3 +364,19 @@ def test_cine_all_frames_with_user_pixel_size(capsys):
     assert main(["detect", path, "--frames", "all", "--pixel-size", "0.2", "--compact"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["shape"] == [30, 240, 320] and out["spacing_mm"] == [1.0, 0.2, 0.2]
+
+
+def test_cine_findings_reported_per_frame():
+    frames = []
+    truth = None
+    for seed in (0, 1, 2):  # same foci, new speckle each frame
+        img, truth = ultrasound_phantom(geometry="linear", seed=seed, calipers=False, text=False)
+        frames.append(img)
+    stack = frames[0].with_pixels(np.stack([f.pixels for f in frames]), spacing_mm=(1.0, 0.1, 0.1),
+                                  valid_mask=np.stack([f.valid_mask for f in frames]),
+                                  geometry=dict(frames[0].geometry, frame_axis="time"))
+    report = detect(stack)
+    assert report.to_dict()["frames"]["findings_per_frame"] == [3, 3, 3]
+    assert {f.extra["frame"] for f in report.findings} == {0, 1, 2}
+    assert all(len(f.centroid_px) == 3 and len(f.centroid_mm) == 2 for f in report.findings)
+    assert report.labels.shape == (3, 480, 640) and report.labels.max() == 9

@@ -434,7 +434,10 @@ def detect_ultrasound(
     -------
     Report
         Findings with ``shadow_contrast``, ``depth_mm``, ``region`` and extras
-        ``shadow_width_mm``, ``bmode_region``, ``probe``.
+        ``shadow_width_mm``, ``bmode_region``, ``probe`` (and ``frame`` for a cine).
+        ``report.extra["beam"]`` holds the probe type and apex per region; for a cine
+        ``report.extra["frames"]`` the findings per frame (the same calcification
+        seen in several frames is reported once per frame).
     """
     if probe not in PROBES:
         raise InvalidParameterError(f"probe must be one of {PROBES}, got {probe!r}")
@@ -493,6 +496,11 @@ def detect_ultrasound(
         findings.append(_finding(fid, r, image, has_spacing, side))
     distribution = describe_distribution(findings)
     params.update({f"components_{k}": v for k, v in stats.items()})
+    cine: dict[str, Any] = {}
+    if image.ndim == 3:
+        per = np.bincount([r["frame"] for r in all_rows], minlength=len(frames)).tolist()
+        cine = {"frames": {"analysed": len(frames), "findings_per_frame": per,
+                           "frames_with_findings": int(sum(1 for c in per if c))}}
     extra = {"probe": [g["probe"] for g in geoms],
              "apex_mm": [g.get("apex_mm") for g in geoms] if has_spacing else None}
     return Report(
@@ -506,7 +514,7 @@ def detect_ultrasound(
         scores=None,
         parameters=params,
         spacing_source=image.spacing_source,
-        extra={"beam": extra, **({"rejected": rejected} if rejected is not None else {})},
+        extra={"beam": extra, **({"rejected": rejected} if rejected is not None else {}), **cine},
         labels=labels_out,
     )
 
