@@ -380,3 +380,30 @@ def test_cine_findings_reported_per_frame():
     assert {f.extra["frame"] for f in report.findings} == {0, 1, 2}
     assert all(len(f.centroid_px) == 3 and len(f.centroid_mm) == 2 for f in report.findings)
     assert report.labels.shape == (3, 480, 640) and report.labels.max() == 9
+
+
+@pytest.mark.parametrize("geometry", ["linear", "sector"])
+def test_large_calcification_seen_as_arc_with_shadow(geometry):
+    """Only the transducer-facing surface of a large calcification echoes: a thin bright
+    arc over a strong shadow is reported (its width across the beam and its shadow
+    give the size); the same arc without a shadow is a specular interface."""
+    if geometry == "linear":
+        at = [(15.0, 14.0), (22.0, 40.0)]
+        decoy = (32.0, 26.0)
+    else:
+        ay, ax = -12.0, 32.0  # the sector phantom's apex (mm)
+        at = [(ay + r * np.cos(np.deg2rad(a)), ax + r * np.sin(np.deg2rad(a))) for r, a in ((32, -12), (42, 12))]
+        decoy = (ay + 58 * np.cos(np.deg2rad(-1)), ax + 58 * np.sin(np.deg2rad(-1)))
+    foci = [{"center_mm": c, "diameter_mm": d, "shape": "arc"} for c, d in zip(at, (8.0, 10.0))]
+    image, truth = ultrasound_phantom(geometry=geometry, seed=0, foci=foci,
+                                      decoys=[{"center_mm": decoy, "diameter_mm": 8.0, "shape": "arc"}])
+    report = detect(image)
+    m = match_findings([t for t in truth if t["shadow"]], report.findings, image.spacing_mm)
+    assert m.found == 2 and report.count == 2
+    for i, j in m.matched:
+        f = report.findings[j]
+        d = truth[i]["diameter_mm"]
+        assert f.equivalent_diameter_mm < 0.6 * d  # a thin arc has little area...
+        assert abs(f.extra["focus_width_mm"] - d) <= 1.5  # ...but its width and
+        assert abs(f.extra["shadow_width_mm"] - d) <= 1.5  # shadow give the size
+        assert f.shadow_contrast >= 0.6

@@ -10,7 +10,7 @@ Pipeline, per B-mode region (docs/ultrasound.md):
    fits straight lines to the left and right edges of the fan: parallel edges are a
    linear probe, converging edges a sector whose apex is where they meet.
 2. Speckle-robust smoothing: Gaussian of ``smooth_mm`` (0.5 mm).
-3. Background at the same depth: median and spread (interquartile range / 1.349) of
+3. Background at the same depth: median and upper spread ((Q3 - median) / 0.6745) of
    the tissue in a window ``background_mm`` (40 mm) wide across the beam and 3 mm
    along it, computed on a 1 mm grid in beam space (depth x lateral position for
    linear probes, radius x angle around the apex for sectors) and mapped back.
@@ -18,7 +18,8 @@ Pipeline, per B-mode region (docs/ultrasound.md):
    background and ``ratio`` times it; each candidate is measured at half maximum
    between its background and its peak (size robust to blur), with
    :mod:`calcdetect.measure`.  Thin line echoes (short axis < 2.5 mm and long axis
-   > 3 x short: fascia, valve leaflets, specular interfaces) are not nodules.
+   > 3 x short: fascia, valve leaflets, specular interfaces -- but also the bright
+   surface of a large calcification) must show a strong shadow (contrast >= 0.6).
 5. Shadow test: along the beam behind the focus (from 1 mm past its far edge,
    ``shadow_mm`` deep) in a band as wide as the focus' central part, against bands
    of the same depth beside that path on both sides; ``shadow_contrast`` =
@@ -31,7 +32,9 @@ Pipeline, per B-mode region (docs/ultrasound.md):
    width + 1.5 mm: an anechoic cavity behind a bright valve or interface is far
    wider).  Both sides must hold tissue, else the focus is untestable and not
    reported.
-6. Report: focus size (equivalent diameter, axes, area), ``shadow_width_mm``,
+6. Report: focus size (equivalent diameter, axes, area), ``focus_width_mm`` (its
+   extent across the beam: the size to read for a large calcification of which only
+   the transducer-facing surface echoes), ``shadow_width_mm``,
    ``depth_mm`` below the transducer surface, ``region`` from depth (``dermal``
    <= 2.5 mm, ``subcutaneous`` <= 15 mm, ``deep`` beyond: a depth rule, the image does
    not show where fascia lies), the B-mode region index (``bmode_region``).
@@ -60,6 +63,8 @@ ASSUMED_PIXEL_MM = 0.25
 #: the shadow path must be darker than *each* side by this fraction of
 #: min_shadow_contrast (0: at least not brighter than either side)
 MIN_SIDE_FACTOR = 0.0
+#: a thin line echo (short axis < 2.5 mm, long > 3 x short) needs this shadow contrast
+LINE_SHADOW_CONTRAST = 0.6
 #: the shadow's (symmetric) width may be at most a x focus width + b mm
 SHADOW_WIDTH_RULE = (1.5, 1.5)
 
@@ -175,7 +180,7 @@ def _window_quantiles(grid: np.ndarray, kh: int, kw: int, min_count: int) -> tup
 
 def _background(smooth: np.ndarray, valid: np.ndarray, geom: dict, spacing: tuple[float, float],
                 width_mm: float, height_mm: float, cell_mm: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Same-depth background (median) and spread (IQR / 1.349), mapped to image pixels.
+    """Same-depth background (median) and spread ((Q3 - median) / 0.6745), mapped to pixels.
 
     The smoothed image is sampled on a grid of ``cell_mm`` cells in beam coordinates
     (depth x lateral position for linear probes, radius x angle for sectors); the
@@ -207,7 +212,9 @@ def _background(smooth: np.ndarray, valid: np.ndarray, geom: dict, spacing: tupl
     kh = max(1, int(round(height_mm / cell_mm)))
     kw = max(3, int(round(width_mm / cell_mm)))
     q1, med, q3 = _window_quantiles(grid, kh, kw, max(5, (kh * kw) // 5))
-    spread = (q3 - q1) / 1.349
+    # upper half-spread: only brighter-than-background matters here, and shadows or
+    # cavities in the window (dark) must not raise the bar for a bright focus
+    spread = (q3 - med) / 0.6745
     missing = ~np.isfinite(med)
     if missing.all():
         m = float(np.median(smooth[valid])) if valid.any() else 0.0
@@ -280,7 +287,7 @@ def shadow_test(
     depths = t_far + gap_mm + np.arange(0.0, shadow_mm, step)
     inner = max(0.35 * 2 * half_w, 0.5 * step)
     off0 = half_w + 1.5
-    side_w = max(2 * half_w, 3.0)
+    side_w = float(np.clip(2 * half_w, 3.0, 5.0))  # as wide as the focus, 3-5 mm
     lat_behind = lat_c + np.arange(-inner, inner + 1e-9, step)
     lat_left = lat_c - off0 - np.arange(0.0, side_w, step)
     lat_right = lat_c + off0 + np.arange(0.0, side_w, step)
@@ -646,13 +653,13 @@ def _judge(yy, xx, eqd, smooth, valid, geom, sp, params):
     """Why a candidate is not reported (None when it is), and its shadow measures."""
     if eqd < params["min_size_mm"] or eqd > params["max_size_mm"]:
         return "size: outside min_size_mm..max_size_mm", None
-    # a thin line echo (fascia, a valve leaflet, a specular interface) is not a
-    # nodule: short axis under 2.5 mm and more than 3 times longer than wide
+    # a thin line echo: fascia, a valve leaflet, a specular interface -- or the bright
+    # surface of a large calcification, whose body the beam does not enter.  Only
+    # the last casts a strong shadow, so a line must pass a stricter shadow test.
     lab1 = np.zeros((int(yy.max() - yy.min()) + 1, int(xx.max() - xx.min()) + 1), np.int32)
     lab1[yy - yy.min(), xx - xx.min()] = 1
     ax = regionprops_table(lab1, spacing=sp)
-    if ax["axis_minor_length"][0] < 2.5 and ax["axis_major_length"][0] > 3.0 * ax["axis_minor_length"][0]:
-        return "line: thin line echo", None
+    line = bool(ax["axis_minor_length"][0] < 2.5 and ax["axis_major_length"][0] > 3.0 * ax["axis_minor_length"][0])
     # mostly graphics-free: the focus lies in tissue
     if valid[yy, xx].mean() < 0.5:
         return "overlay: mostly on graphics", None
@@ -662,6 +669,8 @@ def _judge(yy, xx, eqd, smooth, valid, geom, sp, params):
     thr = params["min_shadow_contrast"]
     # a clear shadow: dark against the tissue beside it, darker than each side, over
     # the near and the far half of the examined depth
+    if line and sh["contrast"] < max(thr, LINE_SHADOW_CONTRAST):
+        return "line: thin line echo without a strong shadow", sh
     if sh["contrast"] < thr:
         return "no_shadow: contrast below min_shadow_contrast", sh
     if sh["contrast_min_side"] < MIN_SIDE_FACTOR * thr:
@@ -700,6 +709,7 @@ def _finding(fid: int, r: dict[str, Any], image: Image, has_spacing: bool, side:
         region = None
     sh = r["shadow"]
     extra = {
+        "focus_width_mm": mm(sh["focus_width_mm"]),
         "shadow_width_mm": mm(sh["width_mm"]) if np.isfinite(sh["width_mm"]) else None,
         "shadow_depth_tested_mm": mm(sh["depth_tested_mm"]),
         "bmode_region": r["bmode_region"],

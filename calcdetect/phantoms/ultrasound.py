@@ -110,12 +110,28 @@ def _parse(items, spacing_mm, default):
             else:
                 cy, cx = it["center_mm"][0] / spacing_mm, it["center_mm"][1] / spacing_mm
             d = float(it["diameter_mm"])
+            shape = it.get("shape", "disk")
         else:
             cy, cx, d = it[0] / spacing_mm, it[1] / spacing_mm, float(it[2])
+            shape = "disk"
         if not (np.isfinite(d) and d > 0):
             raise InvalidParameterError(f"phantom focus diameter must be positive, got {d!r}")
-        out.append((float(cy), float(cx), d))
+        if shape not in ("disk", "arc"):
+            raise InvalidParameterError(f"phantom focus shape must be 'disk' or 'arc', got {shape!r}")
+        out.append((float(cy), float(cx), d, shape))
     return out
+
+
+def _arc_weight(yy, xx, cy, cx, radius_px, thick_px, apex_px):
+    """The transducer-facing half ring of a disk: the echo of a large calcification's
+    surface (the beam does not enter it, so its body is dark)."""
+    ring = np.clip(radius_px + 0.5 - np.hypot(yy - cy, xx - cx), 0, 1) * \
+        np.clip(np.hypot(yy - cy, xx - cx) - (radius_px - thick_px) + 0.5, 0, 1)
+    if apex_px is None:
+        front = yy <= cy
+    else:
+        front = np.hypot(yy - apex_px[0], xx - apex_px[1]) <= np.hypot(cy - apex_px[0], cx - apex_px[1])
+    return ring * front
 
 
 def ultrasound_phantom(
@@ -143,8 +159,11 @@ def ultrasound_phantom(
         (fan of +-35 degrees from an apex above the image).
     foci : sequence, optional
         Calcifications: ``(row_mm, col_mm, diameter_mm)`` tuples (mm from the
-        image's top-left corner) or dicts with ``centroid_px`` or ``center_mm`` and
-        ``diameter_mm``.  Default: three foci of 2.5-5 mm inside the field (laid out
+        image's top-left corner) or dicts with ``centroid_px`` or ``center_mm``,
+        ``diameter_mm`` and optionally ``shape``: ``"disk"`` (default, a uniformly
+        echoing nodule) or ``"arc"`` (only the 1 mm thick, transducer-facing half of
+        its surface echoes, as large calcifications do; truth ``centroid_px`` is then
+        the arc's centroid).  Default: three foci of 2.5-5 mm inside the field (laid out
         for the default shape and spacing).
     decoys : sequence, optional
         Bright foci without shadow, same forms.  Default: two of 2.5-3 mm.
@@ -164,7 +183,7 @@ def ultrasound_phantom(
         loader (one B-mode region covering the image).
     truth : list of dict
         ``centroid_px``, ``diameter_mm``, ``shadow`` (True for foci, False for
-        decoys), ``kind`` ("focus" or "decoy").
+        decoys), ``kind`` ("focus" or "decoy"), ``shape``.
     """
     import cv2
 
@@ -207,17 +226,27 @@ def ultrasound_phantom(
     truth: list[dict[str, Any]] = []
     bright = np.float32(10 ** (focus_gain_db / 20.0))
     shade = np.float32(10 ** (shadow_db / 20.0))
+    weights = []
     for kind, items in (("focus", f_list), ("decoy", d_list)):
-        for cy, cx, d in items:
+        for cy, cx, d, shape_ in items:
             rad = 0.5 * d / spacing_mm
+            if shape_ == "arc":
+                w = _arc_weight(yy, xx, cy, cx, rad, 1.0 / spacing_mm, apex)
+                if kind == "focus":  # the body behind the echoing surface is dark too
+                    body = _disk_weight(yy, xx, cy, cx, rad) * (1 - w)
+                    echo *= (1.0 - body * (1.0 - shade)).astype(np.float32)
+                ty, tx = float((w * yy).sum() / w.sum()), float((w * xx).sum() / w.sum())
+            else:
+                w = _disk_weight(yy, xx, cy, cx, rad)
+                ty, tx = cy, cx
             if kind == "focus":
                 sw = _shadow_weight(yy, xx, cy, cx, rad, apex, soft)
                 echo *= (1.0 - sw * (1.0 - shade)).astype(np.float32)
-            truth.append({"centroid_px": (cy, cx), "diameter_mm": d, "shadow": kind == "focus", "kind": kind})
+            weights.append(w)
+            truth.append({"centroid_px": (ty, tx), "diameter_mm": d, "shadow": kind == "focus", "kind": kind,
+                          "shape": shape_})
     amp = _speckle(rng, (rows, cols), spacing_mm) * echo
-    for t in truth:
-        cy, cx = t["centroid_px"]
-        w = _disk_weight(yy, xx, cy, cx, 0.5 * t["diameter_mm"] / spacing_mm)
+    for t, w in zip(truth, weights):
         # the focus: a strong, fairly uniform reflector with some speckle of its own
         foc = bright * (0.8 + 0.2 * _speckle(rng, (rows, cols), spacing_mm))
         amp = amp * (1 - w) + foc * w
