@@ -22,8 +22,9 @@ decoys without shadow (2-10 mm) at random tissue positions with room behind them
 :func:`calcdetect.detect.ultrasound.detect_ultrasound` and scores with
 :func:`calcdetect.validation.match_findings`.  Untouched originals (calipers, text,
 Doppler, dark fields: also ``OBXXXX1A.dcm`` and ``examples_palette.dcm``) count their
-false findings.  Also the synthetic phantoms (linear and sector) and the time of one
-640 x 480 frame.
+false findings.  A second set inserts large calcifications seen as bright arcs (only
+the transducer-facing surface echoes; 5-12 mm) with shadow, and arcs without shadow.
+Also the synthetic phantoms (linear and sector) and the time of one 640 x 480 frame.
 
 Run::
 
@@ -238,6 +239,59 @@ def run_trials(trials: int, seed: int = 0) -> dict:
     }
 
 
+ARC_CASES = [
+    ("sector", "JPGLosslessP14SV1_1s_1f_8b.dcm", {}),
+    ("sector", "color3d_jpeg_baseline.dcm", {"frame": 30}),
+    ("dual-view", "gdcm-US-ALOKA-16.dcm", {}),
+    ("linear (beam space)", "JPGLosslessP14SV1_1s_1f_8b.dcm", {}),
+]
+
+
+def run_arcs(trials: int, seed: int = 1) -> dict:
+    """Large calcifications seen as bright arcs (only the transducer-facing surface
+    echoes): 2 arcs of 5-12 mm with shadow + 1 arc without shadow per image."""
+    rng = np.random.default_rng(seed)
+    found = foci = dec = dec_rep = false = imgs = 0
+    w_err, s_err = [], []
+    for kind, name, opts in ARC_CASES:
+        base = load(_path(name), **opts)
+        if kind.startswith("linear (beam"):
+            base = beam_space(base)
+        for _ in range(trials):
+            spots = _place(base, rng, 2, 1)
+            img = base
+            truths = []
+            for sp in spots:
+                # placed for 2-10 mm with >= 4 mm margins: arcs of 5-12 mm still fit
+                d = max(5.0, sp["diameter_mm"] + 2.0)
+                img, t = insert_shadowing_focus(
+                    img, sp["centroid_px"], d, shadow=sp["kind"] == "focus",
+                    shadow_factor=float(rng.uniform(0.15, 0.4)), brightness=float(rng.uniform(215, 250)),
+                    seed=int(rng.integers(1 << 30)), shape="arc")
+                truths.append(t)
+            rep = detect_ultrasound(img)
+            f = [t for t in truths if t["shadow"]]
+            d_ = [t for t in truths if not t["shadow"]]
+            mf = match_findings(f, rep.findings, img.spacing_mm)
+            md = match_findings(d_, rep.findings, img.spacing_mm)
+            used = {j for _, j in mf.matched} | {j for _, j in md.matched}
+            found += mf.found
+            foci += len(f)
+            dec += len(d_)
+            dec_rep += md.found
+            false += sum(1 for j in range(rep.count) if j not in used)
+            imgs += 1
+            for i, j in mf.matched:
+                fx = rep.findings[j].extra
+                w_err.append(fx["focus_width_mm"] - f[i]["diameter_mm"])
+                if fx["shadow_width_mm"] is not None:
+                    s_err.append(fx["shadow_width_mm"] - f[i]["diameter_mm"])
+    return {"images": imgs, "foci": foci, "found": found, "sensitivity": found / max(foci, 1),
+            "decoys": dec, "decoys_reported": dec_rep, "false_per_image": false / max(imgs, 1),
+            "median_abs_focus_width_error_mm": float(np.median(np.abs(w_err))) if w_err else None,
+            "median_abs_shadow_width_error_mm": float(np.median(np.abs(s_err))) if s_err else None}
+
+
 def run_phantoms(seeds: int = 5) -> dict:
     out = {}
     for geom in ("linear", "sector"):
@@ -292,7 +346,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
-    res = {"real": run_trials(args.trials, args.seed), "phantoms": run_phantoms(), "timing": time_frame()}
+    res = {"real": run_trials(args.trials, args.seed), "arcs": run_arcs(max(args.trials // 2, 1), args.seed + 1),
+           "phantoms": run_phantoms(), "timing": time_frame()}
     text = json.dumps(res, indent=2)
     print(text)
     if args.json:

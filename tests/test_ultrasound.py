@@ -407,3 +407,15 @@ def test_large_calcification_seen_as_arc_with_shadow(geometry):
         assert abs(f.extra["focus_width_mm"] - d) <= 1.5  # ...but its width and
         assert abs(f.extra["shadow_width_mm"] - d) <= 1.5  # shadow give the size
         assert f.shadow_contrast >= 0.6
+
+
+def test_inserted_arc_in_real_image_measured_by_width():
+    base = load(_file("gdcm-US-ALOKA-16.dcm"))
+    img, t = insert_shadowing_focus(base, (250, 480), 9.0, shadow=True, shadow_factor=0.25, seed=1, shape="arc")
+    report = detect(img)
+    m = match_findings([t], report.findings, img.spacing_mm)
+    assert m.found == 1 and report.count == 1
+    f = report.findings[0]
+    assert abs(f.extra["focus_width_mm"] - 9.0) <= 1.5 and f.extra["bmode_region"] == 1
+    with pytest.raises(InvalidParameterError):
+        insert_shadowing_focus(base, (250, 480), 9.0, shape="star")

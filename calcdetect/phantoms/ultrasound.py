@@ -341,6 +341,7 @@ def insert_shadowing_focus(
     shadow_mm: float | None = None,
     probe: str = "auto",
     seed: int = 0,
+    shape: str = "disk",
 ) -> tuple[Image, dict[str, Any]]:
     """Insert an echogenic focus (with or without acoustic shadow) into a B-mode image.
 
@@ -366,6 +367,10 @@ def insert_shadowing_focus(
         estimated from the fan of the B-mode region holding the focus.
     seed : int
         For the focus texture.
+    shape : {"disk", "arc"}
+        A uniformly echoing nodule, or only the 1 mm thick transducer-facing half of
+        its surface (a large calcification; with ``shadow`` its body is darkened too).
+        The truth ``centroid_px`` of an arc is the arc's centroid.
 
     Returns
     -------
@@ -414,8 +419,18 @@ def insert_shadowing_focus(
             w = w * (1.0 - _smoothstep(beyond, 2.0 / rsp[0]))
         w = w * fan
         out = out * (1.0 - w * (1.0 - shadow_factor))
+    if shape not in ("disk", "arc"):
+        raise InvalidParameterError(f"shape must be 'disk' or 'arc', got {shape!r}")
     rng = np.random.default_rng(seed)
-    disk = _disk_weight(yy, xx, cy, cx, rad)
+    if shape == "arc":
+        disk = _arc_weight(yy, xx, cy, cx, rad, 1.0 / rsp[1], apex_px)
+        if shadow:
+            body = _disk_weight(yy, xx, cy, cx, rad) * (1 - disk)
+            out = out * (1.0 - body * (1.0 - shadow_factor))
+        ty, tx = float((disk * yy).sum() / disk.sum()), float((disk * xx).sum() / disk.sum())
+    else:
+        disk = _disk_weight(yy, xx, cy, cx, rad)
+        ty, tx = cy, cx
     local = image.pixels / max(float(np.percentile(image.pixels[fan], 90)), 1.0)
     tex = brightness * (0.9 + 0.2 * np.clip(local, 0, 1)) * (0.95 + 0.1 * rng.random(image.shape))
     out = out * (1 - disk) + np.clip(tex, 0, 255) * disk
@@ -426,7 +441,7 @@ def insert_shadowing_focus(
         color = color.copy()
         color[changed] = np.clip(np.rint(out[changed]), 0, 255).astype(np.uint8)[:, None]
     new = image.with_pixels(out, color=color)
-    return new, {"centroid_px": (cy, cx), "diameter_mm": float(diameter_mm), "shadow": bool(shadow),
+    return new, {"centroid_px": (ty, tx), "diameter_mm": float(diameter_mm), "shadow": bool(shadow), "shape": shape,
                  "kind": "focus" if shadow else "decoy"}
 
 
