@@ -30,6 +30,8 @@ def _apply_pixel_size(image: Image, pixel_size_mm: float | Sequence[float] | Non
         )
     if image.ndim == 3 and image.spacing_mm is not None:
         spacing = (image.spacing_mm[0], values[0], values[1])
+    elif image.ndim == 3 and image.geometry.get("frame_axis") == "time":
+        spacing = (1.0, values[0], values[1])  # ultrasound cine (frame="all"): axis 0 is the frame index
     elif image.ndim == 3:
         raise InvalidParameterError(
             "a volume without slice positions cannot be given a pixel size alone",
