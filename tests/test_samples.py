@@ -24,7 +24,7 @@ def test_sample_found_as_truth_says(entry):
     report = calcdetect.detect(image, **entry.get("detect", {}))
     truth = entry["calcifications"]
     m = match_findings(truth, report.findings, image.spacing_mm)
-    assert m.found == len(truth), (m.missed, [f.to_dict() for f in report.findings])
+    assert m.found >= entry.get("min_found", len(truth)), (m.missed, [f.to_dict() for f in report.findings])
     assert len(m.false) <= entry.get("allowed_false", 0)
     assert max(abs(e) for e in m.size_errors_mm) <= entry.get("size_tolerance_mm", 1.0)
     for ti, fi in m.matched:
