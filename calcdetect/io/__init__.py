@@ -12,7 +12,7 @@ from typing import Sequence
 
 from ..errors import InvalidParameterError, UnreadableFileError, UnsupportedImageError
 from ..image import Image
-from .dicom import RADIOGRAPH_MODALITIES, read_header, sop_class_name
+from .dicom import RADIOGRAPH_MODALITIES, check_budget, claimed_pixels, read_header, sop_class_name
 from .raster import RASTER_SUFFIXES, load_raster
 
 __all__ = ["load", "RASTER_SUFFIXES"]
@@ -108,6 +108,8 @@ def load(
     header = read_header(path)
     file_modality = str(header.get("Modality", "") or "").upper()
     kind = _kind(file_modality, header)
+    # refuse absurd sizes from the header alone, before any loader allocates anything
+    check_budget(claimed_pixels(header), path, max_pixels)
     if kind is None:
         if "PixelData" not in header and "Rows" not in header:
             raise UnsupportedImageError(

@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from ..errors import (
+    CalcdetectError,
     MissingDecoderError,
     PixelBudgetError,
     UnreadableFileError,
@@ -107,20 +108,36 @@ def read_header(path: str | Path, *, stop_before_pixels: bool = True) -> Dataset
                         path=path,
                         fix="give a DICOM, PNG, JPEG or TIFF file",
                     ) from None
-            # touch the elements now, so lazy-parse errors surface here and not later
-            for elem in ds:
-                _ = elem.value
-    except UnreadableFileError:
+            # convert every element now (nested sequences too), so damaged values fail
+            # here, with a clear message, and not deep inside a loader or detector
+            _touch(ds)
+    except CalcdetectError:
         raise
-    except (EOFError, OSError, ValueError, KeyError, TypeError, IndexError, OverflowError,
-            AttributeError, NotImplementedError, RuntimeError, MemoryError, UnicodeError,
-            InvalidDicomError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any parser failure means a damaged file
         raise UnreadableFileError(
             f"DICOM header is damaged or truncated ({type(exc).__name__}: {_first_line(exc)})",
             path=path,
             fix="re-export or re-transfer the file",
         ) from exc
+    if len(ds) == 0:
+        raise UnreadableFileError(
+            "holds no DICOM data set (only a preamble or file meta information: truncated?)",
+            path=path,
+            fix="re-export or re-transfer the file",
+        )
     return ds
+
+
+def _touch(ds: Dataset, depth: int = 0) -> None:
+    """Convert every raw element of ``ds`` and its sequences (lazy parsing otherwise
+    defers errors to the first access)."""
+    if depth > 32:
+        raise ValueError("sequences are nested more than 32 levels deep")
+    for elem in ds:
+        value = elem.value
+        if elem.VR == "SQ" and value is not None:
+            for item in value:
+                _touch(item, depth + 1)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -160,6 +177,13 @@ def number_of_frames(ds: Dataset) -> int:
 def check_pixels_present(ds: Dataset, path: str | Path) -> None:
     """Raise :class:`UnsupportedImageError` when the dataset holds no image pixels."""
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if "Rows" in ds and "Columns" in ds:
+            raise UnreadableFileError(
+                "describes an image (Rows, Columns) but holds no pixel data: the file is "
+                "truncated or damaged before its pixel data",
+                path=path,
+                fix="re-export or re-transfer the file",
+            )
         raise UnsupportedImageError(
             f"holds no pixel data ({sop_class_name(ds)}, modality {ds.get('Modality', 'unknown')})",
             path=path,
@@ -250,14 +274,16 @@ def decode_pixels(
         With a one-line reason (truncated data, decoder failure).
     """
     check_decoder(ds, path)
+    check_codestreams(ds, path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             arr = _decode_via_dataset(ds, frame, raw=not as_rgb)
+    except CalcdetectError:
+        raise
     except MemoryError as exc:
         raise UnreadableFileError("pixel data too large to decode in memory", path=path) from exc
-    except (ValueError, RuntimeError, NotImplementedError, OSError, EOFError, KeyError,
-            TypeError, IndexError, AttributeError, OverflowError, ZeroDivisionError) as exc:
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types on damaged data
         msg = _first_line(exc)
         if "length" in msg.lower() or "truncat" in msg.lower() or "missing" in msg.lower():
             reason = f"pixel data is truncated or does not match Rows/Columns ({msg})"
@@ -265,6 +291,81 @@ def decode_pixels(
             reason = f"pixel data cannot be decoded ({type(exc).__name__}: {msg})"
         raise UnreadableFileError(reason, path=path, fix="re-export or re-transfer the file") from exc
     return arr
+
+
+def codestream_size(frame: bytes) -> tuple[int, int] | None:
+    """``(rows, columns)`` from the header of a JPEG, JPEG-LS or JPEG 2000 codestream.
+
+    Only the first marker segments are parsed (no decoding).  ``None`` when the header
+    cannot be parsed.
+    """
+    offset = 0
+    if frame[:8] == b"\x00\x00\x00\x0cjP  ":  # JP2 file format: find the jp2c box
+        offset = 12
+        while offset + 8 <= len(frame):
+            length = int.from_bytes(frame[offset:offset + 4], "big")
+            if frame[offset + 4:offset + 8] == b"jp2c":
+                offset += 8
+                break
+            if length < 8:
+                return None
+            offset += length
+        else:
+            return None
+    head = frame[offset:offset + 24]
+    if head[:4] == b"\xff\x4f\xff\x51" and len(head) == 24:  # J2K: SOC then SIZ
+        xsiz, ysiz, xo, yo = (int.from_bytes(head[i:i + 4], "big") for i in (8, 12, 16, 20))
+        if xsiz <= xo or ysiz <= yo:
+            return 0, 0
+        return ysiz - yo, xsiz - xo
+    if frame[:2] == b"\xff\xd8":  # JPEG / JPEG-LS: the SOF segment
+        from pydicom.pixels.utils import _get_jpg_parameters
+
+        try:
+            info = _get_jpg_parameters(frame)
+        except Exception:  # noqa: BLE001
+            return None
+        if "height" in info and "width" in info:
+            return int(info["height"]), int(info["width"])
+    return None
+
+
+def check_codestreams(ds: Dataset, path: str | Path) -> None:
+    """Before decoding compressed pixel data, check that every frame's codestream header
+    agrees with Rows/Columns.
+
+    A damaged codestream can claim a far larger image than the DICOM header; decoders
+    would then allocate and decode it (seconds and gigabytes) before failing.  Frames
+    whose header cannot be parsed are left to the decoder.
+
+    Raises
+    ------
+    UnreadableFileError
+        A codestream's size differs from Rows x Columns.
+    """
+    ts = transfer_syntax(ds)
+    if ts is None or not getattr(ts, "is_encapsulated", False) or "PixelData" not in ds:
+        return
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        from pydicom.encaps import generate_frames
+
+        n = number_of_frames(ds)
+        for i, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=n)):
+            size = codestream_size(frame[:65536])
+            if size is not None and size != (rows, cols):
+                raise UnreadableFileError(
+                    f"compressed frame {i} claims {size[0]} x {size[1]} pixels but Rows x Columns "
+                    f"is {rows} x {cols}: the pixel data or the header is damaged",
+                    path=path,
+                    fix="re-export or re-transfer the file",
+                )
+            if i + 1 >= n:
+                break
+    except CalcdetectError:
+        raise
+    except Exception:  # noqa: BLE001 - unparsable fragments: leave them to the decoder
+        return
 
 
 def _decode_via_dataset(ds: Dataset, frame: int | None, *, raw: bool) -> np.ndarray:

@@ -1,0 +1,152 @@
+"""Robustness benchmark (issue 10): damaged DICOMs of all three modalities through the CLI.
+
+Generates ``--count`` (default 120) randomly damaged DICOMs from real CT, radiograph and
+ultrasound files (see ``tests/corpus.py``), plus, with ``--full``, the fixed corpus of
+hand-made nasty cases, then runs ``calcdetect detect FILE`` on each in its own
+subprocess with a 60 s timeout and counts the outcomes:
+
+- ``report``     exit 0 and a valid JSON report on stdout (strict JSON: no NaN/inf)
+- ``refused``    non-zero exit with exactly one line on stderr and no traceback
+- ``traceback``  a Python traceback or an "internal error" line on stderr
+- ``hang``       still running after the timeout (killed)
+- ``signal``     killed by a signal (segmentation fault, abort, out-of-memory killer)
+- ``other``      anything else (e.g. exit 0 without valid JSON, several stderr lines)
+
+Run from the repository root::
+
+    python benchmarks/robustness.py --count 120 --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import corpus  # noqa: E402
+
+MM_FIELDS = ("centroid_mm", "equivalent_diameter_mm", "long_axis_mm", "short_axis_mm",
+             "area_mm2", "volume_mm3", "depth_mm")
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def check_report(text: str, *, null_mm: bool = False) -> str | None:
+    """Return None when ``text`` is a valid JSON report, else what is wrong with it."""
+    try:
+        rep = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        return f"invalid JSON: {exc}"
+    if not isinstance(rep, dict):
+        return "JSON is not an object"
+    for key in ("source", "modality", "shape", "spacing_mm", "count", "findings", "warnings"):
+        if key not in rep:
+            return f"missing key {key!r}"
+    if rep["count"] != len(rep["findings"]):
+        return "count differs from the number of findings"
+    if rep["spacing_mm"] is not None:
+        sp = rep["spacing_mm"]
+        if not all(isinstance(v, (int, float)) and v > 0 for v in sp):
+            return f"spacing_mm {sp} is not positive"
+    if null_mm or rep["spacing_mm"] is None:
+        if rep["spacing_mm"] is not None:
+            return f"spacing should be unusable but spacing_mm is {rep['spacing_mm']}"
+        for f in rep["findings"]:
+            bad = [k for k in MM_FIELDS if f.get(k) is not None]
+            if bad:
+                return f"finding {f.get('id')} has mm fields {bad} without spacing"
+        if not rep["warnings"]:
+            return "no warning explains the missing spacing"
+    return None
+
+
+def run_case(case: "corpus.Case", *, timeout: float = 60.0, debug: bool = False) -> dict:
+    """Run the CLI on one case in a subprocess and classify the outcome."""
+    cmd = [sys.executable, "-m", "calcdetect.cli"] + (["--debug"] if debug else []) + [
+        "detect", str(case.path), "--compact"] + list(case.extra.get("args", []))
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                              env=env, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return {"case": case.name, "outcome": "hang", "seconds": timeout, "detail": ""}
+    seconds = time.perf_counter() - t0
+    err = proc.stderr.strip()
+    lines = err.splitlines()
+    if proc.returncode < 0:
+        outcome, detail = "signal", f"signal {-proc.returncode}"
+    elif "Traceback" in err or "internal error" in err:
+        outcome, detail = "traceback", (lines[-1] if lines else "")
+    elif proc.returncode == 0:
+        problem = check_report(proc.stdout, null_mm=case.null_mm)
+        outcome, detail = ("report", "") if problem is None else ("other", problem)
+    elif len(lines) == 1 and lines[0].startswith("calcdetect: error: "):
+        outcome, detail = "refused", lines[0]
+    else:
+        outcome, detail = "other", f"exit {proc.returncode}, {len(lines)} stderr lines: {err[:300]}"
+    return {"case": case.name, "outcome": outcome, "seconds": round(seconds, 2), "detail": detail,
+            "returncode": proc.returncode}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--count", type=int, default=120, help="random damaged DICOMs to generate")
+    ap.add_argument("--seed", type=int, default=10)
+    ap.add_argument("--jobs", type=int, default=2, help="subprocesses run at once")
+    ap.add_argument("--timeout", type=float, default=60.0)
+    ap.add_argument("--full", action="store_true", help="also run the fixed corpus of nasty cases")
+    ap.add_argument("--keep", metavar="DIR", help="write the corpus here and keep it")
+    ap.add_argument("--json", metavar="FILE", help="write every outcome to this JSON file")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print every non-report outcome")
+    args = ap.parse_args(argv)
+
+    tmp = None
+    if args.keep:
+        out = Path(args.keep)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="calcdetect-robust-")
+        out = Path(tmp.name)
+    cases = corpus.build_random_corpus(out / "random", args.count, seed=args.seed)
+    if args.full:
+        cases += corpus.build_corpus(out / "fixed", seed=args.seed)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        results = list(pool.map(lambda c: run_case(c, timeout=args.timeout), cases))
+    wall = time.perf_counter() - t0
+    for case, res in zip(cases, results):
+        res["modality"] = case.modality
+        res["kind"] = case.kind
+    counts = Counter(r["outcome"] for r in results)
+    by_mod = Counter((r["modality"], r["outcome"]) for r in results)
+    print(f"{len(results)} damaged inputs ({Counter(c.modality for c in cases)}), "
+          f"{wall:.0f} s wall with {args.jobs} jobs, slowest case {max(r['seconds'] for r in results):.1f} s")
+    for key in ("report", "refused", "traceback", "hang", "signal", "other"):
+        mods = ", ".join(f"{m} {by_mod[(m, key)]}" for m in sorted({c.modality for c in cases}) if by_mod[(m, key)])
+        print(f"  {key:10s} {counts[key]:4d}   {mods}")
+    if args.verbose:
+        for r in results:
+            if r["outcome"] not in ("report",):
+                print(f"  [{r['outcome']}] {r['case']}: {r['detail']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    if tmp is not None:
+        tmp.cleanup()
+    bad = counts["traceback"] + counts["hang"] + counts["signal"] + counts["other"]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
