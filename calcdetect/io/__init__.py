@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import InvalidParameterError, UnreadableFileError, UnsupportedImageError
-from ..image import Image
+from ..image import SPACING_RANGE_MM, Image, plausible_spacing
 from .dicom import RADIOGRAPH_MODALITIES, check_budget, claimed_pixels, read_header, sop_class_name
 from .raster import RASTER_SUFFIXES, load_raster
 
@@ -23,9 +23,10 @@ def _apply_pixel_size(image: Image, pixel_size_mm: float | Sequence[float] | Non
     if pixel_size_mm is None:
         return image
     values = [float(pixel_size_mm)] * 2 if isinstance(pixel_size_mm, (int, float)) else [float(v) for v in pixel_size_mm]
-    if len(values) != 2 or not all(v > 0 for v in values):
+    if len(values) != 2 or not all(plausible_spacing(v) for v in values):
         raise InvalidParameterError(
-            f"pixel size {pixel_size_mm!r} must be one or two positive numbers (mm)",
+            f"pixel size {pixel_size_mm!r} must be one or two numbers between "
+            f"{SPACING_RANGE_MM[0]:g} and {SPACING_RANGE_MM[1]:g} (mm)",
             fix="e.g. --pixel-size 0.1",
         )
     if image.ndim == 3 and image.spacing_mm is not None:

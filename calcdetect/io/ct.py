@@ -73,7 +73,7 @@ def _to_hu(pixels: np.ndarray, slope: float, intercept: float, path: str | Path)
 
 def _spacing_warning(path: str | Path) -> str:
     return (
-        f"{Path(path).name}: PixelSpacing is missing or zero, so sizes are not reported in mm"
+        f"{Path(path).name}: PixelSpacing is missing, zero or implausible, so sizes are not reported in mm"
         " (pass pixel_size_mm= / --pixel-size to supply it)"
     )
 
@@ -235,7 +235,7 @@ def _assemble(slices: list[_Slice], planes: list[np.ndarray] | None, source: str
     iop = np.asarray(slices[keep_idx[0]].orientation, dtype=np.float64)
     if not _valid_orientation(iop):
         raise InconsistentSeriesError(
-            f"ImageOrientationPatient {list(iop)} is not two orthonormal vectors", path=source
+            f"ImageOrientationPatient {[float(v) for v in iop]} is not two orthonormal vectors", path=source
         )
     normal = np.cross(iop[:3], iop[3:])
     dist = np.array([np.dot(slices[i].position, normal) for i in keep_idx])
@@ -280,7 +280,7 @@ def _assemble(slices: list[_Slice], planes: list[np.ndarray] | None, source: str
         geometry["spacing"] = (1.0, float(spacing_xy[0]), float(spacing_xy[1]))
         geometry["spacing_source"] = "PixelSpacing"
     if spacing_xy is None:
-        warns.append("PixelSpacing is missing or zero, so sizes are not reported in mm "
+        warns.append("PixelSpacing is missing, zero or implausible, so sizes are not reported in mm "
                      "(pass pixel_size_mm= / --pixel-size to supply it)")
     volume = None
     if planes is not None:

@@ -121,7 +121,7 @@ def read_header(path: str | Path, *, stop_before_pixels: bool = True) -> Dataset
         ) from exc
     if len(ds) == 0:
         raise UnreadableFileError(
-            "holds no DICOM data set (only a preamble or file meta information: truncated?)",
+            "holds no readable DICOM data set after its file meta information (truncated or damaged)",
             path=path,
             fix="re-export or re-transfer the file",
         )
@@ -419,10 +419,17 @@ def float_list(ds: Dataset, keyword: str, n: int) -> list[float] | None:
 
 
 def positive_spacing(values: list[float] | None) -> list[float] | None:
-    """``values`` when every entry is a positive finite number (zero spacing is no spacing)."""
+    """``values`` when every entry is a plausible pixel size in mm, else ``None``.
+
+    Zero, negative, non-finite and absurd values (outside
+    :data:`calcdetect.image.SPACING_RANGE_MM`, e.g. 1e-30 or 1e30) are no spacing: the
+    caller then reports no mm at all instead of made-up ones.
+    """
     if values is None:
         return None
-    if all(np.isfinite(v) and v > 0 for v in values):
+    from ..image import plausible_spacing
+
+    if all(plausible_spacing(v) for v in values):
         return values
     return None
 
