@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,70 +33,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import corpus  # noqa: E402
 
-MM_FIELDS = ("centroid_mm", "equivalent_diameter_mm", "long_axis_mm", "short_axis_mm",
-             "area_mm2", "volume_mm3", "depth_mm")
+check_report = corpus.check_report
 
 
-def _reject_constant(name: str):
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
-def check_report(text: str, *, null_mm: bool = False) -> str | None:
-    """Return None when ``text`` is a valid JSON report, else what is wrong with it."""
-    try:
-        rep = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as exc:
-        return f"invalid JSON: {exc}"
-    if not isinstance(rep, dict):
-        return "JSON is not an object"
-    for key in ("source", "modality", "shape", "spacing_mm", "count", "findings", "warnings"):
-        if key not in rep:
-            return f"missing key {key!r}"
-    if rep["count"] != len(rep["findings"]):
-        return "count differs from the number of findings"
-    if rep["spacing_mm"] is not None:
-        sp = rep["spacing_mm"]
-        if not all(isinstance(v, (int, float)) and v > 0 for v in sp):
-            return f"spacing_mm {sp} is not positive"
-    if null_mm or rep["spacing_mm"] is None:
-        if rep["spacing_mm"] is not None:
-            return f"spacing should be unusable but spacing_mm is {rep['spacing_mm']}"
-        for f in rep["findings"]:
-            bad = [k for k in MM_FIELDS if f.get(k) is not None]
-            if bad:
-                return f"finding {f.get('id')} has mm fields {bad} without spacing"
-        if not rep["warnings"]:
-            return "no warning explains the missing spacing"
-    return None
-
-
-def run_case(case: "corpus.Case", *, timeout: float = 60.0, debug: bool = False) -> dict:
+def run_case(case: "corpus.Case", *, timeout: float = 60.0) -> dict:
     """Run the CLI on one case in a subprocess and classify the outcome."""
-    cmd = [sys.executable, "-m", "calcdetect.cli"] + (["--debug"] if debug else []) + [
-        "detect", str(case.path), "--compact"] + list(case.extra.get("args", []))
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                              env=env, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        return {"case": case.name, "outcome": "hang", "seconds": timeout, "detail": ""}
-    seconds = time.perf_counter() - t0
-    err = proc.stderr.strip()
-    lines = err.splitlines()
-    if proc.returncode < 0:
-        outcome, detail = "signal", f"signal {-proc.returncode}"
-    elif "Traceback" in err or "internal error" in err:
-        outcome, detail = "traceback", (lines[-1] if lines else "")
-    elif proc.returncode == 0:
-        problem = check_report(proc.stdout, null_mm=case.null_mm)
-        outcome, detail = ("report", "") if problem is None else ("other", problem)
-    elif len(lines) == 1 and lines[0].startswith("calcdetect: error: "):
-        outcome, detail = "refused", lines[0]
-    else:
-        outcome, detail = "other", f"exit {proc.returncode}, {len(lines)} stderr lines: {err[:300]}"
-    return {"case": case.name, "outcome": outcome, "seconds": round(seconds, 2), "detail": detail,
-            "returncode": proc.returncode}
+    return corpus.run_cli(case.path, args=case.extra.get("args", ()), null_mm=case.null_mm,
+                          timeout=timeout) | {"case": case.name}
 
 
 def main(argv=None) -> int:

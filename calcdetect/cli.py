@@ -140,9 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug, not a user error: still one line unless --debug
         if args.debug:
             raise
+        detail = " ".join(str(exc).split())[:300]  # one line, whatever the exception says
         sys.stderr.write(
             f"calcdetect: internal error on {getattr(args, 'path', getattr(args, 'folder', ''))}: "
-            f"{type(exc).__name__}: {exc} (rerun with --debug and report it)\n"
+            f"{type(exc).__name__}: {detail} (rerun with --debug and report it)\n"
         )
         return EXIT_FAILED
 

@@ -157,6 +157,7 @@ def random_after_preamble(n: int, rng: random.Random) -> bytes:
 
 
 def _write(path: Path, data: bytes) -> Path:
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
@@ -170,6 +171,7 @@ def _read(path: Path) -> Dataset:
 
 def save(ds: Dataset, path: Path) -> Path:
     """Write ``ds`` without pydicom's validation (the point is to write bad values)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -187,14 +189,34 @@ def edited(src: Path, out: Path, edit: Callable[[Dataset], None]) -> Path:
 
 
 def _set(**values) -> Callable[[Dataset], None]:
+    """An edit that sets (or, for ``None``, deletes) header keywords.  Values pydicom
+    refuses to hold (``"x"`` for a number) are written as raw text, as a broken writer
+    would."""
     def edit(ds: Dataset) -> None:
         for key, value in values.items():
             if value is None:
                 if key in ds:
                     delattr(ds, key)
-            else:
+                continue
+            try:
                 setattr(ds, key, value)
+            except (ValueError, TypeError, OverflowError):
+                _set_raw(ds, key, value)
     return edit
+
+
+def _set_raw(ds: Dataset, keyword: str, value) -> None:
+    """Store ``value`` as the raw text of element ``keyword`` (no validation at all)."""
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    tag = Tag(tag_for_keyword(keyword))
+    text = "\\".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+    raw = text.encode("latin-1")
+    if len(raw) % 2:
+        raw += b" "
+    ds._dict[tag] = RawDataElement(tag, dictionary_VR(tag), len(raw), raw, 0, False, True)
 
 
 def _float_pixels(special: str) -> Callable[[Dataset], None]:
@@ -584,6 +606,209 @@ def build_random_corpus(out: str | Path, count: int, *, seed: int = 0) -> list[C
     return cases
 
 
+# --------------------------------------------------------------------------- regression set
+TINY_CT = PYDICOM_TEST_FILES / "dicomdirtests" / "77654033" / "CT2" / "17106"
+TINY_CR = PYDICOM_TEST_FILES / "dicomdirtests" / "77654033" / "CR1" / "6154"
+
+
+def _tiny_us(out: Path) -> Path:
+    """A 32 x 32 RGB crop of US1_UNCR.dcm (a real ultrasound header, 3 KB of pixels)."""
+    src = _testdata("US1_UNCR.dcm")
+    ds = _read(src)
+    arr = ds.pixel_array[100:132, 200:232].copy()
+    ds.Rows, ds.Columns = 32, 32
+    ds.PixelData = arr.tobytes()
+    return save(ds, out)
+
+
+def _tiny_j2k(out: Path) -> Path:
+    """The 16 x 16 CT, enlarged to 64 x 64 (openjpeg needs that many pixels for its
+    default resolution levels), compressed as JPEG 2000 lossless."""
+    from pydicom.uid import JPEG2000Lossless
+
+    ds = _read(TINY_CT)
+    arr = np.kron(ds.pixel_array, np.ones((4, 4), dtype=ds.pixel_array.dtype))
+    ds.Rows, ds.Columns = arr.shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.compress(JPEG2000Lossless, arr)
+    return save(ds, out)
+
+
+def _patch_siz(path: Path, rows: int) -> Path:
+    """Make the JPEG 2000 codestream claim ``rows`` rows (Ysiz), header unchanged."""
+    data = bytearray(path.read_bytes())
+    pos = data.find(b"\xff\x4f\xff\x51")
+    data[pos + 12:pos + 16] = rows.to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def build_regression_corpus(out: str | Path) -> dict[str, dict]:
+    """The small set of nasty files kept in ``tests/corpus/`` (a few KB each).
+
+    Returns the manifest: file name -> ``{"modality", "expect", "error", "null_mm",
+    "note"}``.  Regenerate with ``python tests/corpus.py tests/corpus``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(10)
+    man: dict[str, dict] = {}
+
+    def add(name, modality, expect, error=None, null_mm=False, note=""):
+        man[name] = {"modality": modality, "expect": expect, "error": error, "null_mm": null_mm,
+                     "note": note}
+
+    ct = TINY_CT.read_bytes()
+    pix = pixel_data_offset(ct)
+    _write(out / "ct16-trunc-pixels.dcm", ct[: pix + 40])
+    add("ct16-trunc-pixels.dcm", "CT", "error", "UnreadableFileError", note="cut inside PixelData")
+    edited(TINY_CT, out / "ct16-huge-frames.dcm", _set(Rows=65535, Columns=65535, NumberOfFrames=100000))
+    add("ct16-huge-frames.dcm", "CT", "error", "PixelBudgetError", note="claims 4.3e14 pixels")
+    _retag_ts(ct, out / "ct16-ts-lie-j2k.dcm", J2K_LOSSLESS)
+    add("ct16-ts-lie-j2k.dcm", "CT", "error", note="native pixels labelled JPEG 2000")
+    edited(TINY_CT, out / "ct16-float-nan.dcm", _float_pixels("mixed"))
+    add("ct16-float-nan.dcm", "CT", "report", note="FloatPixelData with NaN and +-inf rows/cols")
+    edited(TINY_CT, out / "ct16-rescale-huge.dcm", _float_rescale(1e38))
+    add("ct16-rescale-huge.dcm", "CT", "error", "UnreadableFileError", note="RescaleSlope 1e38 overflows")
+    edited(TINY_CT, out / "ct16-spacing-tiny.dcm", _set(PixelSpacing=["1e-30", "1e-30"]))
+    add("ct16-spacing-tiny.dcm", "CT", "report", null_mm=True, note="1e-30 mm pixels crashed OpenCV")
+    edited(TINY_CT, out / "ct16-spacing-nan.dcm", _set(PixelSpacing=["NaN", "NaN"]))
+    add("ct16-spacing-nan.dcm", "CT", "report", null_mm=True)
+    try:
+        _patch_siz(_tiny_j2k(out / "ct16-j2k-siz-lie.dcm"), 1049088)
+        add("ct16-j2k-siz-lie.dcm", "CT", "error", "UnreadableFileError",
+            note="codestream claims 1049088 rows: openjpeg used to decode 0.5 GB for 15 s")
+        edited(out / "ct16-j2k-siz-lie.dcm", out / "ct16-j2k-frames-3.dcm", _set(NumberOfFrames=3))
+        _patch_siz(out / "ct16-j2k-frames-3.dcm", 64)
+        add("ct16-j2k-frames-3.dcm", "CT", "error", "UnreadableFileError",
+            note="3 frames claimed, 1 present: StopIteration from pydicom")
+    except Exception as exc:  # no JPEG 2000 encoder here
+        warnings.warn(f"JPEG 2000 cases skipped: {exc}")
+    src = _testdata("CT_small.dcm")
+    if src is not None:
+        data = src.read_bytes()
+        _write(out / "ct-trunc-header.dcm", data[: pixel_data_offset(data) // 2])
+        add("ct-trunc-header.dcm", "CT", "error", "UnreadableFileError",
+            note="cut inside an FL element: BytesLengthException from pydicom")
+    cr = TINY_CR.read_bytes()
+    edited(TINY_CR, out / "cr16-huge-rows-cols.dcm", _set(Rows=65535, Columns=65535))
+    add("cr16-huge-rows-cols.dcm", "XRAY", "error", "PixelBudgetError")
+    _write(out / "cr16-trunc-pixels.dcm", cr[: pixel_data_offset(cr) + 40])
+    add("cr16-trunc-pixels.dcm", "XRAY", "error")
+    edited(TINY_CR, out / "cr16-spacing-zero.dcm", _set(PixelSpacing=["0", "0"], ImagerPixelSpacing=["0", "0"]))
+    add("cr16-spacing-zero.dcm", "XRAY", "any", null_mm=True)
+    us = _tiny_us(out / "us32.dcm").read_bytes()
+    (out / "us32.dcm").unlink()
+    _write(out / "us32-flip-header.dcm", flip_bits(us, 132, pixel_data_offset(us), 8, rng))
+    add("us32-flip-header.dcm", "US", "any")
+    _write(out / "us32-trunc-pixels.dcm", us[: pixel_data_offset(us) + 100])
+    add("us32-trunc-pixels.dcm", "US", "error")
+    _retag_ts(us, out / "us32-ts-lie-implicit.dcm", ImplicitVRLittleEndian)
+    add("us32-ts-lie-implicit.dcm", "US", "error", note="explicit VR body labelled implicit")
+    _write(out / "us32-huge-frames.dcm", us)
+    edited(out / "us32-huge-frames.dcm", out / "us32-huge-frames.dcm",
+           _set(Rows=65535, Columns=65535, NumberOfFrames=100000))
+    add("us32-huge-frames.dcm", "US", "error", "PixelBudgetError", note="1.3e15 samples claimed")
+    _write(out / "random-after-preamble.dcm", random_after_preamble(1500, rng))
+    add("random-after-preamble.dcm", "none", "error")
+    _write(out / "preamble-only.dcm", b"\0" * 128 + b"DICM")
+    add("preamble-only.dcm", "none", "error", "UnreadableFileError")
+    _write(out / "text.dcm", b"not a DICOM file\n" * 8)
+    add("text.dcm", "none", "error", "UnreadableFileError")
+    shutil.copyfile(PYDICOM_TEST_FILES / "rtplan.dcm", out / "rtplan.dcm")
+    add("rtplan.dcm", "none", "error", "UnsupportedImageError")
+    return man
+
+
+# --------------------------------------------------------------------------- checking
+MM_FIELDS = ("centroid_mm", "equivalent_diameter_mm", "long_axis_mm", "short_axis_mm",
+             "area_mm2", "volume_mm3", "depth_mm")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def check_report(text: str, *, null_mm: bool = False) -> str | None:
+    """``None`` when ``text`` is a valid JSON report, else what is wrong with it.
+
+    Valid means: strict JSON (no NaN / Infinity), the contract's keys, ``count`` equal
+    to the number of findings, positive spacing; and when the spacing is unusable
+    (``null_mm`` or ``spacing_mm`` null) no mm field is filled in and a warning says why.
+    """
+    import json
+
+    try:
+        rep = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        return f"invalid JSON: {exc}"
+    if not isinstance(rep, dict):
+        return "JSON is not an object"
+    for key in ("source", "modality", "shape", "spacing_mm", "count", "findings", "warnings"):
+        if key not in rep:
+            return f"missing key {key!r}"
+    if rep["count"] != len(rep["findings"]):
+        return "count differs from the number of findings"
+    if rep["spacing_mm"] is not None:
+        sp = rep["spacing_mm"]
+        if not all(isinstance(v, (int, float)) and v > 0 for v in sp):
+            return f"spacing_mm {sp} is not positive"
+    if null_mm or rep["spacing_mm"] is None:
+        if rep["spacing_mm"] is not None:
+            return f"spacing should be unusable but spacing_mm is {rep['spacing_mm']}"
+        for f in rep["findings"]:
+            bad = [k for k in MM_FIELDS if f.get(k) is not None]
+            if bad:
+                return f"finding {f.get('id')} has mm fields {bad} without spacing"
+        if not any("mm" in w for w in rep["warnings"]):
+            return "no warning explains the missing spacing"
+    return None
+
+
+def run_cli(path: str | Path, *, args: Iterable[str] = (), null_mm: bool = False,
+            timeout: float = 60.0, debug: bool = False) -> dict:
+    """Run ``calcdetect detect PATH`` in a subprocess and classify the outcome.
+
+    Returns a dict with ``outcome`` (``report``, ``refused``, ``traceback``, ``hang``,
+    ``signal`` or ``other``), ``detail``, ``seconds``, ``returncode``, ``stdout`` and
+    ``stderr``.  The package is imported from this repository (``PYTHONPATH``).
+    """
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "calcdetect.cli"] + (["--debug"] if debug else []) + [
+        "detect", str(path), "--compact"] + list(args)
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+                              env=env, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return {"outcome": "hang", "seconds": timeout, "detail": "", "returncode": None,
+                "stdout": "", "stderr": ""}
+    seconds = time.perf_counter() - t0
+    err = proc.stderr.strip()
+    lines = err.splitlines()
+    if proc.returncode < 0:
+        outcome, detail = "signal", f"signal {-proc.returncode}"
+    elif "Traceback" in err or "internal error" in err:
+        outcome, detail = "traceback", (lines[-1] if lines else "")
+    elif proc.returncode == 0:
+        problem = check_report(proc.stdout, null_mm=null_mm)
+        outcome, detail = ("report", "") if problem is None else ("other", problem)
+        if err:
+            outcome, detail = "other", f"exit 0 but stderr: {err[:200]}"
+    elif len(lines) == 1 and lines[0].startswith("calcdetect: error: "):
+        outcome, detail = "refused", lines[0]
+    else:
+        outcome, detail = "other", f"exit {proc.returncode}, {len(lines)} stderr lines: {err[:300]}"
+    return {"outcome": outcome, "seconds": round(seconds, 2), "detail": detail,
+            "returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}
+
+
 def mutate(data: bytes, ops: list[tuple[str, int, int]]) -> bytes:
     """Apply a list of byte-level mutations (used by the hypothesis tests).
 
@@ -618,5 +843,15 @@ __all__ = [
     "Case", "Source", "sources", "non_image_sources", "ct_series_files", "pixel_data_offset",
     "truncate", "flip_bits", "random_after_preamble", "edited", "save", "mutate",
     "build_file_corpus", "build_special_corpus", "build_series_corpus", "build_corpus",
-    "build_random_corpus",
+    "build_random_corpus", "build_regression_corpus", "check_report", "run_cli",
 ]
+
+
+if __name__ == "__main__":  # regenerate the kept regression files
+    import json
+    import sys
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "corpus")
+    manifest = build_regression_corpus(target)
+    (target / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    print(f"{len(manifest)} files in {target}")
