@@ -430,6 +430,11 @@ def build_special_corpus(out: str | Path, *, seed: int = 0) -> list[Case]:
     cases.append(Case("truncated.png", _write(out / "truncated.png", png.tobytes()[:60]), "none",
                       "not-dicom", expect="error", error="UnreadableFileError",
                       extra={"args": ["--modality", "XRAY"]}))
+    if hasattr(os, "mkfifo"):  # opening a pipe for reading blocks until a writer comes
+        fifo = out / "pipe.dcm"
+        if not fifo.exists():
+            os.mkfifo(fifo)
+        cases.append(Case(fifo.name, fifo, "none", "not-a-file", expect="error", error="UnreadableFileError"))
     for name, path in non_image_sources():
         dst = out / f"{name}.dcm"
         shutil.copyfile(path, dst)

@@ -76,6 +76,9 @@ def digest(path: Path) -> str:
     h = hashlib.sha256()
     paths = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
     for p in paths:
+        if not p.is_file():  # a pipe: reading it would block
+            h.update(b"not a regular file")
+            continue
         h.update(str(p).encode())
         h.update(p.read_bytes())
     return h.hexdigest()

@@ -88,6 +88,8 @@ def read_header(path: str | Path, *, stop_before_pixels: bool = True) -> Dataset
         raise UnreadableFileError("no such file", path=path, fix="check the path")
     if path.is_dir():
         raise UnreadableFileError("is a folder, not a file", path=path)
+    if not path.is_file():  # reading a pipe or a device would block or never end
+        raise UnreadableFileError("is not a regular file (a pipe, socket or device)", path=path)
     try:
         size = path.stat().st_size
     except OSError as exc:

@@ -23,6 +23,8 @@ def read_raster(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise UnreadableFileError("no such file", path=path, fix="check the path")
+    if not path.is_file():  # reading a pipe or a device would block or never end
+        raise UnreadableFileError("is not a regular file (a pipe, socket or device)", path=path)
     if path.stat().st_size == 0:
         raise UnreadableFileError("is empty (0 bytes)", path=path)
     arr = None
