@@ -12,9 +12,15 @@ subprocess with a 60 s timeout and counts the outcomes:
 - ``signal``     killed by a signal (segmentation fault, abort, out-of-memory killer)
 - ``other``      anything else (e.g. exit 0 without valid JSON, several stderr lines)
 
+With ``--layer decode`` each file goes instead through the shared DICOM layer alone
+(``read_dataset`` + ``decode_pixels``, which the CT, radiograph and ultrasound loaders
+all use), so radiograph and ultrasound bytes reach the pixel decoders even where their
+loaders are not available.  For that layer ``report`` means "decoded to an array".
+
 Run from the repository root::
 
     python benchmarks/robustness.py --count 120 --jobs 2
+    python benchmarks/robustness.py --count 120 --jobs 2 --layer decode
 """
 
 from __future__ import annotations
@@ -42,6 +48,53 @@ def run_case(case: "corpus.Case", *, timeout: float = 60.0) -> dict:
                           timeout=timeout) | {"case": case.name}
 
 
+def decode_worker(path: str) -> int:
+    """The shared DICOM layer alone: read_dataset + decode_pixels, as every loader
+    (CT, radiograph, ultrasound) uses it.  Exit 0 printing the shape, or 1 with one line."""
+    from calcdetect.errors import CalcdetectError
+    from calcdetect.io.dicom import decode_pixels, read_dataset
+
+    try:
+        ds = read_dataset(path)
+        arr = decode_pixels(ds, path)
+    except CalcdetectError as exc:
+        sys.stderr.write(f"calcdetect: error: {exc.message}\n")
+        return 1
+    print(json.dumps({"shape": list(arr.shape), "dtype": str(arr.dtype)}))
+    return 0
+
+
+def run_decode(case: "corpus.Case", *, timeout: float = 60.0) -> dict:
+    """Run :func:`decode_worker` on one case in a subprocess and classify the outcome."""
+    import os
+    import subprocess
+
+    if Path(case.path).is_dir() or case.path.suffix.lower() == ".png":
+        return {"case": case.name, "outcome": "skipped", "seconds": 0.0, "detail": ""}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--decode-worker", str(case.path)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return {"case": case.name, "outcome": "hang", "seconds": timeout, "detail": ""}
+    err = proc.stderr.strip()
+    lines = err.splitlines()
+    if proc.returncode < 0:
+        outcome, detail = "signal", f"signal {-proc.returncode}"
+    elif "Traceback" in err:
+        outcome, detail = "traceback", lines[-1]
+    elif proc.returncode == 0 and proc.stdout.startswith("{") and not err:
+        outcome, detail = "report", proc.stdout.strip()
+    elif proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("calcdetect: error: "):
+        outcome, detail = "refused", lines[0]
+    else:
+        outcome, detail = "other", f"exit {proc.returncode}: {err[:300]}"
+    return {"case": case.name, "outcome": outcome, "seconds": round(time.perf_counter() - t0, 2),
+            "detail": detail}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--count", type=int, default=120, help="random damaged DICOMs to generate")
@@ -52,7 +105,14 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", metavar="DIR", help="write the corpus here and keep it")
     ap.add_argument("--json", metavar="FILE", help="write every outcome to this JSON file")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every non-report outcome")
+    ap.add_argument("--layer", choices=["cli", "decode"], default="cli",
+                    help="cli: `calcdetect detect` (load + detect + JSON); decode: only the shared "
+                         "DICOM layer (read_dataset + decode_pixels) that every modality's loader uses")
+    ap.add_argument("--decode-worker", metavar="PATH", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.decode_worker:
+        return decode_worker(args.decode_worker)
+    runner = run_case if args.layer == "cli" else run_decode
 
     tmp = None
     if args.keep:
@@ -65,21 +125,23 @@ def main(argv=None) -> int:
         cases += corpus.build_corpus(out / "fixed", seed=args.seed)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda c: run_case(c, timeout=args.timeout), cases))
+        results = list(pool.map(lambda c: runner(c, timeout=args.timeout), cases))
     wall = time.perf_counter() - t0
     for case, res in zip(cases, results):
         res["modality"] = case.modality
         res["kind"] = case.kind
     counts = Counter(r["outcome"] for r in results)
     by_mod = Counter((r["modality"], r["outcome"]) for r in results)
-    print(f"{len(results)} damaged inputs ({Counter(c.modality for c in cases)}), "
+    print(f"layer {args.layer}: {len(results)} damaged inputs ({Counter(c.modality for c in cases)}), "
           f"{wall:.0f} s wall with {args.jobs} jobs, slowest case {max(r['seconds'] for r in results):.1f} s")
-    for key in ("report", "refused", "traceback", "hang", "signal", "other"):
+    for key in ("report", "refused", "traceback", "hang", "signal", "other", "skipped"):
+        if key == "skipped" and not counts[key]:
+            continue
         mods = ", ".join(f"{m} {by_mod[(m, key)]}" for m in sorted({c.modality for c in cases}) if by_mod[(m, key)])
         print(f"  {key:10s} {counts[key]:4d}   {mods}")
     if args.verbose:
         for r in results:
-            if r["outcome"] not in ("report",):
+            if r["outcome"] not in ("report", "skipped"):
                 print(f"  [{r['outcome']}] {r['case']}: {r['detail']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
