@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Sequence
 
 from . import __version__
@@ -121,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if not args.debug:
+        # what a user must know goes into the report's warnings or the one-line error;
+        # library warnings (pydicom, numpy, OpenCV) on stderr would break that contract
+        warnings.simplefilter("ignore")
     try:
         return int(args.func(args) or 0)
     except CalcdetectError as exc:
