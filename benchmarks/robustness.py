@@ -130,15 +130,26 @@ def main(argv=None) -> int:
     for case, res in zip(cases, results):
         res["modality"] = case.modality
         res["kind"] = case.kind
+    n_random = args.count
+    for i, res in enumerate(results):
+        res["group"] = "random" if i < n_random else "fixed"
+    print(f"layer {args.layer}: {wall:.0f} s wall with {args.jobs} jobs, "
+          f"slowest case {max(r['seconds'] for r in results):.1f} s")
+    groups = [("random", [r for r in results if r["group"] == "random"])]
+    if args.full:
+        groups += [("fixed", [r for r in results if r["group"] == "fixed"]), ("all", results)]
+    for label, rows in groups:
+        counts = Counter(r["outcome"] for r in rows)
+        by_mod = Counter((r["modality"], r["outcome"]) for r in rows)
+        mods_all = Counter(r["modality"] for r in rows)
+        print(f"{label}: {len(rows)} damaged inputs ("
+              + ", ".join(f"{m} {k}" for m, k in sorted(mods_all.items())) + ")")
+        for key in ("report", "refused", "traceback", "hang", "signal", "other", "skipped"):
+            if key == "skipped" and not counts[key]:
+                continue
+            mods = ", ".join(f"{m} {by_mod[(m, key)]}" for m in sorted(mods_all) if by_mod[(m, key)])
+            print(f"  {key:10s} {counts[key]:4d}   {mods}")
     counts = Counter(r["outcome"] for r in results)
-    by_mod = Counter((r["modality"], r["outcome"]) for r in results)
-    print(f"layer {args.layer}: {len(results)} damaged inputs ({Counter(c.modality for c in cases)}), "
-          f"{wall:.0f} s wall with {args.jobs} jobs, slowest case {max(r['seconds'] for r in results):.1f} s")
-    for key in ("report", "refused", "traceback", "hang", "signal", "other", "skipped"):
-        if key == "skipped" and not counts[key]:
-            continue
-        mods = ", ".join(f"{m} {by_mod[(m, key)]}" for m in sorted({c.modality for c in cases}) if by_mod[(m, key)])
-        print(f"  {key:10s} {counts[key]:4d}   {mods}")
     if args.verbose:
         for r in results:
             if r["outcome"] not in ("report", "skipped"):
