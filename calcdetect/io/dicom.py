@@ -179,9 +179,9 @@ def number_of_frames(ds: Dataset) -> int:
 def check_pixels_present(ds: Dataset, path: str | Path) -> None:
     """Raise :class:`UnsupportedImageError` when the dataset holds no image pixels."""
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        if "Rows" in ds and "Columns" in ds:
+        if ("Rows" in ds and "Columns" in ds) or "Image Storage" in sop_class_name(ds):
             raise UnreadableFileError(
-                "describes an image (Rows, Columns) but holds no pixel data: the file is "
+                f"is an image ({sop_class_name(ds)}) but holds no pixel data: the file is "
                 "truncated or damaged before its pixel data",
                 path=path,
                 fix="re-export or re-transfer the file",
