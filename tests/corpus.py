@@ -401,6 +401,56 @@ def _retag_ts(data: bytes, out: Path, uid: UID) -> Path:
     return _write(out, buf.getvalue() + body)
 
 
+def deflate_bomb(out: str | Path, inflated_bytes: int, *, source: Path | None = None) -> Path:
+    """A Deflated Explicit VR Little Endian file whose data set inflates to about
+    ``inflated_bytes`` (a real CT data set followed by a private OB element of zeros).
+
+    Written in a streaming way, so building a large bomb does not need the memory.
+    """
+    import zlib
+    from io import BytesIO
+
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    src = source or TINY_CT
+    ds = _read(src)
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buf = BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(buf, enforce_file_format=False)
+        fp = BytesIO(buf.getvalue())
+        pydicom.filereader.read_preamble(fp, False)
+        pydicom.filereader._read_file_meta_info(fp)
+    body = BytesIO(buf.getvalue()[fp.tell():])
+    body.seek(0, 2)
+    zeros = max(0, inflated_bytes - body.tell())
+    zeros -= zeros % 2
+    # (0009,1011) OB, explicit VR: tag, "OB", 2 reserved bytes, 4-byte length
+    element = struct.pack("<HH2sHI", 0x0009, 0x1011, b"OB", 0, zeros)
+    meta = ds.file_meta
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    comp = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    with open(out, "wb") as fh:
+        head = BytesIO()
+        head.write(b"\0" * 128 + b"DICM")
+        pydicom.filewriter.write_file_meta_info(head, meta, enforce_standard=False)
+        fh.write(head.getvalue())
+        # the private element sorts after the group 0008 elements but we only need a
+        # parseable stream; put it first so that pydicom meets it at once
+        fh.write(comp.compress(element))
+        chunk = bytes(1 << 20)
+        left = zeros
+        while left > 0:
+            fh.write(comp.compress(chunk[: min(left, len(chunk))]))
+            left -= min(left, len(chunk))
+        fh.write(comp.compress(body.getvalue()))
+        fh.write(comp.flush())
+    return out
+
+
 def build_special_corpus(out: str | Path, *, seed: int = 0) -> list[Case]:
     """Cases not derived file by file: float pixel data, odd rescale, non-image DICOMs,
     files that are not DICOM, random bytes after a preamble, empty files."""
@@ -430,6 +480,8 @@ def build_special_corpus(out: str | Path, *, seed: int = 0) -> list[Case]:
     cases.append(Case("truncated.png", _write(out / "truncated.png", png.tobytes()[:60]), "none",
                       "not-dicom", expect="error", error="UnreadableFileError",
                       extra={"args": ["--modality", "XRAY"]}))
+    bomb = deflate_bomb(out / "deflate-bomb.dcm", 128 * 2**20)  # 128 MiB from ~130 KB
+    cases.append(Case(bomb.name, bomb, "CT", "deflate-bomb", expect="error", error="PixelBudgetError"))
     if hasattr(os, "mkfifo"):  # opening a pipe for reading blocks until a writer comes
         fifo = out / "pipe.dcm"
         if not fifo.exists():
@@ -848,7 +900,7 @@ __all__ = [
     "Case", "Source", "sources", "non_image_sources", "ct_series_files", "pixel_data_offset",
     "truncate", "flip_bits", "random_after_preamble", "edited", "save", "mutate",
     "build_file_corpus", "build_special_corpus", "build_series_corpus", "build_corpus",
-    "build_random_corpus", "build_regression_corpus", "check_report", "run_cli",
+    "build_random_corpus", "build_regression_corpus", "check_report", "run_cli", "deflate_bomb",
 ]
 
 

@@ -45,6 +45,7 @@ from hypothesis import strategies as st  # noqa: E402
 REGRESSION_DIR = Path(__file__).parent / "corpus"
 MANIFEST = json.loads((REGRESSION_DIR / "manifest.json").read_text())
 CASE_TIMEOUT_S = 60
+SERIES_SLICES = 4  # slices per generated series folder (each a 512 x 512 JPEG 2000 slice)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -152,7 +153,7 @@ def built(tmp_path_factory, originals):
     cases = {
         "files": corpus.build_file_corpus(out / "files", flips=1),
         "special": corpus.build_special_corpus(out / "special"),
-        "series": corpus.build_series_corpus(out / "series"),
+        "series": corpus.build_series_corpus(out / "series", n=SERIES_SLICES),
     }
     for path, h in originals.items():
         assert digest(path) == h, f"generator modified the original {path}"
@@ -200,15 +201,16 @@ def test_series_folders_report_or_refuse(built):
 
 def test_series_defects_are_named_in_warnings(built):
     cases = {c.name: c for c in built["series"]}
+    n = SERIES_SLICES
     ok = calcdetect.load(cases["series-ok"].path)
-    assert ok.shape[0] == 5 and not any("irregular" in w for w in ok.warnings)
+    assert ok.shape[0] == n and not any("irregular" in w for w in ok.warnings)
     missing = calcdetect.load(cases["series-missing-slice"].path)
-    assert missing.shape[0] == 4
+    assert missing.shape[0] == n - 1
     assert any("irregular" in w for w in missing.warnings)
     dup = calcdetect.load(cases["series-duplicate-slice"].path)
-    assert dup.shape[0] == 5 and any("duplicate" in w for w in dup.warnings)
+    assert dup.shape[0] == n and any("duplicate" in w for w in dup.warnings)
     mixed = calcdetect.load(cases["series-mixed-orientation"].path)
-    assert mixed.shape[0] == 4 and any("orientations" in w for w in mixed.warnings)
+    assert mixed.shape[0] == n - 1 and any("orientations" in w for w in mixed.warnings)
 
 
 def test_zero_spacing_gives_null_mm_not_made_up_numbers(built):
@@ -298,9 +300,28 @@ def test_pixel_budget_is_configurable(monkeypatch):
 
 
 def test_series_budget_counts_every_slice(built):
-    folder = next(c.path for c in built["series"] if c.name == "series-ok")  # 5 x 512 x 512
+    folder = next(c.path for c in built["series"] if c.name == "series-ok")
     with pytest.raises(calcdetect.PixelBudgetError):
-        calcdetect.load(folder, max_pixels=5 * 512 * 512 - 1)
+        calcdetect.load(folder, max_pixels=SERIES_SLICES * 512 * 512 - 1)
+
+
+def test_deflate_bomb_refused_in_bounded_memory(tmp_path):
+    """A deflated data set inflating 1000 times is refused while streaming, before pydicom
+    inflates it at once; a small genuine deflated file still loads."""
+    import tracemalloc
+
+    bomb = corpus.deflate_bomb(tmp_path / "bomb.dcm", 20_000_000)
+    assert bomb.stat().st_size < 40_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(calcdetect.PixelBudgetError, match="inflates to more than 2,000,000 bytes"):
+            calcdetect.load(bomb, max_pixels=1_000_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8_000_000, f"{peak:,} bytes traced while refusing the bomb"
+    genuine = calcdetect.load(corpus.deflate_bomb(tmp_path / "small.dcm", 0))
+    assert genuine.shape == (16, 16) and genuine.spacing_mm == pytest.approx((0.488281, 0.488281))
 
 
 def test_lying_codestream_refused_before_decoding(monkeypatch):

@@ -106,7 +106,7 @@ def load(
         return _apply_pixel_size(image, pixel_size_mm)
     if path.suffix.lower() in RASTER_SUFFIXES:
         return load_raster(path, modality=modality, pixel_size_mm=pixel_size_mm)
-    header = read_header(path)
+    header = read_header(path, budget=max_pixels)
     file_modality = str(header.get("Modality", "") or "").upper()
     kind = _kind(file_modality, header)
     # refuse absurd sizes from the header alone, before any loader allocates anything

@@ -75,13 +75,76 @@ def is_dicom_file(path: str | Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def read_header(path: str | Path, *, stop_before_pixels: bool = True) -> Dataset:
+DEFLATED_TS = "1.2.840.10008.1.2.1.99"
+
+
+def inflated_size_limit(compressed: int, budget: int | None = None) -> int:
+    """Largest size (bytes) a deflated data set may inflate to: twice the pixel budget,
+    and no more than 64 MiB plus 100 times the compressed size (real data deflates a
+    few times; a "deflate bomb" inflates a thousand times)."""
+    return int(min(2 * max_pixels(budget), 64 * 2**20 + 100 * compressed))
+
+
+def check_deflate(path: Path, budget: int | None = None) -> None:
+    """Refuse a Deflated Explicit VR Little Endian file that inflates beyond
+    :func:`inflated_size_limit`, counting the inflated bytes in bounded memory before
+    pydicom inflates the whole data set at once."""
+    import zlib
+
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+        if DEFLATED_TS.encode() not in head:
+            return
+        try:
+            from pydicom.filereader import _read_file_meta_info, read_preamble
+
+            fh.seek(0)
+            read_preamble(fh, False)
+            meta = _read_file_meta_info(fh)
+        except Exception:  # noqa: BLE001 - a damaged file meta is reported by dcmread
+            return
+        if str(meta.get("TransferSyntaxUID", "")) != DEFLATED_TS:
+            return
+        start = fh.tell()
+        size = path.stat().st_size - start
+        limit = inflated_size_limit(size, budget)
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        total = 0
+        try:
+            while chunk := fh.read(1 << 20):
+                while chunk:
+                    total += len(inflater.decompress(chunk, 1 << 20))
+                    chunk = inflater.unconsumed_tail
+                    if total > limit:
+                        raise PixelBudgetError(
+                            f"deflated data set inflates to more than {limit:,} bytes "
+                            f"from {size:,} (a decompression bomb?)",
+                            path=path,
+                            fix="raise CALCDETECT_MAX_PIXELS if the file is genuine",
+                        )
+        except zlib.error:
+            return  # damaged stream: dcmread reports it
+
+
+def read_header(path: str | Path, *, stop_before_pixels: bool = True,
+                budget: int | None = None) -> Dataset:
     """Read a DICOM file (by default without its pixel data).
+
+    Parameters
+    ----------
+    path : path
+    stop_before_pixels : bool
+        Skip the pixel data (faster; enough for routing and series grouping).
+    budget : int, optional
+        Pixel budget (see :func:`max_pixels`); bounds how far a deflated data set may
+        inflate.
 
     Raises
     ------
     UnreadableFileError
         Missing, empty, not DICOM, or damaged beyond parsing.
+    PixelBudgetError
+        A deflated data set that inflates beyond :func:`inflated_size_limit`.
     """
     path = Path(path)
     if not path.exists():
@@ -97,6 +160,7 @@ def read_header(path: str | Path, *, stop_before_pixels: bool = True) -> Dataset
     if size == 0:
         raise UnreadableFileError("is empty (0 bytes)", path=path, fix="re-export or re-transfer it")
     try:
+        check_deflate(path, budget)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -254,7 +318,7 @@ def check_decoder(ds: Dataset, path: str | Path) -> None:
 
 def read_dataset(path: str | Path, *, budget: int | None = None) -> Dataset:
     """Read a whole DICOM image file after checking pixels, budget and decoder."""
-    ds = read_header(path, stop_before_pixels=False)
+    ds = read_header(path, stop_before_pixels=False, budget=budget)
     check_pixels_present(ds, path)
     check_budget(claimed_pixels(ds), path, budget)
     check_decoder(ds, path)
