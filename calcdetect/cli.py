@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Sequence
 
 from . import __version__
@@ -161,6 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if not args.debug:
+        # what a user must know goes into the report's warnings or the one-line error;
+        # library warnings (pydicom, numpy, OpenCV) on stderr would break that contract
+        warnings.simplefilter("ignore")
     try:
         return int(args.func(args) or 0)
     except CalcdetectError as exc:
@@ -180,9 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug, not a user error: still one line unless --debug
         if args.debug:
             raise
+        detail = " ".join(str(exc).split())[:300]  # one line, whatever the exception says
         sys.stderr.write(
             f"calcdetect: internal error on {getattr(args, 'path', getattr(args, 'folder', ''))}: "
-            f"{type(exc).__name__}: {exc} (rerun with --debug and report it)\n"
+            f"{type(exc).__name__}: {detail} (rerun with --debug and report it)\n"
         )
         return EXIT_FAILED
 

@@ -15,6 +15,16 @@ from .errors import InvalidParameterError, NoSpacingError
 
 MODALITIES = ("CT", "XRAY", "US")
 
+#: Physical pixel sizes outside this range (mm) are not images calcdetect can measure:
+#: they are unit mistakes (micrometres, metres) or damaged headers.  Detectors convert
+#: mm to pixels, so a 1e-30 mm pixel would ask for absurd filter sizes.
+SPACING_RANGE_MM = (0.005, 1000.0)
+
+
+def plausible_spacing(value: float) -> bool:
+    """True when ``value`` is a finite pixel size inside :data:`SPACING_RANGE_MM`."""
+    return bool(np.isfinite(value) and SPACING_RANGE_MM[0] <= value <= SPACING_RANGE_MM[1])
+
 
 def _as_spacing(spacing: Sequence[float] | float | None, ndim: int) -> tuple[float, ...] | None:
     """Validate a spacing: ``None`` or one finite, positive value per axis."""
@@ -28,9 +38,10 @@ def _as_spacing(spacing: Sequence[float] | float | None, ndim: int) -> tuple[flo
             f"spacing_mm has {len(values)} values but the image has {ndim} axes",
             fix="give one spacing per axis in array order",
         )
-    if not all(np.isfinite(v) and v > 0 for v in values):
+    if not all(plausible_spacing(v) for v in values):
         raise InvalidParameterError(
-            f"spacing_mm {values} is not a positive finite size",
+            f"spacing_mm {values} is not a pixel size between {SPACING_RANGE_MM[0]:g} and "
+            f"{SPACING_RANGE_MM[1]:g} mm",
             fix="pass the real pixel size in mm, or None when it is unknown",
         )
     return values

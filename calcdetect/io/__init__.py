@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import InvalidParameterError, UnreadableFileError, UnsupportedImageError
-from ..image import Image
-from .dicom import RADIOGRAPH_MODALITIES, read_header, sop_class_name
+from ..image import SPACING_RANGE_MM, Image, plausible_spacing
+from .dicom import RADIOGRAPH_MODALITIES, check_budget, claimed_pixels, read_header, sop_class_name
 from .raster import RASTER_SUFFIXES, load_raster
 
 __all__ = ["load", "RASTER_SUFFIXES"]
@@ -23,9 +23,10 @@ def _apply_pixel_size(image: Image, pixel_size_mm: float | Sequence[float] | Non
     if pixel_size_mm is None:
         return image
     values = [float(pixel_size_mm)] * 2 if isinstance(pixel_size_mm, (int, float)) else [float(v) for v in pixel_size_mm]
-    if len(values) != 2 or not all(v > 0 for v in values):
+    if len(values) != 2 or not all(plausible_spacing(v) for v in values):
         raise InvalidParameterError(
-            f"pixel size {pixel_size_mm!r} must be one or two positive numbers (mm)",
+            f"pixel size {pixel_size_mm!r} must be one or two numbers between "
+            f"{SPACING_RANGE_MM[0]:g} and {SPACING_RANGE_MM[1]:g} (mm)",
             fix="e.g. --pixel-size 0.1",
         )
     if image.ndim == 3 and image.spacing_mm is not None:
@@ -116,9 +117,11 @@ def load(
         if modality not in (None, "CT"):
             raise InvalidParameterError("NIfTI volumes are read as CT", fix="drop --modality")
         return _apply_pixel_size(load_nifti(path, budget=max_pixels), pixel_size_mm)
-    header = read_header(path)
+    header = read_header(path, budget=max_pixels)
     file_modality = str(header.get("Modality", "") or "").upper()
     kind = _kind(file_modality, header)
+    # refuse absurd sizes from the header alone, before any loader allocates anything
+    check_budget(claimed_pixels(header), path, max_pixels)
     if kind is None:
         if "PixelData" not in header and "Rows" not in header:
             raise UnsupportedImageError(

@@ -36,28 +36,52 @@ from .dicom import (
 ENHANCED_CT_SOP = "1.2.840.10008.5.1.4.1.1.2.1"
 
 
-def _rescale(ds: Dataset | Any) -> tuple[float, float]:
+def _rescale(ds: Dataset | Any, path: str | Path | None = None) -> tuple[float, float]:
+    """RescaleSlope and RescaleIntercept (1 and 0 when absent).
+
+    Present but unusable values (not numbers, not finite, a zero slope) raise
+    :class:`UnreadableFileError`: guessing 1/0 would make up Hounsfield units.
+    """
+    raw_slope, raw_intercept = getattr(ds, "RescaleSlope", None), getattr(ds, "RescaleIntercept", None)
     try:
-        slope = float(getattr(ds, "RescaleSlope", 1) or 1)
-        intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+        slope = 1.0 if raw_slope in (None, "") else float(raw_slope)
+        intercept = 0.0 if raw_intercept in (None, "") else float(raw_intercept)
     except (TypeError, ValueError):
-        return 1.0, 0.0
+        slope = intercept = float("nan")
     if not np.isfinite(slope) or slope == 0 or not np.isfinite(intercept):
-        return 1.0, 0.0
+        raise UnreadableFileError(
+            f"RescaleSlope {raw_slope!r} / RescaleIntercept {raw_intercept!r} cannot convert "
+            "stored values to Hounsfield units",
+            path=path,
+            fix="repair the rescale tags or re-export the file",
+        )
     return slope, intercept
+
+
+def _to_hu(pixels: np.ndarray, slope: float, intercept: float, path: str | Path) -> np.ndarray:
+    """Stored values to HU in float32; an overflow is a damaged header, not an image."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        hu = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    if not np.isfinite(hu).all() and (np.isfinite(hu) != np.isfinite(pixels)).any():
+        raise UnreadableFileError(
+            f"RescaleSlope {slope:g} / RescaleIntercept {intercept:g} overflow the Hounsfield range",
+            path=path,
+            fix="repair the rescale tags or re-export the file",
+        )
+    return hu
 
 
 def _spacing_warning(path: str | Path) -> str:
     return (
-        f"{Path(path).name}: PixelSpacing is missing or zero, so sizes are not reported in mm"
+        f"{Path(path).name}: PixelSpacing is missing, zero or implausible, so sizes are not reported in mm"
         " (pass pixel_size_mm= / --pixel-size to supply it)"
     )
 
 
 def ct_slice_from_dataset(ds: Dataset, path: str | Path, pixels: np.ndarray) -> Image:
     """Build a 2D CT :class:`Image` from a single-frame dataset and its stored pixels."""
-    slope, intercept = _rescale(ds)
-    hu = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    slope, intercept = _rescale(ds, path)
+    hu = _to_hu(pixels, slope, intercept, path)
     spacing = positive_spacing(float_list(ds, "PixelSpacing", 2))
     warns: list[str] = []
     if spacing is None:
@@ -144,8 +168,8 @@ def _load_enhanced(ds: Dataset, path: str | Path) -> Image:
         positions.append(float_list(pos_item, "ImagePositionPatient", 3) if pos_item else None)
         orientations.append(float_list(ori_item, "ImageOrientationPatient", 6) if ori_item else None)
         spacings.append(positive_spacing(float_list(pm_item, "PixelSpacing", 2)) if pm_item else None)
-        slope, intercept = _rescale(rs_item if rs_item is not None else ds)
-        hu.append(frames[i].astype(np.float32) * np.float32(slope) + np.float32(intercept))
+        slope, intercept = _rescale(rs_item if rs_item is not None else ds, path)
+        hu.append(_to_hu(frames[i], slope, intercept, path))
     meta = basic_metadata(ds)
     meta["SOPInstanceUIDs"] = [str(ds.get("SOPInstanceUID", ""))]
     meta["NumberOfFrames"] = n
@@ -213,7 +237,7 @@ def _assemble(slices: list[_Slice], planes: list[np.ndarray] | None, source: str
     iop = np.asarray(slices[keep_idx[0]].orientation, dtype=np.float64)
     if not _valid_orientation(iop):
         raise InconsistentSeriesError(
-            f"ImageOrientationPatient {list(iop)} is not two orthonormal vectors", path=source
+            f"ImageOrientationPatient {[float(v) for v in iop]} is not two orthonormal vectors", path=source
         )
     normal = np.cross(iop[:3], iop[3:])
     dist = np.array([np.dot(slices[i].position, normal) for i in keep_idx])
@@ -258,7 +282,7 @@ def _assemble(slices: list[_Slice], planes: list[np.ndarray] | None, source: str
         geometry["spacing"] = (1.0, float(spacing_xy[0]), float(spacing_xy[1]))
         geometry["spacing_source"] = "PixelSpacing"
     if spacing_xy is None:
-        warns.append("PixelSpacing is missing or zero, so sizes are not reported in mm "
+        warns.append("PixelSpacing is missing, zero or implausible, so sizes are not reported in mm "
                      "(pass pixel_size_mm= / --pixel-size to supply it)")
     volume = None
     if planes is not None:

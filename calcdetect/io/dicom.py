@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from ..errors import (
+    CalcdetectError,
     MissingDecoderError,
     PixelBudgetError,
     UnreadableFileError,
@@ -73,19 +74,84 @@ def is_dicom_file(path: str | Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def read_header(path: str | Path, *, stop_before_pixels: bool = True) -> Dataset:
+DEFLATED_TS = "1.2.840.10008.1.2.1.99"
+
+
+def inflated_size_limit(compressed: int, budget: int | None = None) -> int:
+    """Largest size (bytes) a deflated data set may inflate to: twice the pixel budget,
+    and no more than 64 MiB plus 100 times the compressed size (real data deflates a
+    few times; a "deflate bomb" inflates a thousand times)."""
+    return int(min(2 * max_pixels(budget), 64 * 2**20 + 100 * compressed))
+
+
+def check_deflate(path: Path, budget: int | None = None) -> None:
+    """Refuse a Deflated Explicit VR Little Endian file that inflates beyond
+    :func:`inflated_size_limit`, counting the inflated bytes in bounded memory before
+    pydicom inflates the whole data set at once."""
+    import zlib
+
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+        if DEFLATED_TS.encode() not in head:
+            return
+        try:
+            from pydicom.filereader import _read_file_meta_info, read_preamble
+
+            fh.seek(0)
+            read_preamble(fh, False)
+            meta = _read_file_meta_info(fh)
+        except Exception:  # noqa: BLE001 - a damaged file meta is reported by dcmread
+            return
+        if str(meta.get("TransferSyntaxUID", "")) != DEFLATED_TS:
+            return
+        start = fh.tell()
+        size = path.stat().st_size - start
+        limit = inflated_size_limit(size, budget)
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        total = 0
+        try:
+            while chunk := fh.read(1 << 20):
+                while chunk:
+                    total += len(inflater.decompress(chunk, 1 << 20))
+                    chunk = inflater.unconsumed_tail
+                    if total > limit:
+                        raise PixelBudgetError(
+                            f"deflated data set inflates to more than {limit:,} bytes "
+                            f"from {size:,} (a decompression bomb?)",
+                            path=path,
+                            fix="raise CALCDETECT_MAX_PIXELS if the file is genuine",
+                        )
+        except zlib.error:
+            return  # damaged stream: dcmread reports it
+
+
+def read_header(path: str | Path, *, stop_before_pixels: bool = True,
+                budget: int | None = None) -> Dataset:
     """Read a DICOM file (by default without its pixel data).
+
+    Parameters
+    ----------
+    path : path
+    stop_before_pixels : bool
+        Skip the pixel data (faster; enough for routing and series grouping).
+    budget : int, optional
+        Pixel budget (see :func:`max_pixels`); bounds how far a deflated data set may
+        inflate.
 
     Raises
     ------
     UnreadableFileError
         Missing, empty, not DICOM, or damaged beyond parsing.
+    PixelBudgetError
+        A deflated data set that inflates beyond :func:`inflated_size_limit`.
     """
     path = Path(path)
     if not path.exists():
         raise UnreadableFileError("no such file", path=path, fix="check the path")
     if path.is_dir():
         raise UnreadableFileError("is a folder, not a file", path=path)
+    if not path.is_file():  # reading a pipe or a device would block or never end
+        raise UnreadableFileError("is not a regular file (a pipe, socket or device)", path=path)
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -96,6 +162,7 @@ def read_header(path: str | Path, *, stop_before_pixels: bool = True) -> Dataset
     # in a thread pool) and a library must not change the caller's warning filters.
     # The CLI decides what to show.
     try:
+        check_deflate(path, budget)
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
         except InvalidDicomError:
@@ -107,20 +174,36 @@ def read_header(path: str | Path, *, stop_before_pixels: bool = True) -> Dataset
                     path=path,
                     fix="give a DICOM, PNG, JPEG or TIFF file",
                 ) from None
-        # touch the elements now, so lazy-parse errors surface here and not later
-        for elem in ds:
-            _ = elem.value
-    except UnreadableFileError:
+        # convert every element now (nested sequences too), so damaged values fail
+        # here, with a clear message, and not deep inside a loader or detector
+        _touch(ds)
+    except CalcdetectError:
         raise
-    except (EOFError, OSError, ValueError, KeyError, TypeError, IndexError, OverflowError,
-            AttributeError, NotImplementedError, RuntimeError, MemoryError, UnicodeError,
-            InvalidDicomError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any parser failure means a damaged file
         raise UnreadableFileError(
             f"DICOM header is damaged or truncated ({type(exc).__name__}: {_first_line(exc)})",
             path=path,
             fix="re-export or re-transfer the file",
         ) from exc
+    if len(ds) == 0:
+        raise UnreadableFileError(
+            "holds no readable DICOM data set after its file meta information (truncated or damaged)",
+            path=path,
+            fix="re-export or re-transfer the file",
+        )
     return ds
+
+
+def _touch(ds: Dataset, depth: int = 0) -> None:
+    """Convert every raw element of ``ds`` and its sequences (lazy parsing otherwise
+    defers errors to the first access)."""
+    if depth > 32:
+        raise ValueError("sequences are nested more than 32 levels deep")
+    for elem in ds:
+        value = elem.value
+        if elem.VR == "SQ" and value is not None:
+            for item in value:
+                _touch(item, depth + 1)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -160,6 +243,13 @@ def number_of_frames(ds: Dataset) -> int:
 def check_pixels_present(ds: Dataset, path: str | Path) -> None:
     """Raise :class:`UnsupportedImageError` when the dataset holds no image pixels."""
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if ("Rows" in ds and "Columns" in ds) or "Image Storage" in sop_class_name(ds):
+            raise UnreadableFileError(
+                f"is an image ({sop_class_name(ds)}) but holds no pixel data: the file is "
+                "truncated or damaged before its pixel data",
+                path=path,
+                fix="re-export or re-transfer the file",
+            )
         raise UnsupportedImageError(
             f"holds no pixel data ({sop_class_name(ds)}, modality {ds.get('Modality', 'unknown')})",
             path=path,
@@ -228,7 +318,7 @@ def check_decoder(ds: Dataset, path: str | Path) -> None:
 
 def read_dataset(path: str | Path, *, budget: int | None = None) -> Dataset:
     """Read a whole DICOM image file after checking pixels, budget and decoder."""
-    ds = read_header(path, stop_before_pixels=False)
+    ds = read_header(path, stop_before_pixels=False, budget=budget)
     check_pixels_present(ds, path)
     check_budget(claimed_pixels(ds), path, budget)
     check_decoder(ds, path)
@@ -250,12 +340,14 @@ def decode_pixels(
         With a one-line reason (truncated data, decoder failure).
     """
     check_decoder(ds, path)
+    check_codestreams(ds, path)
     try:
         arr = _decode_via_dataset(ds, frame, raw=not as_rgb)
+    except CalcdetectError:
+        raise
     except MemoryError as exc:
         raise UnreadableFileError("pixel data too large to decode in memory", path=path) from exc
-    except (ValueError, RuntimeError, NotImplementedError, OSError, EOFError, KeyError,
-            TypeError, IndexError, AttributeError, OverflowError, ZeroDivisionError) as exc:
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types on damaged data
         msg = _first_line(exc)
         if "length" in msg.lower() or "truncat" in msg.lower() or "missing" in msg.lower():
             reason = f"pixel data is truncated or does not match Rows/Columns ({msg})"
@@ -263,6 +355,90 @@ def decode_pixels(
             reason = f"pixel data cannot be decoded ({type(exc).__name__}: {msg})"
         raise UnreadableFileError(reason, path=path, fix="re-export or re-transfer the file") from exc
     return arr
+
+
+def codestream_size(frame: bytes) -> tuple[int, int] | None:
+    """``(rows, columns)`` from the header of a JPEG, JPEG-LS or JPEG 2000 codestream.
+
+    Only the first marker segments are parsed (no decoding).  ``None`` when the header
+    cannot be parsed.
+    """
+    offset = 0
+    if frame[:8] == b"\x00\x00\x00\x0cjP  ":  # JP2 file format: find the jp2c box
+        offset = 12
+        while offset + 8 <= len(frame):
+            length = int.from_bytes(frame[offset:offset + 4], "big")
+            if frame[offset + 4:offset + 8] == b"jp2c":
+                offset += 8
+                break
+            if length < 8:
+                return None
+            offset += length
+        else:
+            return None
+    head = frame[offset:offset + 24]
+    if head[:4] == b"\xff\x4f\xff\x51" and len(head) == 24:  # J2K: SOC then SIZ
+        xsiz, ysiz, xo, yo = (int.from_bytes(head[i:i + 4], "big") for i in (8, 12, 16, 20))
+        if xsiz <= xo or ysiz <= yo:
+            return 0, 0
+        return ysiz - yo, xsiz - xo
+    if frame[:2] == b"\xff\xd8":  # JPEG / JPEG-LS: the SOF segment
+        from pydicom.pixels.utils import _get_jpg_parameters
+
+        try:
+            info = _get_jpg_parameters(frame)
+        except Exception:  # noqa: BLE001
+            return None
+        if "height" in info and "width" in info:
+            return int(info["height"]), int(info["width"])
+    return None
+
+
+def check_codestreams(ds: Dataset, path: str | Path) -> None:
+    """Before decoding compressed pixel data, check that every frame's codestream header
+    agrees with Rows/Columns.
+
+    A damaged codestream can claim a far larger image than the DICOM header; decoders
+    would then allocate and decode it (seconds and gigabytes) before failing.  Frames
+    whose header cannot be parsed are left to the decoder.
+
+    Raises
+    ------
+    UnreadableFileError
+        A codestream's size differs from Rows x Columns.
+    """
+    ts = transfer_syntax(ds)
+    if ts is None or not getattr(ts, "is_encapsulated", False) or "PixelData" not in ds:
+        return
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        from pydicom.encaps import generate_frames
+
+        n = number_of_frames(ds)
+        found = 0
+        # (pydicom may warn about fewer fragments than frames: the check below says so)
+        for i, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=n)):
+            size = codestream_size(frame[:65536])
+            if size is not None and size != (rows, cols):
+                raise UnreadableFileError(
+                    f"compressed frame {i} claims {size[0]} x {size[1]} pixels but Rows x "
+                    f"Columns is {rows} x {cols}: the pixel data or the header is damaged",
+                    path=path,
+                    fix="re-export or re-transfer the file",
+                )
+            found = i + 1
+            if found >= n:
+                break
+        if found < n:
+            raise UnreadableFileError(
+                f"NumberOfFrames is {n} but the compressed pixel data holds {found} frame(s)",
+                path=path,
+                fix="re-export or re-transfer the file",
+            )
+    except CalcdetectError:
+        raise
+    except Exception:  # noqa: BLE001 - unparsable fragments: leave them to the decoder
+        return
 
 
 def _decode_via_dataset(ds: Dataset, frame: int | None, *, raw: bool) -> np.ndarray:
@@ -316,10 +492,17 @@ def float_list(ds: Dataset, keyword: str, n: int) -> list[float] | None:
 
 
 def positive_spacing(values: list[float] | None) -> list[float] | None:
-    """``values`` when every entry is a positive finite number (zero spacing is no spacing)."""
+    """``values`` when every entry is a plausible pixel size in mm, else ``None``.
+
+    Zero, negative, non-finite and absurd values (outside
+    :data:`calcdetect.image.SPACING_RANGE_MM`, e.g. 1e-30 or 1e30) are no spacing: the
+    caller then reports no mm at all instead of made-up ones.
+    """
     if values is None:
         return None
-    if all(np.isfinite(v) and v > 0 for v in values):
+    from ..image import plausible_spacing
+
+    if all(plausible_spacing(v) for v in values):
         return values
     return None
 

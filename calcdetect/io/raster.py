@@ -23,6 +23,8 @@ def read_raster(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise UnreadableFileError("no such file", path=path, fix="check the path")
+    if not path.is_file():  # reading a pipe or a device would block or never end
+        raise UnreadableFileError("is not a regular file (a pipe, socket or device)", path=path)
     if path.stat().st_size == 0:
         raise UnreadableFileError("is empty (0 bytes)", path=path)
     arr = None
@@ -40,7 +42,7 @@ def read_raster(path: str | Path) -> np.ndarray:
         import cv2
 
         data = np.fromfile(path, dtype=np.uint8)
-        arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        arr = _imdecode_quiet(cv2, data)
         if arr is None:
             raise UnreadableFileError(
                 "is not a readable PNG/JPEG/TIFF image (damaged or truncated)", path=path,
@@ -58,6 +60,23 @@ def read_raster(path: str | Path) -> np.ndarray:
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
         raise UnreadableFileError(f"unsupported raster layout {arr.shape}", path=path)
     return np.ascontiguousarray(arr)
+
+
+def _imdecode_quiet(cv2, data: np.ndarray) -> np.ndarray | None:
+    """``cv2.imdecode`` without OpenCV's own warnings on stderr (a damaged file is
+    reported once, by calcdetect's error)."""
+    log = getattr(getattr(cv2, "utils", None), "logging", None)
+    previous = None
+    if log is not None:
+        previous = log.getLogLevel()
+        log.setLogLevel(log.LOG_LEVEL_ERROR)
+    try:
+        return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return None
+    finally:
+        if log is not None and previous is not None:
+            log.setLogLevel(previous)
 
 
 def to_grey(rgb: np.ndarray) -> np.ndarray:
