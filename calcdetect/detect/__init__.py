@@ -37,6 +37,13 @@ def detect(image: Image, **options: Any) -> Report:
             f"detect() takes a calcdetect.Image, got {type(image).__name__}",
             fix="use calcdetect.load(path) or calcdetect.Image(pixels, spacing_mm, modality)",
         )
+    if image.valid_mask is not None and not image.valid_mask.any():
+        from ..errors import UnsupportedImageError
+
+        raise UnsupportedImageError(
+            "holds no usable pixel (every value is NaN, infinite or outside the image region)",
+            path=image.source, fix="check the export; nothing can be measured in it",
+        )
     if image.modality == "CT":
         from .ct import detect_ct
 

@@ -136,6 +136,8 @@ def exposed_field(
 
     rows, cols = pixels.shape
     sub = pixels[::2, ::2] if valid is None else pixels[::2, ::2][valid[::2, ::2]]
+    if sub.size == 0:  # sparse valid pixels can all fall between the subsampled ones
+        sub = pixels if valid is None else pixels[valid]
     top = float(sub.max())
     lo = float(np.percentile(sub, 0.5))
     tol = max(0.004 * (top - lo), 1e-6)
