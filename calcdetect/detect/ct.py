@@ -305,18 +305,60 @@ def _touches_bone_or_air(
     label image: 3 x 3 in a slice, 3 x 3 x 3 in a series (a spinous-process tip that is
     an island in one slice joins its vertebra in the next).
     """
-    from scipy import ndimage as ndi
-
     n = int(label_ids.max()) + 1 if label_ids.size else 1
-    size = (3, 3, 3) if labels.shape[0] > 1 else (1, 3, 3)
-    grown = ndi.maximum_filter(labels, size=size)
-    rim = (grown > 0) & (labels == 0)
-    owner = grown[rim]
+    if n > 2 ** 24:  # float32 can no longer hold every label exactly
+        from scipy import ndimage as ndi
+
+        size = (3, 3, 3) if labels.shape[0] > 1 else (1, 3, 3)
+        grown = ndi.maximum_filter(labels, size=size)
+        rim = (grown > 0) & (labels == 0)
+        owner = grown[rim]
+        is_dense, is_air = hu[rim] >= threshold, internal_air[rim]
+    else:
+        owner, is_dense, is_air = _rim_owners(labels, hu, internal_air, threshold, n)
     total = np.bincount(owner, minlength=n).astype(np.float64)
-    dense = np.bincount(owner, weights=(hu[rim] >= threshold), minlength=n)
-    air = np.bincount(owner, weights=internal_air[rim], minlength=n)
+    dense = np.bincount(owner, weights=is_dense, minlength=n)
+    air = np.bincount(owner, weights=is_air, minlength=n)
     frac = (dense + air) / np.maximum(total, 1)
     return frac[label_ids] >= 0.15
+
+
+def _rim_owners(labels, hu, internal_air, threshold, n):
+    """Rim voxels of the 3 x 3 (x 3) maximum filter of ``labels``, slice by slice.
+
+    The same values as ``ndimage.maximum_filter`` (whose 'reflect' border equals
+    ignoring the outside), computed with OpenCV's in-plane dilation and a maximum over
+    the neighbouring slices: no full-volume temporaries, several times faster.
+    Returns the owner label, ``hu >= threshold`` and ``internal_air`` of every rim
+    voxel, in raster order.
+    """
+    import cv2
+
+    dtype = np.uint16 if n <= 65536 else np.float32
+    kernel = np.ones((3, 3), np.uint8)
+    nz = labels.shape[0]
+
+    def grow(z):
+        return cv2.dilate(labels[z].astype(dtype), kernel)
+
+    owners, dense, air = [], [], []
+    prev, cur = None, grow(0)
+    for z in range(nz):
+        nxt = grow(z + 1) if z + 1 < nz else None
+        g = cur
+        if prev is not None:
+            g = np.maximum(g, prev)
+        if nxt is not None:
+            g = np.maximum(g, nxt)
+        rim = (g > 0) & (labels[z] == 0)
+        if rim.any():
+            owners.append(g[rim].astype(np.intp))
+            dense.append(hu[z][rim] >= threshold)
+            air.append(internal_air[z][rim])
+        prev, cur = cur, nxt
+    if not owners:
+        return np.zeros(0, np.intp), np.zeros(0, bool), np.zeros(0, bool)
+    return np.concatenate(owners), np.concatenate(dense), np.concatenate(air)
 
 
 def _half_max_labels(
@@ -329,7 +371,7 @@ def _half_max_labels(
     so the result is a subset of the thresholded lesion.  One small crop per lesion:
     the loop is over findings, not pixels.
     """
-    out = np.zeros_like(labels)
+    out = np.zeros(labels.shape, labels.dtype)  # calloc: untouched pages cost neither time nor memory
     nz, ny, nx = labels.shape
     margin = (1 if nz > 1 else 0, 3, 3)
     for i in range(len(table["label"])):
