@@ -78,10 +78,10 @@ def _keep_body_parts(mask: np.ndarray, min_radius_px: float, min_fraction: float
     if n <= 1:
         return np.zeros(mask.shape, bool)
     dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
-    best = np.zeros(n, np.float32)
-    np.maximum.at(best, labels.ravel(), dist.ravel())
+    # a component is thick when any of its pixels is deep enough (its maximum distance
+    # reaches the radius): a bincount of the deep pixels' labels, not a scatter-max
     area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
-    thick = best >= min_radius_px
+    thick = np.bincount(labels[dist >= min_radius_px], minlength=n) > 0
     thick[0] = False
     if not thick.any():
         return np.zeros(mask.shape, bool)
@@ -98,10 +98,35 @@ def _outside_air(background: np.ndarray, plane: np.ndarray, outside_air_hu: floa
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     edge = edge[edge > 0]
     keep = np.zeros(n, bool)
+    below = plane < outside_air_hu
+    exact = bool(np.isnan(plane).any())  # NaN: keep np.median's semantics
     for lab in edge:  # few components reach the edge
-        if np.median(plane[labels == lab]) < outside_air_hu:
-            keep[lab] = True
+        comp = labels == lab
+        if exact:
+            keep[lab] = np.median(plane[comp]) < outside_air_hu
+        else:
+            keep[lab] = _median_below(plane, comp, below, outside_air_hu)
     return keep[labels]
+
+
+def _median_below(plane: np.ndarray, comp: np.ndarray, below: np.ndarray, t: float) -> bool:
+    """``np.median(plane[comp]) < t`` by counting instead of sorting (NaN-free input).
+
+    With ``m`` of the ``n`` values below ``t``: for odd ``n`` the median is below iff
+    ``m > n // 2``; for even ``n`` it is the mean of the two middle values, below iff
+    both are (``m > n/2``), not below iff neither is (``m < n/2``), and when ``m == n/2``
+    exactly it is the mean of the largest value below and the smallest value at or above
+    ``t``, computed as np.median does.
+    """
+    n = int(np.count_nonzero(comp))
+    m = int(np.count_nonzero(comp & below))
+    if n == 0:
+        return False
+    if n % 2 or m != n // 2:
+        return m > n // 2
+    vals = plane[comp]
+    lo, hi = vals[vals < t].max(), vals[vals >= t].min()
+    return bool(np.mean(np.array([lo, hi], dtype=vals.dtype)) < t)
 
 
 def _keep_large_parts(mask: np.ndarray, min_area_px: float) -> np.ndarray:
@@ -188,14 +213,19 @@ def ct_anatomy(
         else:
             # depth: distance to outside air, not to field-of-view edges or the image border
             not_air = (~outside).astype(np.uint8)
-            padded = cv2.copyMakeBorder(not_air, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+            # pad only the sides where the body reaches the image border: a side whose
+            # border is all air gives the same distances unpadded (the nearest air
+            # pixel then always lies inside the image), on a smaller image
+            top, bottom, left, right = (pad if edge.any() else 0 for edge in
+                                        (not_air[0], not_air[-1], not_air[:, 0], not_air[:, -1]))
+            padded = cv2.copyMakeBorder(not_air, top, bottom, left, right, cv2.BORDER_REPLICATE)
             if aniso:
                 from scipy import ndimage as ndi
 
                 d = ndi.distance_transform_edt(padded, sampling=spacing_rc).astype(np.float32)
             else:
                 d = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) * np.float32(px)
-            d = d[pad:-pad, pad:-pad]
+            d = d[top:top + h, left:left + w]
             # distance from a pixel centre to the nearest air pixel centre, less half a
             # pixel: the skin surface lies on the boundary between them
             depth[k] = np.where(b, np.maximum(d - 0.5 * px, 0), 0)
