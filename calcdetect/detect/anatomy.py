@@ -36,6 +36,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import cv2
 import numpy as np
 
@@ -51,6 +54,17 @@ class Anatomy:
     depth_mm: np.ndarray      # float32, 0 outside the body, NaN where no skin is visible
     fov: np.ndarray           # bool, inside the reconstruction field of view
     internal_air: np.ndarray  # bool, air inside the body (cavities, lung, bowel gas)
+
+
+def _slice_workers(nz: int) -> int:
+    """Threads for the slice loop: the usable cores (``CALCDETECT_THREADS`` overrides),
+    at most one per 8 slices."""
+    env = os.environ.get("CALCDETECT_THREADS")
+    try:
+        n = int(env) if env else len(os.sched_getaffinity(0))
+    except (ValueError, AttributeError):
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8, nz // 8))
 
 
 def _disk(radius_px: float) -> np.ndarray:
@@ -187,13 +201,14 @@ def ct_anatomy(
     close_kernel = _disk(core_close_mm / px)
     pixel_area = spacing_rc[0] * spacing_rc[1]
     pad = int(np.ceil(60.0 / px))  # the body cut off by the image edge continues beyond it
-    for k in range(nz):
+
+    def one_slice(k: int) -> None:
         plane = hu[k]
         raw = ((plane > body_hu) & fov[k]).astype(np.uint8)
         opened = cv2.morphologyEx(raw, cv2.MORPH_OPEN, link)
         parts = _keep_body_parts(opened, min_part_radius_mm / px, min_part_fraction, 2000.0 / pixel_area)
         if not parts.any():
-            continue
+            return
         # give back the skin surface and small protrusions the opening shaved off
         grown = cv2.dilate(parts.astype(np.uint8), link, iterations=2)
         tissue = (raw & grown).astype(np.uint8)
@@ -241,4 +256,13 @@ def ct_anatomy(
             # that the abdominal cavity's fat is filled in as deep, not subcutaneous
             closed = cv2.morphologyEx(core.astype(np.uint8), cv2.MORPH_CLOSE, close_kernel)
             deep[k] = _fill_holes(closed) & b
+
+    # slices are independent: OpenCV and NumPy release the GIL, so threads overlap them
+    workers = _slice_workers(nz)
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(one_slice, range(nz)))
+    else:
+        for k in range(nz):
+            one_slice(k)
     return Anatomy(body=body, deep=deep, depth_mm=depth, fov=fov, internal_air=internal_air)
