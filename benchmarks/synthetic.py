@@ -186,13 +186,13 @@ def synthetic_us_frames(n_frames: int = 30, *, seed: int = 0, shape: tuple[int, 
     rng = np.random.default_rng(seed)
     h, w = shape
     base = rng.gamma(2.0, 30.0, size=(h, w)).clip(0, 200).astype(np.uint8)
-    base[40:46] = 230  # skin line
+    base[h // 12:h // 12 + max(h // 80, 2)] = 230  # skin line
     frames = np.empty((n_frames, h, w), np.uint8)
     for f in range(n_frames):
         img = np.roll(base, int(rng.integers(0, w)), axis=1).copy()
         for _ in range(12):
             r = int(rng.integers(3, 10))
-            y, x = int(rng.integers(80, h - 120)), int(rng.integers(20, w - 20))
+            y, x = int(rng.integers(h // 6, h - h // 4)), int(rng.integers(r + 1, w - r - 1))
             gy, gx = np.ogrid[-r:r + 1, -r:r + 1]
             disk = gy ** 2 + gx ** 2 <= r * r
             sl = img[y - r:y + r + 1, x - r:x + r + 1]
