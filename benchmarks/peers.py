@@ -13,8 +13,10 @@ calcdetect   everything of :func:`calcdetect.measure.regionprops_table`: count, 
 skimage      the naive script: ``label`` then a loop over ``regionprops`` reading area,
              centroid, bbox, intensity max / mean, equivalent diameter, major/minor
              axes (the same columns).
-scipy        ``ndimage.label`` + ``find_objects`` + ``sum_labels`` / ``center_of_mass`` /
-             ``maximum`` / ``mean`` with an index (count, centroid, bbox, max, mean).
+scipy        ``ndimage.label`` + ``find_objects`` + ``sum_labels`` / ``mean`` / ``maximum``
+             with an index over the foreground voxels (count, centroid, bbox, max, mean);
+             the naive form (whole volume into ``maximum`` / ``center_of_mass``) takes
+             10 s and more per call on 100 slices, so it is not the one timed.
 cc3d         ``connected_components`` + ``statistics`` (count, centroid, bbox; no intensity).
 sitk         ``ConnectedComponent`` + ``LabelShapeStatisticsImageFilter`` (count,
              centroid, bbox, physical size; no intensity), NumPy -> SimpleITK conversion
@@ -63,10 +65,14 @@ def loop_scipy(img: np.ndarray, thr: float, spacing) -> int:
     labels, n = ndi.label(mask, structure=np.ones((3,) * img.ndim))
     index = np.arange(1, n + 1)
     ndi.find_objects(labels)
-    ndi.sum_labels(mask, labels, index)
-    ndi.center_of_mass(mask, labels, index)
-    ndi.maximum(img, labels, index)
-    ndi.mean(img, labels, index)
+    # measurements over the foreground voxels only: handing the whole volume to
+    # ndimage.maximum / center_of_mass / sum_labels takes 3 s each on 100 slices
+    fg = labels[mask]
+    ndi.sum_labels(np.ones(fg.shape), fg, index)
+    for coord in np.nonzero(mask):
+        ndi.mean(coord, fg, index)
+    ndi.maximum(img[mask], fg, index)
+    ndi.mean(img[mask], fg, index)
     return int(n)
 
 

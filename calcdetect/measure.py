@@ -218,10 +218,19 @@ def filter_labels(labels: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, int
         Number of labels kept.
     """
     keep = np.asarray(keep, dtype=np.int64)
+    labels = np.asarray(labels)
     top = int(labels.max()) if labels.size else 0
     lut = np.zeros(max(top, int(keep.max()) if keep.size else 0) + 1, dtype=np.int32)
     lut[keep] = np.arange(1, keep.size + 1, dtype=np.int32)
-    return lut[labels], int(keep.size)
+    if lut[0] != 0 or labels.ndim < 3:
+        return lut[labels], int(keep.size)
+    # volumes: relabel the (sparse) foreground only, into calloc'd memory whose
+    # untouched pages cost neither time nor memory
+    out = np.zeros(labels.shape, np.int32)
+    flat = labels.reshape(-1)
+    idx = np.flatnonzero(flat != 0)
+    out.reshape(-1)[idx] = lut[flat[idx]]
+    return out, int(keep.size)
 
 
 def select(table: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:

@@ -86,7 +86,7 @@ def calcium_scores(
     """
     nz = labels.shape[0]
     flat = labels.ravel()
-    idx = np.flatnonzero(flat)
+    idx = np.flatnonzero(flat != 0)  # nonzero of a bool array: several times faster
     lab = flat[idx].astype(np.int64) - 1
     z = idx // (labels.shape[1] * labels.shape[2])
     key = lab * nz + z
