@@ -75,6 +75,18 @@ def _label_cc3d(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int] |
     return labels.view(np.int32), int(n)
 
 
+def _foreground(flat: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
+    """Flat indices of the nonzero entries, ascending.
+
+    ``flatnonzero`` of a bool array is several times faster than of an int array; the
+    comparison is done in chunks so that no volume-sized temporary is allocated.
+    """
+    if flat.size <= chunk:
+        return np.flatnonzero(flat != 0)
+    parts = [np.flatnonzero(flat[i:i + chunk] != 0) + i for i in range(0, flat.size, chunk)]
+    return np.concatenate(parts)
+
+
 def _runs(sorted_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Start offsets and label values of the runs in a sorted label vector."""
     if sorted_labels.size == 0:
@@ -127,8 +139,7 @@ def regionprops_table(
         raise InvalidParameterError("intensity image and labels differ in shape")
 
     flat = labels.ravel()
-    # nonzero on a bool array is several times faster than on an int array
-    idx = np.flatnonzero(flat != 0)
+    idx = _foreground(flat)
     lab = flat[idx]
     order = np.argsort(lab, kind="stable")
     idx = idx[order]
@@ -200,7 +211,7 @@ def regionprops_table(
     return out
 
 
-def filter_labels(labels: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, int]:
+def filter_labels(labels: np.ndarray, keep: np.ndarray, *, in_place: bool = False) -> tuple[np.ndarray, int]:
     """Keep only the listed label values and renumber them 1..k in the given order.
 
     Parameters
@@ -209,6 +220,9 @@ def filter_labels(labels: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, int
         Label image.
     keep : ndarray of int
         Label values to keep; their position in ``keep`` + 1 becomes the new label.
+    in_place : bool
+        Relabel ``labels`` itself (an int32 C-contiguous volume) instead of a copy: for
+        callers that no longer need the old labels, it saves a volume of memory.
 
     Returns
     -------
@@ -224,11 +238,14 @@ def filter_labels(labels: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, int
     lut[keep] = np.arange(1, keep.size + 1, dtype=np.int32)
     if lut[0] != 0 or labels.ndim < 3:
         return lut[labels], int(keep.size)
-    # volumes: relabel the (sparse) foreground only, into calloc'd memory whose
-    # untouched pages cost neither time nor memory
-    out = np.zeros(labels.shape, np.int32)
+    # volumes: relabel the (sparse) foreground only, in place or into calloc'd memory
+    # whose untouched pages cost neither time nor memory
     flat = labels.reshape(-1)
-    idx = np.flatnonzero(flat != 0)
+    idx = _foreground(flat)
+    if in_place and labels.dtype == np.int32 and labels.flags.c_contiguous:
+        flat[idx] = lut[flat[idx]]
+        return labels, int(keep.size)
+    out = np.zeros(labels.shape, np.int32)
     out.reshape(-1)[idx] = lut[flat[idx]]
     return out, int(keep.size)
 

@@ -183,12 +183,13 @@ def detect_ct(
         )
 
     anatomy = ct_anatomy(hu, spacing3[1:], valid=valid)
-    candidates = (hu >= threshold_hu) & anatomy.body
+    candidates = hu >= threshold_hu
+    candidates &= anatomy.body  # in place: no full-volume temporaries
     if valid is not None:
         candidates &= valid
     if region == "skin":
-        candidates &= ~anatomy.deep
-        no_skin = np.isnan(anatomy.depth_mm).any(axis=(1, 2))
+        np.greater(candidates, anatomy.deep, out=candidates)  # candidates & ~deep, in place
+        no_skin = np.array([np.isnan(d).any() for d in anatomy.depth_mm])  # slice-wise: no volume temporary
         if no_skin.any():
             candidates[no_skin] = False
             warnings.append(
@@ -198,6 +199,7 @@ def detect_ct(
             )
 
     labels, n = label(candidates)
+    del candidates  # free before the measurements (peak memory)
     table = regionprops_table(labels, hu, spacing=spacing3)
     # threshold-based geometry, used for the anatomy and noise filters
     cross_mm2 = table["max_slice_size"]
@@ -246,7 +248,8 @@ def detect_ct(
     kept = np.flatnonzero(keep)
     # order findings by position (slice, row, col) for stable ids
     kept = kept[np.lexsort((table["centroid-2"][kept], table["centroid-1"][kept], table["centroid-0"][kept]))]
-    thr_labels, k = filter_labels(labels, table["label"][kept])
+    thr_labels, k = filter_labels(labels, table["label"][kept], in_place=True)  # saves a volume of memory
+    del labels
     thr_table = select(table, kept)
     scores = calcium_scores(thr_labels, hu, spacing3, k, min_area_mm2=min_area_mm2, is_volume=is_volume)
 
