@@ -217,8 +217,10 @@ def ct_anatomy(
         # internal air: background that is not outside air and touches the patient
         inner = background & ~outside & fov[k]
         n_in, lab_in = cv2.connectedComponents(inner.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-        touching = np.unique(lab_in[(cv2.dilate(tissue, _disk(1)) > 0) & inner])
-        air_in = np.isin(lab_in, touching[touching > 0])
+        touching = np.zeros(n_in, bool)  # a lookup table of the touching components (not np.isin)
+        touching[lab_in[(cv2.dilate(tissue, _disk(1)) > 0) & inner]] = True
+        touching[0] = False
+        air_in = touching[lab_in]
         b = _fill_holes((tissue > 0) | air_in)
         b &= ~outside
         body[k] = b
