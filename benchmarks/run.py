@@ -449,7 +449,7 @@ def run(*, quick: bool = False, repeats: int | None = None, only: list[str] | No
         "git": git_state(),
         "machine": machine(),
         "settings": {"quick": quick, "repeats": repeats, "only": only, "memory": memory,
-                     "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])},
+                     "command": " ".join(["python benchmarks/run.py"] + sys.argv[1:])},
         "benchmarks": {},
     }
     for bench in benches(quick):
@@ -484,6 +484,10 @@ def run(*, quick: bool = False, repeats: int | None = None, only: list[str] | No
                 entry["memory_vs_int16_volume"] = {
                     n: m["extra_bytes"] / int16 for n, m in entry["memory"].items() if "extra_bytes" in m}
         results["benchmarks"][bench.id] = entry
+    try:
+        results["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        pass
     results["growth"] = growth(results)
     results["targets"] = targets(results)
     return results
@@ -535,7 +539,7 @@ def table(results: dict[str, Any]) -> str:
         f"{' (dirty)' if results['git'].get('dirty') else ''}, {results['created_utc']}",
         f"machine: {m.get('cpu')}, {m.get('cores_usable', m.get('cores_logical'))} usable cores, "
         f"{m.get('memory_gb')} GB, Python {m.get('python')}, NumPy {m['versions'].get('numpy')}, "
-        f"load average at start {m.get('load_average_at_start')}",
+        f"load average at start {m.get('load_average_at_start')}, at end {m.get('load_average_at_end')}",
         f"settings: {results['settings']['command']} (median of {results['settings']['repeats']} repeats)",
         "",
         "| benchmark | tool | median (s) | spread | calcdetect / tool | extra peak memory | result |",
