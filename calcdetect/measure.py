@@ -52,9 +52,39 @@ def label(mask: np.ndarray, *, connectivity: int | None = None) -> tuple[np.ndar
             mask.view(np.uint8), connectivity=8 if connectivity == 2 else 4, ltype=cv2.CV_32S
         )
         return labels, int(n) - 1
+    if mask.ndim == 3:
+        labels = _label_cc3d(mask, connectivity)
+        if labels is not None:
+            return labels
     structure = ndi.generate_binary_structure(mask.ndim, connectivity)
     labels, n = ndi.label(mask, structure=structure, output=np.int32)
     return labels, int(n)
+
+
+def _label_cc3d(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int] | None:
+    """3D labelling with connected-components-3d (3-4x faster than ``ndimage.label``,
+    same raster-order numbering); ``None`` when cc3d is not installed."""
+    try:
+        import cc3d
+    except ImportError:  # pragma: no cover - cc3d is a runtime dependency
+        return None
+    labels, n = cc3d.connected_components(
+        mask, connectivity={1: 6, 2: 18, 3: 26}[connectivity], out_dtype=np.uint32, return_N=True
+    )
+    # labels < 2**31, so the int32 view holds the same values without a copy
+    return labels.view(np.int32), int(n)
+
+
+def _foreground(flat: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
+    """Flat indices of the nonzero entries, ascending.
+
+    ``flatnonzero`` of a bool array is several times faster than of an int array; the
+    comparison is done in chunks so that no volume-sized temporary is allocated.
+    """
+    if flat.size <= chunk:
+        return np.flatnonzero(flat != 0)
+    parts = [np.flatnonzero(flat[i:i + chunk] != 0) + i for i in range(0, flat.size, chunk)]
+    return np.concatenate(parts)
 
 
 def _runs(sorted_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +139,7 @@ def regionprops_table(
         raise InvalidParameterError("intensity image and labels differ in shape")
 
     flat = labels.ravel()
-    idx = np.flatnonzero(flat)
+    idx = _foreground(flat)
     lab = flat[idx]
     order = np.argsort(lab, kind="stable")
     idx = idx[order]
@@ -181,7 +211,7 @@ def regionprops_table(
     return out
 
 
-def filter_labels(labels: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, int]:
+def filter_labels(labels: np.ndarray, keep: np.ndarray, *, in_place: bool = False) -> tuple[np.ndarray, int]:
     """Keep only the listed label values and renumber them 1..k in the given order.
 
     Parameters
@@ -190,6 +220,9 @@ def filter_labels(labels: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, int
         Label image.
     keep : ndarray of int
         Label values to keep; their position in ``keep`` + 1 becomes the new label.
+    in_place : bool
+        Relabel ``labels`` itself (an int32 C-contiguous volume) instead of a copy: for
+        callers that no longer need the old labels, it saves a volume of memory.
 
     Returns
     -------
@@ -199,10 +232,22 @@ def filter_labels(labels: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, int
         Number of labels kept.
     """
     keep = np.asarray(keep, dtype=np.int64)
+    labels = np.asarray(labels)
     top = int(labels.max()) if labels.size else 0
     lut = np.zeros(max(top, int(keep.max()) if keep.size else 0) + 1, dtype=np.int32)
     lut[keep] = np.arange(1, keep.size + 1, dtype=np.int32)
-    return lut[labels], int(keep.size)
+    if lut[0] != 0 or labels.ndim < 3:
+        return lut[labels], int(keep.size)
+    # volumes: relabel the (sparse) foreground only, in place or into calloc'd memory
+    # whose untouched pages cost neither time nor memory
+    flat = labels.reshape(-1)
+    idx = _foreground(flat)
+    if in_place and labels.dtype == np.int32 and labels.flags.c_contiguous:
+        flat[idx] = lut[flat[idx]]
+        return labels, int(keep.size)
+    out = np.zeros(labels.shape, np.int32)
+    out.reshape(-1)[idx] = lut[flat[idx]]
+    return out, int(keep.size)
 
 
 def select(table: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:

@@ -36,6 +36,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import cv2
 import numpy as np
 
@@ -51,6 +54,17 @@ class Anatomy:
     depth_mm: np.ndarray      # float32, 0 outside the body, NaN where no skin is visible
     fov: np.ndarray           # bool, inside the reconstruction field of view
     internal_air: np.ndarray  # bool, air inside the body (cavities, lung, bowel gas)
+
+
+def _slice_workers(nz: int) -> int:
+    """Threads for the slice loop: the usable cores (``CALCDETECT_THREADS`` overrides),
+    at most one per 8 slices."""
+    env = os.environ.get("CALCDETECT_THREADS")
+    try:
+        n = int(env) if env else len(os.sched_getaffinity(0))
+    except (ValueError, AttributeError):
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8, nz // 8))
 
 
 def _disk(radius_px: float) -> np.ndarray:
@@ -78,10 +92,10 @@ def _keep_body_parts(mask: np.ndarray, min_radius_px: float, min_fraction: float
     if n <= 1:
         return np.zeros(mask.shape, bool)
     dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
-    best = np.zeros(n, np.float32)
-    np.maximum.at(best, labels.ravel(), dist.ravel())
+    # a component is thick when any of its pixels is deep enough (its maximum distance
+    # reaches the radius): a bincount of the deep pixels' labels, not a scatter-max
     area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
-    thick = best >= min_radius_px
+    thick = np.bincount(labels[dist >= min_radius_px], minlength=n) > 0
     thick[0] = False
     if not thick.any():
         return np.zeros(mask.shape, bool)
@@ -90,17 +104,42 @@ def _keep_body_parts(mask: np.ndarray, min_radius_px: float, min_fraction: float
     return keep[labels]
 
 
-def _outside_air(background: np.ndarray, plane: np.ndarray, outside_air_hu: float) -> np.ndarray:
-    """Background components that reach the image edge and are true air (median HU)."""
+def _outside_air(background: np.ndarray, plane: np.ndarray, outside_air_hu: float,
+                 extra: list[tuple[tuple[int, int], int, int]] | None = None) -> np.ndarray | None:
+    """Background components that reach the image edge and are true air (median HU).
+
+    ``extra`` (for a crop of the slice, see :func:`_crop_window`): ``((row, col), n, m)``,
+    n background pixels outside the crop, m of them below ``outside_air_hu``, that belong
+    to the component at (row, col).
+    Returns None when such a component is not outside air or its median cannot be
+    decided by counting: the caller then processes the whole slice.
+    """
     n, labels = cv2.connectedComponents(background.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
     if n <= 1:
-        return np.zeros(background.shape, bool)
+        return None if extra else np.zeros(background.shape, bool)
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     edge = edge[edge > 0]
     keep = np.zeros(n, bool)
+    below = plane < outside_air_hu
+    exact = bool(np.isnan(plane).any())  # NaN: keep np.median's semantics
+    added = np.zeros(n, np.int64)
+    added_below = np.zeros(n, np.int64)
+    for pos, count, count_below in extra or ():
+        added[labels[pos]] += count
+        added_below[labels[pos]] += count_below
+    if exact and added.any():
+        return None
     for lab in edge:  # few components reach the edge
-        if np.median(plane[labels == lab]) < outside_air_hu:
-            keep[lab] = True
+        comp = labels == lab
+        if exact:
+            keep[lab] = np.median(plane[comp]) < outside_air_hu
+        else:
+            decided = _median_below(plane, comp, below, outside_air_hu, int(added[lab]), int(added_below[lab]))
+            if decided is None:
+                return None
+            keep[lab] = decided
+    if extra and not keep[added > 0].all():
+        return None
     return keep[labels]
 
 
@@ -128,6 +167,74 @@ def _foci_in_fat(dense: np.ndarray, plane: np.ndarray, max_area_px: float, fat_b
     fat_fraction = np.bincount(owner, weights=is_fat, minlength=n) / np.maximum(total, 1)
     fatty = small & (fat_fraction >= 0.45)
     return fatty[labels]
+
+
+def _median_below(plane: np.ndarray, comp: np.ndarray, below: np.ndarray, t: float,
+                  added: int = 0, added_below: int = 0) -> bool | None:
+    """``np.median(plane[comp]) < t`` by counting instead of sorting (NaN-free input).
+
+    With ``m`` of the ``n`` values below ``t``: for odd ``n`` the median is below iff
+    ``m > n // 2``; for even ``n`` it is the mean of the two middle values, below iff
+    both are (``m > n/2``), not below iff neither is (``m < n/2``), and when ``m == n/2``
+    exactly it is the mean of the largest value below and the smallest value at or above
+    ``t``, computed as np.median does.  ``added`` values from outside ``plane``
+    (``added_below`` of them below ``t``) join the component; then the tie is not decided
+    here (None).
+    """
+    n = int(np.count_nonzero(comp)) + added
+    m = int(np.count_nonzero(comp & below)) + added_below
+    if n == 0:
+        return False
+    if n % 2 or m != n // 2:
+        return m > n // 2
+    if added:
+        return None
+    vals = plane[comp]
+    lo, hi = vals[vals < t].max(), vals[vals >= t].min()
+    return bool(np.mean(np.array([lo, hi], dtype=vals.dtype)) < t)
+
+
+def _crop_window(plane: np.ndarray, fov: np.ndarray, body_hu: float, outside_air_hu: float,
+                 margin: int) -> tuple[tuple[slice, slice], list[tuple[tuple[int, int], int, int]] | None]:
+    """The part of a slice that holds everything above ``body_hu``, plus ``margin``.
+
+    Outside it there is only background, so the slice can be processed on the crop with
+    identical results: the margin exceeds every morphological reach, the background
+    outside joins the component of the crop's (all-background) border ring, and its
+    pixel counts (all, and below ``outside_air_hu``, fov padding counting as -1000) go
+    to that component's outside-air median (``extra``).  When the crop would not save
+    much, or there is NaN outside it, returns the whole slice and ``extra=None``.
+    """
+    h, w = plane.shape
+    whole = (slice(0, h), slice(0, w))
+    raw = (plane > body_hu) & fov
+    rows = np.flatnonzero(raw.any(axis=1))
+    if rows.size == 0:
+        return whole, None
+    cols = np.flatnonzero(raw.any(axis=0))
+    r0, r1 = max(int(rows[0]) - margin, 0), min(int(rows[-1]) + 1 + margin, h)
+    c0, c1 = max(int(cols[0]) - margin, 0), min(int(cols[-1]) + 1 + margin, w)
+    if (r1 - r0) * (c1 - c0) > 0.85 * h * w:
+        return whole, None
+    # strips outside the crop, each with a crop pixel (on the crop's all-background
+    # border) of the component it joins
+    strips = []
+    if r0 > 0:
+        strips.append(((slice(0, r0), slice(0, w)), (0, 0)))
+    if r1 < h:
+        strips.append(((slice(r1, h), slice(0, w)), (r1 - r0 - 1, 0)))
+    if c0 > 0:
+        strips.append(((slice(r0, r1), slice(0, c0)), (0, 0)))
+    if c1 < w:
+        strips.append(((slice(r0, r1), slice(c1, w)), (0, c1 - c0 - 1)))
+    extra = []
+    for region, pos in strips:
+        values = np.where(fov[region], plane[region], -1000.0)
+        n_below = int(np.count_nonzero(values < outside_air_hu))
+        if n_below < values.size and np.isnan(values).any():
+            return whole, None
+        extra.append((pos, int(values.size), n_below))
+    return (slice(r0, r1), slice(c0, c1)), extra
 
 
 def _keep_large_parts(mask: np.ndarray, min_area_px: float) -> np.ndarray:
@@ -196,32 +303,49 @@ def ct_anatomy(
     pixel_area = spacing_rc[0] * spacing_rc[1]
     max_lesion_area_px = np.pi * (max_lesion_mm / 2) ** 2 / pixel_area
     pad = int(np.ceil(60.0 / px))  # the body cut off by the image edge continues beyond it
-    for k in range(nz):
-        plane = hu[k]
-        raw = ((plane > body_hu) & fov[k]).astype(np.uint8)
+    # a crop margin beyond the reach of every morphological step (the grown body, the
+    # core opening, the closing's dilation and erosion), see _crop_window
+    margin = 2 * max(2 * link.shape[0] // 2, core_kernel.shape[0] // 2, close_kernel.shape[0] // 2) + 3
+
+    def one_slice(k: int, crop: bool = True) -> None:
+        # work on the crop holding the patient (and table): identical maps, less area
+        win, extra = (_crop_window(hu[k], fov[k], body_hu, outside_air_hu, margin) if crop
+                      else ((slice(0, h), slice(0, w)), None))
+        plane = hu[k][win]
+        fk = fov[k][win]
+        raw = ((plane > body_hu) & fk).astype(np.uint8)
         opened = cv2.morphologyEx(raw, cv2.MORPH_OPEN, link)
         parts = _keep_body_parts(opened, min_part_radius_mm / px, min_part_fraction, 2000.0 / pixel_area)
         if not parts.any():
-            continue
+            return
         # give back the skin surface and small protrusions the opening shaved off
         grown = cv2.dilate(parts.astype(np.uint8), link, iterations=2)
         tissue = (raw & grown).astype(np.uint8)
         background = ~(raw > 0)
-        outside = _outside_air(background | ~fov[k], np.where(fov[k], plane, -1000.0), outside_air_hu)
+        outside = _outside_air(background | ~fk, np.where(fk, plane, -1000.0), outside_air_hu, extra)
+        if outside is None:  # the crop cannot decide this slice exactly: redo it whole
+            return one_slice(k, crop=False)
         # internal air: background that is not outside air and touches the patient
-        inner = background & ~outside & fov[k]
+        inner = background & ~outside & fk
         n_in, lab_in = cv2.connectedComponents(inner.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-        touching = np.unique(lab_in[(cv2.dilate(tissue, _disk(1)) > 0) & inner])
-        air_in = np.isin(lab_in, touching[touching > 0])
+        touching = np.zeros(n_in, bool)  # a lookup table of the touching components (not np.isin)
+        touching[lab_in[(cv2.dilate(tissue, _disk(1)) > 0) & inner]] = True
+        touching[0] = False
+        air_in = touching[lab_in]
         b = _fill_holes((tissue > 0) | air_in)
         b &= ~outside
-        body[k] = b
-        internal_air[k] = b & (plane <= body_hu)
+        body[k][win] = b
+        internal_air[k][win] = b & (plane <= body_hu)
+        depth_k = depth[k][win]
         if not outside.any():
-            depth[k] = np.where(b, np.nan, 0)
+            depth_k[...] = np.where(b, np.nan, 0)
         else:
-            # depth: distance to outside air, not to field-of-view edges or the image border
-            not_air = (~outside).astype(np.uint8)
+            # depth: distance to outside air, not to field-of-view edges or the image border.
+            # Always on the whole padded slice, even when the rest works on a crop: the
+            # exact transform's float rounding depends on the image size and offset
+            # (outside the crop everything is outside air)
+            not_air = np.zeros((h, w), np.uint8)
+            not_air[win] = ~outside
             padded = cv2.copyMakeBorder(not_air, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
             if aniso:
                 from scipy import ndimage as ndi
@@ -229,15 +353,15 @@ def ct_anatomy(
                 d = ndi.distance_transform_edt(padded, sampling=spacing_rc).astype(np.float32)
             else:
                 d = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) * np.float32(px)
-            d = d[pad:-pad, pad:-pad]
+            d = d[pad:-pad, pad:-pad][win]
             # distance from a pixel centre to the nearest air pixel centre, less half a
             # pixel: the skin surface lies on the boundary between them
-            depth[k] = np.where(b, np.maximum(d - 0.5 * px, 0), 0)
+            depth_k[...] = np.where(b, np.maximum(d - 0.5 * px, 0), 0)
         # the deep core: soft tissue and bone below the dermis (bone counts at any depth:
         # the skull lies right under a thin scalp)
-        below_dermis = (depth[k] > 2.0) | np.isnan(depth[k]) | (plane >= 300.0)
+        below_dermis = (depth_k > 2.0) | np.isnan(depth_k) | (plane >= 300.0)
         # internal air (bowel gas, lung) lies in body cavities: always deep
-        core = b & ((plane > core_hu) | internal_air[k]) & below_dermis
+        core = b & ((plane > core_hu) | internal_air[k][win]) & below_dermis
         core &= ~_foci_in_fat(plane >= lesion_hu, plane, max_lesion_area_px, core_hu)
         core = core.astype(np.uint8)
         core = cv2.morphologyEx(core, cv2.MORPH_OPEN, core_kernel)
@@ -246,5 +370,14 @@ def ct_anatomy(
             # a closing bridges thin gaps in the muscle wall (linea alba, fascia) so
             # that the abdominal cavity's fat is filled in as deep, not subcutaneous
             closed = cv2.morphologyEx(core.astype(np.uint8), cv2.MORPH_CLOSE, close_kernel)
-            deep[k] = _fill_holes(closed) & b
+            deep[k][win] = _fill_holes(closed) & b
+
+    # slices are independent: OpenCV and NumPy release the GIL, so threads overlap them
+    workers = _slice_workers(nz)
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(one_slice, range(nz)))
+    else:
+        for k in range(nz):
+            one_slice(k)
     return Anatomy(body=body, deep=deep, depth_mm=depth, fov=fov, internal_air=internal_air)

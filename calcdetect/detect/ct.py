@@ -91,7 +91,7 @@ def calcium_scores(
     """
     nz = labels.shape[0]
     flat = labels.ravel()
-    idx = np.flatnonzero(flat)
+    idx = np.flatnonzero(flat != 0)  # nonzero of a bool array: several times faster
     lab = flat[idx].astype(np.int64) - 1
     z = idx // (labels.shape[1] * labels.shape[2])
     key = lab * nz + z
@@ -193,11 +193,12 @@ def detect_ct(
         )
 
     anatomy = ct_anatomy(hu, spacing3[1:], valid=valid, lesion_hu=threshold_hu, max_lesion_mm=max_lesion_mm)
-    candidates = (hu >= threshold_hu) & anatomy.body
+    candidates = hu >= threshold_hu
+    candidates &= anatomy.body  # in place: no full-volume temporaries
     if valid is not None:
         candidates &= valid
     if region == "skin":
-        no_skin = np.isnan(anatomy.depth_mm).any(axis=(1, 2))
+        no_skin = np.array([np.isnan(d).any() for d in anatomy.depth_mm])  # slice-wise: no volume temporary
         if no_skin.any():
             candidates[no_skin] = False
             warnings.append(
@@ -207,6 +208,7 @@ def detect_ct(
             )
 
     labels, n = label(candidates)
+    del candidates  # free before the measurements (peak memory)
     table = _measure(labels, hu, spacing3)
     # threshold-based geometry, used for the anatomy and noise filters
     cross_mm2 = table["max_slice_size"]
@@ -276,7 +278,8 @@ def detect_ct(
     kept = np.flatnonzero(keep)
     # order findings by position (slice, row, col) for stable ids
     kept = kept[np.lexsort((table["centroid-2"][kept], table["centroid-1"][kept], table["centroid-0"][kept]))]
-    thr_labels, k = filter_labels(labels, table["label"][kept])
+    thr_labels, k = filter_labels(labels, table["label"][kept], in_place=True)  # saves a volume of memory
+    del labels
     thr_table = select(table, kept)
     scores = calcium_scores(thr_labels, hu, spacing3, k, min_area_mm2=min_area_mm2, is_volume=is_volume)
 
@@ -426,20 +429,61 @@ def _rim_stats(
     series (a spinous-process tip that is an island in one slice joins its vertebra in
     the next).
     """
-    from scipy import ndimage as ndi
-
     n = int(label_ids.max()) + 1 if label_ids.size else 1
-    size = (3, 3, 3) if labels.shape[0] > 1 else (1, 3, 3)
-    grown = ndi.maximum_filter(labels, size=size)
-    rim = (grown > 0) & (labels == 0)
-    owner = grown[rim]
-    values = hu[rim]
+    if n > 2 ** 24:  # float32 can no longer hold every label exactly
+        from scipy import ndimage as ndi
+
+        size = (3, 3, 3) if labels.shape[0] > 1 else (1, 3, 3)
+        grown = ndi.maximum_filter(labels, size=size)
+        rim = (grown > 0) & (labels == 0)
+        owner, values, is_air, is_deep = grown[rim], hu[rim], internal_air[rim], deep[rim]
+    else:
+        owner, values, is_air, is_deep = _rim_owners(labels, hu, internal_air, deep, n)
     total = np.maximum(np.bincount(owner, minlength=n).astype(np.float64), 1)
     dense = np.bincount(owner, weights=(values >= threshold), minlength=n)
-    air = np.bincount(owner, weights=internal_air[rim], minlength=n)
+    air = np.bincount(owner, weights=is_air, minlength=n)
     mean = np.bincount(owner, weights=np.clip(values, -200, 200), minlength=n) / total
-    in_deep = np.bincount(owner, weights=deep[rim], minlength=n) / total
+    in_deep = np.bincount(owner, weights=is_deep, minlength=n) / total
     return ((dense + air) / total)[label_ids], mean[label_ids], in_deep[label_ids]
+
+
+def _rim_owners(labels, hu, internal_air, deep, n):
+    """Rim voxels of the 3 x 3 (x 3) maximum filter of ``labels``, slice by slice.
+
+    The same values as ``ndimage.maximum_filter`` (whose 'reflect' border equals
+    ignoring the outside), computed with OpenCV's in-plane dilation and a maximum over
+    the neighbouring slices: no full-volume temporaries, several times faster.
+    Returns the owner label, the HU, ``internal_air`` and ``deep`` of every rim voxel,
+    in raster order.
+    """
+    import cv2
+
+    dtype = np.uint16 if n <= 65536 else np.float32
+    kernel = np.ones((3, 3), np.uint8)
+    nz = labels.shape[0]
+
+    def grow(z):
+        return cv2.dilate(labels[z].astype(dtype), kernel)
+
+    owners, values, air, in_deep = [], [], [], []
+    prev, cur = None, grow(0)
+    for z in range(nz):
+        nxt = grow(z + 1) if z + 1 < nz else None
+        g = cur
+        if prev is not None:
+            g = np.maximum(g, prev)
+        if nxt is not None:
+            g = np.maximum(g, nxt)
+        rim = (g > 0) & (labels[z] == 0)
+        if rim.any():
+            owners.append(g[rim].astype(np.intp))
+            values.append(hu[z][rim])
+            air.append(internal_air[z][rim])
+            in_deep.append(deep[z][rim])
+        prev, cur = cur, nxt
+    if not owners:
+        return np.zeros(0, np.intp), np.zeros(0, np.float32), np.zeros(0, bool), np.zeros(0, bool)
+    return np.concatenate(owners), np.concatenate(values), np.concatenate(air), np.concatenate(in_deep)
 
 
 def _half_max_labels(
@@ -452,7 +496,7 @@ def _half_max_labels(
     so the result is a subset of the thresholded lesion.  One small crop per lesion:
     the loop is over findings, not pixels.
     """
-    out = np.zeros_like(labels)
+    out = np.zeros(labels.shape, labels.dtype)  # calloc: untouched pages cost neither time nor memory
     nz, ny, nx = labels.shape
     margin = (1 if nz > 1 else 0, 3, 3)
     for i in range(len(table["label"])):
