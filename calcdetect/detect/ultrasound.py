@@ -17,9 +17,10 @@ Pipeline, per B-mode region (docs/ultrasound.md):
 4. Candidates: smoothed signal at least ``z_threshold`` spreads above the
    background and ``ratio`` times it; each candidate is measured at half maximum
    between its background and its peak (size robust to blur), with
-   :mod:`calcdetect.measure`.  Thin line echoes (short axis < 2.5 mm and long axis
+   :mod:`calcdetect.measure`.  Thin line echoes (short axis < 3 mm and long axis
    > 3 x short: fascia, valve leaflets, specular interfaces -- but also the bright
-   surface of a large calcification) must show a strong shadow (contrast >= 0.6).
+   surface of a large calcification) must show a strong shadow (contrast >= 0.6)
+   and be at most 18 mm long.
 5. Shadow test: along the beam behind the focus (from 1 mm past its far edge,
    ``shadow_mm`` deep) in a band as wide as the focus' central part, against bands
    of the same depth beside that path on both sides; ``shadow_contrast`` =
@@ -63,8 +64,12 @@ ASSUMED_PIXEL_MM = 0.25
 #: the shadow path must be darker than *each* side by this fraction of
 #: min_shadow_contrast (0: at least not brighter than either side)
 MIN_SIDE_FACTOR = 0.0
-#: a thin line echo (short axis < 2.5 mm, long > 3 x short) needs this shadow contrast
+#: a thin line echo (short axis < LINE_SHORT_MM, long > 3 x short) needs this shadow
+#: contrast, and is an interface (never a calcification) when longer than LINE_MAX_MM
+#: (calcinosis foci are 2-13 mm; the arc of a 13 mm focus measures ~16 mm)
+LINE_SHORT_MM = 3.0
 LINE_SHADOW_CONTRAST = 0.6
+LINE_MAX_MM = 18.0
 #: the shadow's (symmetric) width may be at most a x focus width + b mm
 SHADOW_WIDTH_RULE = (1.5, 1.5)
 
@@ -659,7 +664,9 @@ def _judge(yy, xx, eqd, smooth, valid, geom, sp, params):
     lab1 = np.zeros((int(yy.max() - yy.min()) + 1, int(xx.max() - xx.min()) + 1), np.int32)
     lab1[yy - yy.min(), xx - xx.min()] = 1
     ax = regionprops_table(lab1, spacing=sp)
-    line = bool(ax["axis_minor_length"][0] < 2.5 and ax["axis_major_length"][0] > 3.0 * ax["axis_minor_length"][0])
+    line = bool(ax["axis_minor_length"][0] < LINE_SHORT_MM and ax["axis_major_length"][0] > 3.0 * ax["axis_minor_length"][0])
+    if line and ax["axis_major_length"][0] > LINE_MAX_MM:
+        return "line: thin line echo longer than a calcification's surface", None
     # mostly graphics-free: the focus lies in tissue
     if valid[yy, xx].mean() < 0.5:
         return "overlay: mostly on graphics", None
