@@ -338,22 +338,27 @@ def time_bench(bench: Bench, inp: dict[str, Any], repeats: int, log: Callable[[s
         except Exception as exc:  # noqa: BLE001
             tools[name] = {"skipped": f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
             continue
-        tools[name] = {"times": [], "result": _jsonable(result)}
+        tools[name] = {"times": [], "cpu_times": [], "result": _jsonable(result)}
         runnable.append(name)
     for r in range(repeats):
         order = runnable[r % len(runnable):] + runnable[:r % len(runnable)] if runnable else []
         for name in order:
             gc.collect()
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             bench.tools[name](inp)
             tools[name]["times"].append(time.perf_counter() - t0)
+            # CPU time of all threads: less sensitive than wall time to other processes
+            # on a shared machine, but counts every thread of multithreaded tools
+            tools[name]["cpu_times"].append(time.process_time() - c0)
     for name in runnable:
         t = tools[name]["times"]
         tools[name]["median_s"] = statistics.median(t)
         tools[name]["spread"] = _rel_spread(t)
+        tools[name]["median_cpu_s"] = statistics.median(tools[name]["cpu_times"])
         if bench.frames:
             tools[name]["fps"] = bench.frames / tools[name]["median_s"]
-        log(f"  {name:18s} {tools[name]['median_s']:9.4f} s  (+-{100 * tools[name]['spread']:.0f}%)  "
+        log(f"  {name:18s} {tools[name]['median_s']:9.4f} s  (+-{100 * tools[name]['spread']:.0f}%, "
+            f"cpu {tools[name]['median_cpu_s']:.4f} s)  "
             f"result {tools[name]['result']}")
     return tools
 
@@ -542,13 +547,13 @@ def table(results: dict[str, Any]) -> str:
         f"load average at start {m.get('load_average_at_start')}, at end {m.get('load_average_at_end')}",
         f"settings: {results['settings']['command']} (median of {results['settings']['repeats']} repeats)",
         "",
-        "| benchmark | tool | median (s) | spread | calcdetect / tool | extra peak memory | result |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| benchmark | tool | median (s) | spread | cpu (s) | calcdetect / tool | extra peak memory | result |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for bid, b in results["benchmarks"].items():
         for name, t in b["tools"].items():
             if "median_s" not in t:
-                lines.append(f"| {bid} | {name} | - | - | - | - | {t.get('skipped', '')} |")
+                lines.append(f"| {bid} | {name} | - | - | - | - | - | {t.get('skipped', '')} |")
                 continue
             ratio = "1 (reference)" if name == "calcdetect" else (
                 f"{b['ratios'][name]:.2f}" if name in b.get("ratios", {}) else "-")
@@ -557,10 +562,11 @@ def table(results: dict[str, Any]) -> str:
             if mem is not None and name in b.get("memory_vs_int16_volume", {}):
                 mem_s += f" ({b['memory_vs_int16_volume'][name]:.1f}x int16)"
             fps = f", {t['fps']:.0f} fps" if "fps" in t else ""
-            lines.append(f"| {bid} | {name} | {t['median_s']:.4f}{fps} | {100 * t['spread']:.0f}% | {ratio} | "
+            cpu = f"{t['median_cpu_s']:.4f}" if "median_cpu_s" in t else "-"
+            lines.append(f"| {bid} | {name} | {t['median_s']:.4f}{fps} | {100 * t['spread']:.0f}% | {cpu} | {ratio} | "
                          f"{mem_s} | {t.get('result')} |")
         for note in b.get("notes", []):
-            lines.append(f"| {bid} | *note* | | | | | {note} |")
+            lines.append(f"| {bid} | *note* | | | | | | {note} |")
     if results.get("growth"):
         lines += ["", "| CT loop growth | " + " | ".join(
             f"ms/slice @ {n}" for n in next(iter(results["growth"].values()))["slices"]) + " | log-log slope |",
@@ -578,32 +584,46 @@ def table(results: dict[str, Any]) -> str:
 def compare(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, int]:
     """Change of every (benchmark, tool) median between two result files.
 
-    A change is flagged when it exceeds the noise: ``max(10%, 3 x the larger relative
-    spread of the two runs)``.  Returns the text and the number of regressions.
+    A change is beyond the noise when it exceeds ``max(10%, 3 x the larger relative
+    spread of the two runs)``.  A calcdetect row is a REGRESSION only when both its time
+    and its time relative to the peers of the same run (the median over peers of the
+    change of calcdetect / peer) moved beyond the noise: a machine that is busier in one
+    run slows the peers too, and the ratio cancels that.  Returns the text and the
+    number of regressions.
     """
-    lines = ["| benchmark | tool | old (s) | new (s) | change | noise | verdict |",
-             "|---|---|---:|---:|---:|---:|---|"]
+    lines = ["| benchmark | tool | old (s) | new (s) | change | vs peers | noise | verdict |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
     regressions = 0
     for bid, nb in new["benchmarks"].items():
         ob = old.get("benchmarks", {}).get(bid)
         if ob is None:
-            lines.append(f"| {bid} | | | | | | new benchmark |")
+            lines.append(f"| {bid} | | | | | | | new benchmark |")
             continue
-        for tool, nt in nb["tools"].items():
-            ot = ob["tools"].get(tool, {})
-            if "median_s" not in nt or "median_s" not in ot:
-                continue
+        both = [t for t in nb["tools"] if "median_s" in nb["tools"][t] and "median_s" in ob["tools"].get(t, {})]
+        for tool in both:
+            nt, ot = nb["tools"][tool], ob["tools"][tool]
             change = nt["median_s"] / ot["median_s"] - 1.0
             noise = max(0.10, 3.0 * max(nt.get("spread", 0.0), ot.get("spread", 0.0)))
+            rel = None
+            if tool.startswith("calcdetect"):
+                peers_ = [p for p in both if not p.startswith("calcdetect")]
+                if peers_:
+                    rel = float(np.median([change_ratio(nb, ob, tool, p) for p in peers_])) - 1.0
             if change > noise:
-                verdict = "REGRESSION" if tool.startswith("calcdetect") else "slower (peer: machine?)"
-                regressions += tool.startswith("calcdetect")
+                if not tool.startswith("calcdetect"):
+                    verdict = "slower (peer: machine?)"
+                elif rel is not None and rel <= noise:
+                    verdict = "slower, as were the peers (machine)"
+                else:
+                    verdict = "REGRESSION"
+                    regressions += 1
             elif change < -noise:
                 verdict = "faster"
             else:
                 verdict = "same (within noise)"
+            rel_s = "" if rel is None else f"{100 * rel:+.1f}%"
             lines.append(f"| {bid} | {tool} | {ot['median_s']:.4f} | {nt['median_s']:.4f} | "
-                         f"{100 * change:+.1f}% | {100 * noise:.0f}% | {verdict} |")
+                         f"{100 * change:+.1f}% | {rel_s} | {100 * noise:.0f}% | {verdict} |")
     if old.get("git", {}).get("commit") or new.get("git", {}).get("commit"):
         lines.append("")
         lines.append(f"old: {str(old.get('git', {}).get('commit'))[:10]} on {old.get('machine', {}).get('cpu')}; "
@@ -611,6 +631,13 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, int]:
         if old.get("machine", {}).get("cpu") != new.get("machine", {}).get("cpu"):
             lines.append("WARNING: different CPUs - compare the ratios to the peers, not the seconds")
     return "\n".join(lines), regressions
+
+
+def change_ratio(nb: dict[str, Any], ob: dict[str, Any], tool: str, peer: str) -> float:
+    """(tool / peer in the new run) / (tool / peer in the old run)."""
+    new_r = nb["tools"][tool]["median_s"] / nb["tools"][peer]["median_s"]
+    old_r = ob["tools"][tool]["median_s"] / ob["tools"][peer]["median_s"]
+    return new_r / old_r
 
 
 def default_result_path(results: dict[str, Any]) -> Path:
