@@ -9,7 +9,6 @@ file, the reason and the fix (for a missing codec: the extra to install).
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -161,22 +160,23 @@ def read_header(path: str | Path, *, stop_before_pixels: bool = True,
         raise UnreadableFileError("is empty (0 bytes)", path=path, fix="re-export or re-transfer it")
     try:
         check_deflate(path, budget)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
-            except InvalidDicomError:
-                # no preamble: old ACR-NEMA style files are still valid datasets
-                ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
-                if "SOPClassUID" not in ds and "Rows" not in ds and "Modality" not in ds:
-                    raise UnreadableFileError(
-                        "is not a DICOM file (no DICM prefix, no image tags)",
-                        path=path,
-                        fix="give a DICOM, PNG, JPEG or TIFF file",
-                    ) from None
-            # convert every element now (nested sequences too), so damaged values fail
-            # here, with a clear message, and not deep inside a loader or detector
-            _touch(ds)
+        # No warnings.catch_warnings() here: it is not thread-safe (series headers are read
+        # in a thread pool) and a library must not change the caller's warning filters.
+        # The CLI decides what to show.
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        except InvalidDicomError:
+            # no preamble: old ACR-NEMA style files are still valid datasets
+            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+            if "SOPClassUID" not in ds and "Rows" not in ds and "Modality" not in ds:
+                raise UnreadableFileError(
+                    "is not a DICOM file (no DICM prefix, no image tags)",
+                    path=path,
+                    fix="give a DICOM, PNG, JPEG or TIFF file",
+                ) from None
+        # convert every element now (nested sequences too), so damaged values fail
+        # here, with a clear message, and not deep inside a loader or detector
+        _touch(ds)
     except CalcdetectError:
         raise
     except Exception as exc:  # noqa: BLE001 - any parser failure means a damaged file
@@ -342,9 +342,7 @@ def decode_pixels(
     check_decoder(ds, path)
     check_codestreams(ds, path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            arr = _decode_via_dataset(ds, frame, raw=not as_rgb)
+        arr = _decode_via_dataset(ds, frame, raw=not as_rgb)
     except CalcdetectError:
         raise
     except MemoryError as exc:
@@ -418,20 +416,18 @@ def check_codestreams(ds: Dataset, path: str | Path) -> None:
 
         n = number_of_frames(ds)
         found = 0
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # fewer fragments than frames: the decoder says so
-            for i, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=n)):
-                size = codestream_size(frame[:65536])
-                if size is not None and size != (rows, cols):
-                    raise UnreadableFileError(
-                        f"compressed frame {i} claims {size[0]} x {size[1]} pixels but Rows x "
-                        f"Columns is {rows} x {cols}: the pixel data or the header is damaged",
-                        path=path,
-                        fix="re-export or re-transfer the file",
-                    )
-                found = i + 1
-                if found >= n:
-                    break
+        for i, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=n)):
+            size = codestream_size(frame[:65536])
+            if size is not None and size != (rows, cols):
+                raise UnreadableFileError(
+                    f"compressed frame {i} claims {size[0]} x {size[1]} pixels but Rows x "
+                    f"Columns is {rows} x {cols}: the pixel data or the header is damaged",
+                    path=path,
+                    fix="re-export or re-transfer the file",
+                )
+            found = i + 1
+            if found >= n:
+                break
         if found < n:
             raise UnreadableFileError(
                 f"NumberOfFrames is {n} but the compressed pixel data holds {found} frame(s)",
