@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import InvalidParameterError, NoSpacingError
+from .errors import InvalidParameterError, NoSpacingError, UnreadableFileError
 
 MODALITIES = ("CT", "XRAY", "US")
 
@@ -139,7 +139,14 @@ class Image:
                 f"{n} pixel(s) were NaN or infinite; they are excluded from analysis"
             )
             finite = self.pixels[~nonfinite]
-            fill = np.float32(finite.min()) if finite.size else np.float32(0)
+            if not finite.size:  # nothing left to analyse: any number would be made up
+                cls = InvalidParameterError if self.source == "<array>" else UnreadableFileError
+                raise cls(
+                    "every pixel is NaN or infinite, so there is nothing to analyse",
+                    path=None if self.source == "<array>" else self.source,
+                    fix="re-export the image",
+                )
+            fill = np.float32(finite.min())
             self.pixels = np.where(nonfinite, fill, self.pixels).astype(np.float32)
             vm = ~nonfinite if self.valid_mask is None else (self.valid_mask & ~nonfinite)
             self.valid_mask = vm

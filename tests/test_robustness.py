@@ -42,6 +42,10 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+# damaged input makes pydicom, numpy and OpenCV warn on purpose; the promises checked
+# here are about exceptions, reports and messages, not about library warnings
+pytestmark = pytest.mark.filterwarnings("ignore")
+
 REGRESSION_DIR = Path(__file__).parent / "corpus"
 MANIFEST = json.loads((REGRESSION_DIR / "manifest.json").read_text())
 CASE_TIMEOUT_S = 60
@@ -364,6 +368,15 @@ def test_error_hierarchy_and_messages():
         assert type(again) is cls and again.message == exc.message
     assert E.InvalidParameterError("x").exit_code == 2
     assert E.UnreadableFileError("x").exit_code == 1
+
+
+def test_all_nonfinite_pixels_are_refused():
+    with pytest.raises(calcdetect.InvalidParameterError, match="every pixel is NaN or infinite"):
+        calcdetect.Image(np.full((4, 4), np.nan), spacing_mm=1.0, modality="CT")
+    with pytest.raises(calcdetect.UnreadableFileError, match="x.dcm: every pixel"):
+        calcdetect.Image(np.full((4, 4), np.inf), spacing_mm=1.0, modality="CT", source="x.dcm")
+    one = calcdetect.Image(np.array([[np.nan, 5.0]]), spacing_mm=1.0, modality="CT")
+    assert one.pixels.tolist() == [[5.0, 5.0]] and one.valid_mask.tolist() == [[False, True]]
 
 
 def test_implausible_spacing_is_refused_for_arrays():
