@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import InvalidParameterError, NoSpacingError, UnreadableFileError
+from .errors import CalcdetectError, InvalidParameterError, NoSpacingError, UnreadableFileError
 
 MODALITIES = ("CT", "XRAY", "US")
 
@@ -97,6 +97,15 @@ class Image:
     geometry: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        try:
+            self._validate()
+        except CalcdetectError as exc:
+            # a loader built this Image from a file: the message must name that file
+            if exc.path is None and self.source != "<array>":
+                raise type(exc)(exc.reason, path=self.source, fix=exc.fix) from exc
+            raise
+
+    def _validate(self) -> None:
         pixels = np.asarray(self.pixels)
         if pixels.ndim not in (2, 3):
             raise InvalidParameterError(

@@ -385,6 +385,8 @@ def test_implausible_spacing_is_refused_for_arrays():
     with pytest.raises(calcdetect.InvalidParameterError):
         calcdetect.Image(np.zeros((4, 4)), spacing_mm=(float("nan"), 1.0), modality="CT")
     assert calcdetect.Image(np.zeros((4, 4)), spacing_mm=0.05, modality="XRAY").spacing_mm == (0.05, 0.05)
+    with pytest.raises(calcdetect.InvalidParameterError, match="^/x/us.dcm: spacing_mm"):
+        calcdetect.Image(np.zeros((4, 4)), spacing_mm=1e-29, modality="US", source="/x/us.dcm")
 
 
 # --------------------------------------------------------------------------- CLI
