@@ -54,6 +54,10 @@ def decode_worker(path: str) -> int:
     from calcdetect.errors import CalcdetectError
     from calcdetect.io.dicom import decode_pixels, read_dataset
 
+    import warnings
+
+    warnings.simplefilter("ignore")  # as the CLI does: library warnings are not the user's
+
     try:
         ds = read_dataset(path)
         arr = decode_pixels(ds, path)

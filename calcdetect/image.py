@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import InvalidParameterError, NoSpacingError
+from .errors import CalcdetectError, InvalidParameterError, NoSpacingError, UnreadableFileError
 
 MODALITIES = ("CT", "XRAY", "US")
 
@@ -97,6 +97,15 @@ class Image:
     geometry: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        try:
+            self._validate()
+        except CalcdetectError as exc:
+            # a loader built this Image from a file: the message must name that file
+            if exc.path is None and self.source != "<array>":
+                raise type(exc)(exc.reason, path=self.source, fix=exc.fix) from exc
+            raise
+
+    def _validate(self) -> None:
         pixels = np.asarray(self.pixels)
         if pixels.ndim not in (2, 3):
             raise InvalidParameterError(
@@ -139,7 +148,14 @@ class Image:
                 f"{n} pixel(s) were NaN or infinite; they are excluded from analysis"
             )
             finite = self.pixels[~nonfinite]
-            fill = np.float32(finite.min()) if finite.size else np.float32(0)
+            if not finite.size:  # nothing left to analyse: any number would be made up
+                cls = InvalidParameterError if self.source == "<array>" else UnreadableFileError
+                raise cls(
+                    "every pixel is NaN or infinite, so there is nothing to analyse",
+                    path=None if self.source == "<array>" else self.source,
+                    fix="re-export the image",
+                )
+            fill = np.float32(finite.min())
             self.pixels = np.where(nonfinite, fill, self.pixels).astype(np.float32)
             vm = ~nonfinite if self.valid_mask is None else (self.valid_mask & ~nonfinite)
             self.valid_mask = vm

@@ -42,6 +42,10 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+# damaged input makes pydicom, numpy and OpenCV warn on purpose; the promises checked
+# here are about exceptions, reports and messages, not about library warnings
+pytestmark = pytest.mark.filterwarnings("ignore")
+
 REGRESSION_DIR = Path(__file__).parent / "corpus"
 MANIFEST = json.loads((REGRESSION_DIR / "manifest.json").read_text())
 CASE_TIMEOUT_S = 60
@@ -366,12 +370,23 @@ def test_error_hierarchy_and_messages():
     assert E.UnreadableFileError("x").exit_code == 1
 
 
+def test_all_nonfinite_pixels_are_refused():
+    with pytest.raises(calcdetect.InvalidParameterError, match="every pixel is NaN or infinite"):
+        calcdetect.Image(np.full((4, 4), np.nan), spacing_mm=1.0, modality="CT")
+    with pytest.raises(calcdetect.UnreadableFileError, match="x.dcm: every pixel"):
+        calcdetect.Image(np.full((4, 4), np.inf), spacing_mm=1.0, modality="CT", source="x.dcm")
+    one = calcdetect.Image(np.array([[np.nan, 5.0]]), spacing_mm=1.0, modality="CT")
+    assert one.pixels.tolist() == [[5.0, 5.0]] and one.valid_mask.tolist() == [[False, True]]
+
+
 def test_implausible_spacing_is_refused_for_arrays():
     with pytest.raises(calcdetect.InvalidParameterError):
         calcdetect.Image(np.zeros((4, 4)), spacing_mm=1e-30, modality="CT")
     with pytest.raises(calcdetect.InvalidParameterError):
         calcdetect.Image(np.zeros((4, 4)), spacing_mm=(float("nan"), 1.0), modality="CT")
     assert calcdetect.Image(np.zeros((4, 4)), spacing_mm=0.05, modality="XRAY").spacing_mm == (0.05, 0.05)
+    with pytest.raises(calcdetect.InvalidParameterError, match="^/x/us.dcm: spacing_mm"):
+        calcdetect.Image(np.zeros((4, 4)), spacing_mm=1e-29, modality="US", source="/x/us.dcm")
 
 
 # --------------------------------------------------------------------------- CLI
