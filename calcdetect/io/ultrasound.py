@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidParameterError, UnsupportedImageError
-from ..image import Image
+from ..image import Image, plausible_spacing
 from .dicom import basic_metadata, decode_pixels, dicom_value, number_of_frames, read_dataset
 
 __all__ = ["load_ultrasound", "load_ultrasound_frames", "ultrasound_regions", "overlay_mask", "fan_mask"]
@@ -96,10 +96,10 @@ def ultrasound_regions(ds: Any, shape: tuple[int, int]) -> tuple[list[dict[str, 
             dy = float(dicom_value(item, "PhysicalDeltaY"))
         except (TypeError, ValueError):
             dx = dy = float("nan")
-        if ux != UNITS_CM or uy != UNITS_CM or not (np.isfinite(dx) and np.isfinite(dy) and dx > 0 and dy > 0):
+        if ux != UNITS_CM or uy != UNITS_CM or not (plausible_spacing(dx * 10.0) and plausible_spacing(dy * 10.0)):
             warns.append(
-                f"ultrasound region {i} is tissue but its physical deltas are not positive lengths in cm "
-                f"(units {ux}/{uy}, deltas {dx:g}/{dy:g}); ignored"
+                f"ultrasound region {i} is tissue but its physical deltas are not plausible pixel sizes "
+                f"in cm (units {ux}/{uy}, deltas {dx:g}/{dy:g}); ignored"
             )
             continue
         if x1 < x0 or y1 < y0:
@@ -135,10 +135,20 @@ def ultrasound_regions(ds: Any, shape: tuple[int, int]) -> tuple[list[dict[str, 
     return regions, warns
 
 
-def _to_uint8(arr: np.ndarray, bits: int) -> np.ndarray:
-    """Scale stored values to 0-255 (8-bit data unchanged)."""
+def _to_uint8(arr: np.ndarray, bits: int, path: str | Path | None = None) -> np.ndarray:
+    """Scale stored values to 0-255 (8-bit data unchanged).
+
+    Float data with NaN or infinite values (never B-mode echo signal) are refused rather
+    than cast to a made-up 0.
+    """
     if arr.dtype == np.uint8:
         return arr
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        from ..errors import UnsupportedImageError
+
+        raise UnsupportedImageError(
+            "ultrasound pixel data holds NaN or infinite values, which are not echo signal",
+            path=path, fix="re-export the frames as integer B-mode data")
     if bits <= 8:
         return np.clip(arr, 0, 255).astype(np.uint8)
     top = float(2 ** bits - 1)
@@ -172,9 +182,9 @@ def _grey_and_color(ds: Any, arr: np.ndarray, path: str | Path) -> tuple[np.ndar
             rgb = (rgb.astype(np.uint32) >> 8).astype(np.uint8) if lut_bits > 8 else np.clip(rgb, 0, 255).astype(np.uint8)
         color = rgb
     elif arr.ndim == 3 and arr.shape[-1] == 3:
-        color = _to_uint8(arr, bits)
+        color = _to_uint8(arr, bits, path)
     else:
-        grey = _to_uint8(arr, bits).astype(np.float32)
+        grey = _to_uint8(arr, bits, path).astype(np.float32)
         if photometric == "MONOCHROME1":
             grey = 255.0 - grey
         return grey, None
