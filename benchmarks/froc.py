@@ -299,11 +299,15 @@ RUNNERS = {"ct": (froc_ct, 5, 1), "xray": (froc_xray, 5, 1), "us": (froc_us, 20,
 
 
 def main(argv=None) -> int:
+    global DOCS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("modality", nargs="*", default=[], help="ct, xray, us (default: all three)")
     ap.add_argument("--trials", type=int, help="trials per image (default: ct 5, xray 5, us 20)")
     ap.add_argument("--seed", type=int, help="seed (default: that of each validation table)")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs", help="where the PNG and JSON go (default: docs/)")
     args = ap.parse_args(argv)
+    DOCS = args.out
+    DOCS.mkdir(parents=True, exist_ok=True)
     bad = [m for m in args.modality if m not in RUNNERS]
     if bad:
         ap.error(f"unknown modality {bad}: choose from {list(RUNNERS)}")
@@ -312,7 +316,7 @@ def main(argv=None) -> int:
         t0 = time.time()
         out = fn(args.trials or trials, seed if args.seed is None else args.seed)
         (DOCS / f"froc_{mod}.json").write_text(json.dumps(out, indent=1) + "\n")
-        print(f"{mod}: wrote docs/froc_{mod}.png and docs/froc_{mod}.json in {time.time() - t0:.0f} s", flush=True)
+        print(f"{mod}: wrote {DOCS / f'froc_{mod}.png'} and .json in {time.time() - t0:.0f} s", flush=True)
     return 0
 
 

@@ -12,10 +12,12 @@ repository root):
 
 Each step's printed table goes to ``<out>/<step>.txt`` (and is echoed), its raw numbers
 to ``<out>/<step>.json``; the default ``<out>`` is ``out/validation/`` (git-ignored).
-The FROC plots and their numbers are written into ``docs/`` directly.  The tables in
+The FROC plots and their numbers are written into ``docs/`` directly (with ``--quick``
+into ``<out>`` instead, so a smoke test never overwrites the committed plots).  The tables in
 docs/validation.md, docs/xray.md and docs/ultrasound.md are then updated by hand from
-these files.  The full run takes roughly 25-35 minutes on a shared 2-core machine;
-``--quick`` (1-2 trials each) about 5-8 minutes, for a smoke test only.
+these files.  The full run takes roughly 20 minutes on a shared 2-core machine (the
+FROC step alone about 9); ``--quick`` (1-2 trials each) a few minutes, for a smoke test
+only.
 
     python benchmarks/validate_all.py [--quick] [--only ct_thin,froc] [--out DIR]
 """
@@ -44,7 +46,7 @@ STEPS = {
                   [f"{B}/validate_xray.py", "--trials", "1", "--contrast-per-mm", "0.04", "--json", "{json}"]),
     "ultrasound": ([f"{B}/validate_ultrasound.py", "--trials", "20", "--json", "{json}"],
                    [f"{B}/validate_ultrasound.py", "--trials", "2", "--json", "{json}"]),
-    "froc": ([f"{B}/froc.py"], [f"{B}/froc.py", "--trials", "1"]),
+    "froc": ([f"{B}/froc.py"], [f"{B}/froc.py", "--trials", "1", "--out", "{dir}"]),
 }
 
 
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
     t_all = time.time()
     for name in steps:
         full, quick = STEPS[name]
-        cmd = [sys.executable] + [a.replace("{json}", str(args.out / f"{name}.json")) for a in (quick if args.quick else full)]
+        cmd = [sys.executable] + [a.replace("{json}", str(args.out / f"{name}.json")).replace("{dir}", str(args.out)) for a in (quick if args.quick else full)]
         print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
         t0 = time.time()
         with open(args.out / f"{name}.txt", "w") as log:
