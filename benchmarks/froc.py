@@ -224,6 +224,8 @@ def froc_xray(trials: int, seed: int) -> dict:
                 "foci 1-6 mm, contrast 2 % of the body signal range per mm, inserted in pydicom-data RG1/RG3",
             "false findings per radiograph (symlog scale)")
     ax.set_xlim(-0.05, None)
+    ticks = [t for t in (0, 0.5, 1, 2, 5, 10, 20, 50) if t <= ax.get_xlim()[1]]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     fig.tight_layout()
     fig.savefig(DOCS / "froc_xray.png", dpi=110)
     plt.close(fig)
