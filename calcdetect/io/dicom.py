@@ -354,7 +354,8 @@ def decode_pixels(
         raise UnreadableFileError("pixel data too large to decode in memory", path=path) from exc
     except Exception as exc:  # noqa: BLE001 - decoders raise many types on damaged data
         msg = _first_line(exc)
-        if "length" in msg.lower() or "truncat" in msg.lower() or "missing" in msg.lower():
+        low = msg.lower()
+        if any(w in low for w in ("length", "truncat", "missing", "less than expected", "fewer")):
             reason = f"pixel data is truncated or does not match Rows/Columns ({msg})"
         else:
             reason = f"pixel data cannot be decoded ({type(exc).__name__}: {msg})"
