@@ -40,6 +40,8 @@ STEPS = {
                 [f"{B}/validate_ct.py", "--trials", "1", "--seed", "1", "--slice-profile", "1.0", "--json", "{json}"]),
     "ct_native": ([f"{B}/validate_ct.py", "--trials", "5", "--seed", "1", "--json", "{json}"],
                   [f"{B}/validate_ct.py", "--trials", "1", "--seed", "1", "--json", "{json}"]),
+    "ct_phantoms": ([f"{B}/validate_ct.py", "--phantoms", "--trials", "10", "--seed", "2", "--json", "{json}"],
+                    [f"{B}/validate_ct.py", "--phantoms", "--trials", "2", "--seed", "2", "--json", "{json}"]),
     "xray_2pct": ([f"{B}/validate_xray.py", "--trials", "5", "--json", "{json}"],
                   [f"{B}/validate_xray.py", "--trials", "1", "--json", "{json}"]),
     "xray_4pct": ([f"{B}/validate_xray.py", "--trials", "3", "--contrast-per-mm", "0.04", "--json", "{json}"],
