@@ -160,3 +160,12 @@ def test_nifti_volume_matches_the_dicom_geometry(tmp_path):
     assert loaded.spacing_mm == pytest.approx((2.0, 0.8, 0.7))
     np.testing.assert_allclose(loaded.pixels, image.pixels)
     np.testing.assert_allclose(loaded.index_to_patient([3, 10, 20]), image.index_to_patient([3, 10, 20]), atol=1e-5)
+
+
+def test_nifti_absurd_voxel_size_means_no_mm(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    data = np.full((8, 8, 3), -100.0, np.float32)
+    nib.save(nib.Nifti1Image(data, np.diag([1e-30, 1e-30, 1e-30, 1.0])), tmp_path / "tiny.nii")
+    image = calcdetect.load(tmp_path / "tiny.nii")
+    assert image.spacing_mm is None and image.affine is None
+    assert any("no usable voxel size" in w for w in image.warnings)

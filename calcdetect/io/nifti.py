@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import MissingDecoderError, UnreadableFileError, UnsupportedImageError
 from ..image import Image
-from .dicom import check_budget
+from .dicom import check_budget, positive_spacing
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -53,11 +53,13 @@ def load_nifti(path: str | Path, *, budget: int | None = None) -> Image:
     lps = flip @ ras
     affine = np.eye(4)
     affine[:, 0], affine[:, 1], affine[:, 2], affine[:, 3] = lps[:, 2], lps[:, 1], lps[:, 0], lps[:, 3]
-    spacing = tuple(float(np.linalg.norm(affine[:3, a])) for a in range(3))
+    spacing = positive_spacing([float(np.linalg.norm(affine[:3, a])) for a in range(3)])
     warnings = [f"{Path(path).name}: NIfTI carries no modality; taken as CT in Hounsfield units"]
-    if not all(s > 0 and np.isfinite(s) for s in spacing):
-        spacing, affine = None, None
+    if spacing is None:
+        affine = None
         warnings.append("the NIfTI affine has no usable voxel size; sizes are not reported in mm")
+    else:
+        spacing = tuple(spacing)
     return Image(pixels=pixels, spacing_mm=spacing, modality="CT", affine=affine, source=str(path),
                  metadata={"format": "nifti"}, warnings=warnings,
                  spacing_source="NIfTI affine" if spacing else None)
