@@ -249,9 +249,7 @@ def detect_ct(
             skeleton |= _midline_bone(image, anatomy, table, spacing3, has_spacing) & (rim_mean > -60.0)
         keep &= ~skeleton
     # centre inside the deep core / ROI
-    cz = np.rint(table["centroid-0"]).astype(int)
-    cy = np.rint(table["centroid-1"]).astype(int)
-    cx = np.rint(table["centroid-2"]).astype(int)
+    cz, cy, cx = _centre_voxels(table, hu.shape)
     if region == "skin":
         # whole components are judged by where their centre lies, so a calcification
         # against the fascia is not cut in two by the deep-core boundary
@@ -328,6 +326,11 @@ def detect_ct(
     )
 
 
+def _centre_voxels(table: dict[str, np.ndarray], shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    """The voxel (slice, row, col) holding each component's centroid, inside ``shape``."""
+    return tuple(np.clip(np.rint(table[f"centroid-{a}"]).astype(int), 0, shape[a] - 1) for a in range(3))
+
+
 def _measure(labels: np.ndarray, hu: np.ndarray, spacing3: tuple[float, float, float]) -> dict[str, np.ndarray]:
     """regionprops_table in the image's own dimensionality, columns in 3D index layout.
 
@@ -377,9 +380,7 @@ def _midline_bone(image: Image, anatomy, table: dict, spacing3, has_spacing: boo
     out = np.zeros(n, bool)
     if not n or not has_spacing or not _is_axial(image):
         return out
-    cz = np.clip(np.rint(table["centroid-0"]).astype(int), 0, anatomy.body.shape[0] - 1)
-    cy = np.clip(np.rint(table["centroid-1"]).astype(int), 0, anatomy.body.shape[1] - 1)
-    cx = np.clip(np.rint(table["centroid-2"]).astype(int), 0, anatomy.body.shape[2] - 1)
+    cz, cy, cx = _centre_voxels(table, anatomy.body.shape)
     depth = anatomy.depth_mm[cz, cy, cx]
     for z in np.unique(cz[depth >= MIDLINE_BONE_DEPTH_MM]):
         k, core, stats, _ = cv2.connectedComponentsWithStats(anatomy.deep[z].astype(np.uint8), connectivity=8)
@@ -423,8 +424,9 @@ def _rim_stats(
     of its rim inside the deep core.
 
     Soft-tissue calcinosis sits in fat or dermis: at most a small part of its rim (15%)
-    touches dense voxels outside the candidate set (bone of the deep core) or internal
-    air (sinus and mastoid walls, ribs by the lung).  Computed for all components at
+    touches internal air (sinus and mastoid walls, ribs by the lung) or dense voxels
+    that are not part of it (dense tissue left out of the candidates: outside the body
+    mask or the valid region, or in a slice not searched).  Computed for all components at
     once from a maximum filter of the label image: 3 x 3 in a slice, 3 x 3 x 3 in a
     series (a spinous-process tip that is an island in one slice joins its vertebra in
     the next).
@@ -525,9 +527,7 @@ def _findings(image, size_t, thr_t, scores, anatomy, k, is_volume, has_spacing, 
         return findings
     centroids = np.stack([size_t[f"centroid-{a}"] for a in range(3)], axis=1)
     patient = image.index_to_patient(centroids if is_volume else centroids[:, 1:]) if has_spacing else None
-    cz = np.clip(np.rint(centroids[:, 0]).astype(int), 0, anatomy.depth_mm.shape[0] - 1)
-    cy = np.clip(np.rint(centroids[:, 1]).astype(int), 0, anatomy.depth_mm.shape[1] - 1)
-    cx = np.clip(np.rint(centroids[:, 2]).astype(int), 0, anatomy.depth_mm.shape[2] - 1)
+    cz, cy, cx = _centre_voxels(size_t, anatomy.depth_mm.shape)
     depth = anatomy.depth_mm[cz, cy, cx].astype(np.float64)
     deep = anatomy.deep[cz, cy, cx]
     sides = _sides(image, anatomy, centroids, patient, is_volume)
