@@ -498,9 +498,14 @@ def _half_max_labels(
     so the result is a subset of the thresholded lesion.  One small crop per lesion:
     the loop is over findings, not pixels.
     """
+    import cv2
+
+    from .anatomy import _disk
+
     out = np.zeros(labels.shape, labels.dtype)  # calloc: untouched pages cost neither time nor memory
     nz, ny, nx = labels.shape
     margin = (1 if nz > 1 else 0, 3, 3)
+    shell_kernel = _disk(2)  # a 2-voxel shell in each slice
     for i in range(len(table["label"])):
         lab = i + 1
         lo = [max(int(table[f"bbox-{a}"][i]) - margin[a], 0) for a in range(3)]
@@ -508,12 +513,14 @@ def _half_max_labels(
         sl = tuple(slice(a, b) for a, b in zip(lo, hi))
         comp = labels[sl] == lab
         sub = hu[sl]
-        import cv2
-
-        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
-        grown = np.stack([cv2.dilate(c.astype(np.uint8), k) > 0 for c in comp])
+        grown = np.stack([cv2.dilate(c.astype(np.uint8), shell_kernel) > 0 for c in comp])
         shell = grown & ~(labels[sl] > 0) & body[sl]
-        bg = float(np.median(sub[shell])) if shell.any() else float(np.median(sub[~comp])) if (~comp).any() else threshold
+        if shell.any():
+            bg = float(np.median(sub[shell]))
+        elif (~comp).any():
+            bg = float(np.median(sub[~comp]))
+        else:
+            bg = threshold
         peak = float(table["intensity_max"][i])
         # never below the threshold (subset of the lesion), never above the peak (non-empty)
         level = min(max(threshold, 0.5 * (bg + peak)), peak)
