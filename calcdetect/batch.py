@@ -833,9 +833,9 @@ def annotate(
     if any(k not in ("sr", "seg") for k in dicom_kinds):
         raise InvalidParameterError(f"dicom_outputs must name 'sr' and/or 'seg', got {dicom_kinds}")
     if dicom_kinds:
-        from .dicom_out import _hd
+        from .dicom_out import require_highdicom
 
-        _hd()  # fail once, up front, with the extra to install
+        require_highdicom()  # fail once, up front, with the extra to install
 
     def collect(job: Job, res: dict[str, Any] | None, exc: BaseException | None) -> None:
         if exc is not None:

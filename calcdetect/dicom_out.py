@@ -49,6 +49,7 @@ __all__ = [
     "write_dicom_outputs",
     "write_dataset",
     "EXTRA_HINT",
+    "require_highdicom",
 ]
 
 #: What to install for DICOM outputs.
@@ -69,8 +70,19 @@ _TYPE2_STUDY_ATTRS = (
 )
 
 
-def _hd():
-    """Import highdicom or raise a one-line error naming the extra."""
+def require_highdicom():
+    """Import and return highdicom, or raise a one-line error naming the extra.
+
+    Returns
+    -------
+    module
+        The ``highdicom`` module.
+
+    Raises
+    ------
+    CalcdetectError
+        When highdicom is not installed; the message names ``calcdetect[dicom-out]``.
+    """
     try:
         import highdicom as hd
     except ImportError as exc:
@@ -132,7 +144,7 @@ class _Codes:
     must not sit in two places of one content tree)."""
 
     def __init__(self) -> None:
-        self._concept = _hd().sr.CodedConcept
+        self._concept = require_highdicom().sr.CodedConcept
 
     def __getitem__(self, key: str):
         value, scheme, meaning = CODES[key]
@@ -348,7 +360,7 @@ def _algorithm(report: Report):
     """highdicom SR algorithm identification (name, version, main parameters)."""
     from . import __version__
 
-    hd = _hd()
+    hd = require_highdicom()
     params = []
     for key in ("region", "threshold_hu", "min_area_mm2", "size_method"):
         if key in report.parameters and report.parameters[key] is not None:
@@ -397,7 +409,7 @@ def build_seg(
     """
     from . import __version__
 
-    hd = _hd()
+    hd = require_highdicom()
     labels = _check_labels(report, image)
     if report.count == 0:
         return None
@@ -508,7 +520,7 @@ def _site_location(f: Finding):
 def _finding_sites(f: Finding) -> list:
     """Finding site from the region (dermal -> Skin, subcutaneous -> Subcutaneous tissue,
     deep -> Entire body + Deep) with the side as laterality."""
-    hd = _hd()
+    hd = require_highdicom()
     code = _codes()
     location = _site_location(f)
     modifier = None
@@ -525,7 +537,7 @@ def _finding_sites(f: Finding) -> list:
 
 def _measurements(f: Finding, modality: str, is_volume: bool) -> list:
     """TID 300 measurements of one finding, from its JSON values (nulls are left out)."""
-    hd = _hd()
+    hd = require_highdicom()
     code = _codes()
     d = f.to_dict()
     out = []
@@ -588,7 +600,7 @@ def _bbox_outline(f: Finding, ndim: int) -> tuple[int, np.ndarray]:
 
 def _regions(f: Finding, labels3: np.ndarray, slices, ndim: int) -> list:
     """ImageRegion polylines of a finding on every slice it touches."""
-    hd = _hd()
+    hd = require_highdicom()
     z_idx = np.flatnonzero((labels3 == f.id).any(axis=(1, 2)))
     regions = []
     for z in z_idx:
@@ -615,7 +627,7 @@ def _planar_group(f: Finding, labels2d: np.ndarray, source, seg: Dataset | None,
     (TID 1410 holds a single region)."""
     from skimage.morphology import convex_hull_image
 
-    hd = _hd()
+    hd = require_highdicom()
     mask = labels2d == f.id
     outlines = _contours(mask)
     ds, frame = source
@@ -640,7 +652,7 @@ def _segment_reference(seg: Dataset, segment: int, labels3: np.ndarray, slices):
     segment lies on, taken from the label image -- not from
     ``ReferencedSegment.from_segmentation``, which scans every SEG frame per segment
     (tens of seconds for hundreds of findings)."""
-    hd = _hd()
+    hd = require_highdicom()
     frames_by_instance: dict[str, tuple[Dataset, list[int]]] = {}
     for z in np.flatnonzero((labels3 == segment).any(axis=(1, 2))):
         ds, frame = slices[int(z)]
@@ -668,7 +680,7 @@ def _segmentation_frame_reference(seg: Dataset, segment: int, source: Dataset, f
     already belongs to one segment) and gives the single-frame source image the SEG's
     frame number; dciodvfy flags both.
     """
-    hd = _hd()
+    hd = require_highdicom()
     seg_frames = [
         j + 1 for j, item in enumerate(seg.PerFrameFunctionalGroupsSequence)
         if int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) == segment
@@ -725,7 +737,7 @@ def build_sr(
     -------
     highdicom.sr.Comprehensive3DSR
     """
-    hd = _hd()
+    hd = require_highdicom()
     code = _codes()
     labels = _check_labels(report, image)
     slices = _slice_sources(image, source_datasets)
