@@ -147,7 +147,8 @@ def test_cine_frames():
     assert len(frames) == 2 and frames[0].shape == (600, 800)
     report = detect(two)
     assert report.shape == [2, 600, 800]
-    assert report.to_dict()["frames"] == {"analysed": 2, "findings_per_frame": [0, 0], "frames_with_findings": 0}
+    assert report.to_dict()["frames"] == {"analysed": 2, "findings_per_frame": [0, 0], "frames_with_findings": 0,
+                                           "distinct_calcifications": 0}
 
 
 def test_calipers_text_and_doppler_masked():
@@ -419,3 +420,59 @@ def test_inserted_arc_in_real_image_measured_by_width():
     assert abs(f.extra["focus_width_mm"] - 9.0) <= 1.5 and f.extra["bmode_region"] == 1
     with pytest.raises(InvalidParameterError):
         insert_shadowing_focus(base, (250, 480), 9.0, shape="star")
+
+
+def _cine(foci_per_frame, spacing_mm=0.1):
+    """A cine Image from one phantom frame per entry (fresh speckle each frame)."""
+    from calcdetect.image import Image
+
+    frames, valids = [], []
+    for k, foci in enumerate(foci_per_frame):
+        im, _ = ultrasound_phantom(foci=foci, decoys=[], calipers=False, text=False, seed=100 + k,
+                                   spacing_mm=spacing_mm)
+        frames.append(im.pixels)
+        valids.append(im.valid_mask)
+    geometry = dict(im.geometry, frame_axis="time")
+    return Image(pixels=np.stack(frames), spacing_mm=(1.0, spacing_mm, spacing_mm), modality="US",
+                 valid_mask=np.stack(valids), source="cine", spacing_source="phantom", geometry=geometry)
+
+
+def test_cine_findings_linked_into_tracks():
+    # A drifts 0.3 mm a frame and is missed in frame 3 (one dropped frame is bridged);
+    # B appears from frame 4 on; C sits at A's place only in frames 0-1 and 5 after a
+    # gap of 3 frames, so it starts a new track when it returns.
+    a = lambda k: (12.0, 15.0 + 0.3 * k, 3.0)  # noqa: E731
+    b = (20.0, 40.0, 4.0)
+    c = (30.0, 28.0, 2.5)
+    per_frame = [[a(0), c], [a(1), c], [a(2)], [], [a(4), b], [a(5), b, c], [a(6), b]]
+    report = detect_ultrasound(_cine(per_frame))
+    truth_frames = [2, 2, 1, 0, 2, 3, 2]
+    frames = report.extra["frames"]
+    assert frames["findings_per_frame"] == truth_frames
+    # tracks: A (frames 0-6), C (0-1), B (4-6), C again (5)
+    assert frames["distinct_calcifications"] == 4
+    by_track: dict[int, list[int]] = {}
+    for f in report.findings:
+        by_track.setdefault(f.extra["track"], []).append(f.extra["frame"])
+    assert sorted(by_track.values()) == sorted([[0, 1, 2, 4, 5, 6], [0, 1], [4, 5, 6], [5]])
+    assert report.to_dict()["findings"][0]["track"] == 1
+
+
+def test_link_cine_findings_tolerance():
+    from calcdetect.detect.ultrasound import link_cine_findings
+    from calcdetect.report import Finding
+
+    def f(frame, col_mm, diam=2.0):
+        return Finding(id=0, centroid_px=[frame, 0.0, col_mm * 10], centroid_mm=[0.0, col_mm], bbox_px=[0] * 6,
+                       equivalent_diameter_mm=diam, long_axis_mm=diam, short_axis_mm=diam, area_mm2=1.0,
+                       volume_mm3=None, peak=1.0, mean=1.0, extra={"frame": frame, "num_pixels": 100})
+
+    # 2 mm floor: 1.9 mm apart links, 2.1 mm does not; a 6 mm focus links at 4.4 mm (0.75 x 6)
+    assert link_cine_findings([f(0, 0.0), f(1, 1.9)]).tolist() == [1, 1]
+    assert link_cine_findings([f(0, 0.0), f(1, 2.1)]).tolist() == [1, 2]
+    assert link_cine_findings([f(0, 0.0, 6.0), f(1, 4.4, 6.0)]).tolist() == [1, 1]
+    # same frame never links; gap of 3 frames does not link with the default max gap of 2
+    assert link_cine_findings([f(0, 0.0), f(0, 0.5)]).tolist() == [1, 2]
+    assert link_cine_findings([f(0, 0.0), f(3, 0.0)]).tolist() == [1, 2]
+    assert link_cine_findings([f(0, 0.0), f(3, 0.0)], max_gap_frames=3).tolist() == [1, 1]
+    assert link_cine_findings([]).size == 0

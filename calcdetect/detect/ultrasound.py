@@ -46,6 +46,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
 from ..distribution import describe_distribution
 from ..errors import InvalidParameterError
@@ -446,10 +449,12 @@ def detect_ultrasound(
     -------
     Report
         Findings with ``shadow_contrast``, ``depth_mm``, ``region`` and extras
-        ``shadow_width_mm``, ``bmode_region``, ``probe`` (and ``frame`` for a cine).
-        ``report.extra["beam"]`` holds the probe type and apex per region; for a cine
-        ``report.extra["frames"]`` the findings per frame (the same calcification
-        seen in several frames is reported once per frame).
+        ``shadow_width_mm``, ``bmode_region``, ``probe`` (and ``frame`` and ``track``
+        for a cine). ``report.extra["beam"]`` holds the probe type and apex per region.
+        For a cine the same calcification seen in several frames is reported once per
+        frame; findings of one calcification share a ``track`` number
+        (:func:`link_cine_findings`) and ``report.extra["frames"]`` holds the findings
+        per frame and ``distinct_calcifications``, the number of tracks.
     """
     if probe not in PROBES:
         raise InvalidParameterError(f"probe must be one of {PROBES}, got {probe!r}")
@@ -511,8 +516,12 @@ def detect_ultrasound(
     cine: dict[str, Any] = {}
     if image.ndim == 3:
         per = np.bincount([r["frame"] for r in all_rows], minlength=len(frames)).tolist()
+        tracks = link_cine_findings(findings)
+        for f, t in zip(findings, tracks):
+            f.extra["track"] = int(t)
         cine = {"frames": {"analysed": len(frames), "findings_per_frame": per,
-                           "frames_with_findings": int(sum(1 for c in per if c))}}
+                           "frames_with_findings": int(sum(1 for c in per if c)),
+                           "distinct_calcifications": int(tracks.max()) if tracks.size else 0}}
     extra = {"probe": [g["probe"] for g in geoms],
              "apex_mm": [g.get("apex_mm") for g in geoms] if has_spacing else None}
     return Report(
@@ -529,6 +538,54 @@ def detect_ultrasound(
         extra={"beam": extra, **({"rejected": rejected} if rejected is not None else {}), **cine},
         labels=labels_out,
     )
+
+
+def link_cine_findings(findings: list[Finding], max_gap_frames: int = 2) -> np.ndarray:
+    """Group the per-frame findings of a cine into tracks, one per calcification.
+
+    A calcification seen in consecutive frames is one object: two findings are linked
+    when their frames differ by 1..``max_gap_frames`` (one dropped detection is
+    bridged) and their centroids lie within ``max(2 mm, 0.75 x the larger equivalent
+    diameter)``, the tolerance :func:`calcdetect.validation.match_findings` uses to call
+    a finding the same object.  Linked findings form tracks (connected components of the
+    links).
+
+    Parameters
+    ----------
+    findings : list of Finding
+        Findings of a cine, each with ``extra["frame"]``; positions are their in-plane
+        ``centroid_mm`` (each region's own pixel size), or without spacing ``centroid_px``
+        ``[frame, row, col]`` at the assumed pixel size ``ASSUMED_PIXEL_MM``, as the
+        detector's filters are.
+    max_gap_frames : int
+        Largest frame difference that is still linked.
+
+    Returns
+    -------
+    ndarray of int
+        Track number (1..n_tracks, in order of first appearance) for each finding.
+    """
+    n = len(findings)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    frame = np.array([f.extra["frame"] for f in findings], float)
+    pos = np.array([f.centroid_mm if f.centroid_mm is not None
+                    else [c * ASSUMED_PIXEL_MM for c in f.centroid_px[1:]] for f in findings], float)
+    diam = np.array([(f.equivalent_diameter_mm if f.equivalent_diameter_mm is not None
+                      else 2.0 * np.sqrt(f.extra["num_pixels"] / np.pi) * ASSUMED_PIXEL_MM) for f in findings])
+    # candidate pairs by position only (a KD-tree keeps this linear in the findings),
+    # then the frame gap and each pair's own tolerance
+    pairs = cKDTree(pos).query_pairs(r=max(2.0, 0.75 * float(diam.max())), output_type="ndarray")
+    i, j = pairs[:, 0], pairs[:, 1]
+    df = np.abs(frame[i] - frame[j])
+    tol = np.maximum(2.0, 0.75 * np.maximum(diam[i], diam[j]))
+    ok = (df >= 1) & (df <= max_gap_frames) & (np.hypot(*(pos[i] - pos[j]).T) <= tol)
+    links = coo_matrix((np.ones(int(ok.sum())), (i[ok], j[ok])), shape=(n, n))
+    _, comp = connected_components(links, directed=False)
+    first = {}
+    for c in comp[np.argsort(frame, kind="stable")]:
+        first.setdefault(int(c), len(first) + 1)
+    return np.array([first[int(c)] for c in comp], np.int64)
 
 
 def _laterality(image: Image) -> str | None:
