@@ -8,8 +8,10 @@ spacing comes from the positions along the slice normal, never from SliceThickne
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
+import struct
 import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -310,17 +312,185 @@ _SCAN_KEYWORDS = (
 )
 
 
+#: Header elements a series load keeps from a quick parse (see :func:`_quick_header`):
+#: those it reads, those series_key and describe_series read, and the character set.
+_QUICK_KEYWORDS = _SCAN_KEYWORDS + ("SpecificCharacterSet",)
+_QUICK_HEAD_BYTES = 1 << 16  # headers larger than this are left to pydicom
+
+
+def _vr_sets() -> tuple[frozenset[bytes], frozenset[bytes]]:
+    from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, STANDARD_VR
+
+    return (frozenset(str(v).encode() for v in STANDARD_VR),
+            frozenset(str(v).encode() for v in EXPLICIT_VR_LENGTH_32))
+
+
+def _skip_undefined(data: bytes, pos: int, implicit: bool, depth: int = 0) -> int | None:
+    """Position after the sequence of undefined length whose items start at ``pos``,
+    or ``None`` when it is not well formed within ``data``."""
+    if depth > 16:
+        return None
+    end = len(data)
+    while pos + 8 <= end:
+        group, elem, length = struct.unpack_from("<HHI", data, pos)
+        pos += 8
+        if (group, elem) == (0xFFFE, 0xE0DD):  # sequence delimiter
+            return pos if length == 0 else None
+        if (group, elem) != (0xFFFE, 0xE000):
+            return None
+        if length != 0xFFFFFFFF:
+            pos += length
+            continue
+        pos = _skip_elements(data, pos, implicit, depth + 1, item=True)
+        if pos is None:
+            return None
+    return None
+
+
+def _skip_elements(data: bytes, pos: int, implicit: bool, depth: int, *, item: bool) -> int | None:
+    """Parse the elements of an item of undefined length: position after its delimiter."""
+    all_vrs, long_vrs = _VRS
+    end = len(data)
+    while pos + 8 <= end:
+        group, elem = struct.unpack_from("<HH", data, pos)
+        if (group, elem) == (0xFFFE, 0xE00D):  # item delimiter
+            return pos + 8 if struct.unpack_from("<I", data, pos + 4)[0] == 0 else None
+        pos, length = _element_header(data, pos, implicit, all_vrs, long_vrs)
+        if pos is None:
+            return None
+        if length == 0xFFFFFFFF:
+            pos = _skip_undefined(data, pos, implicit, depth)
+            if pos is None:
+                return None
+        else:
+            pos += length
+    return None
+
+
+def _element_header(data: bytes, pos: int, implicit: bool, all_vrs, long_vrs) -> tuple[int | None, int]:
+    """(value position, value length) of the element at ``pos``; ``(None, 0)`` if unusual."""
+    if implicit:
+        if pos + 8 > len(data):
+            return None, 0
+        return pos + 8, struct.unpack_from("<I", data, pos + 4)[0]
+    vr = data[pos + 4:pos + 6]
+    if vr not in all_vrs:
+        return None, 0
+    if vr in long_vrs:
+        if pos + 12 > len(data):
+            return None, 0
+        return pos + 12, struct.unpack_from("<I", data, pos + 8)[0]
+    return pos + 8, struct.unpack_from("<H", data, pos + 6)[0]
+
+
+_VRS: tuple[frozenset[bytes], frozenset[bytes]] = (frozenset(), frozenset())
+
+
+def _quick_header(path: Path) -> Dataset | None:
+    """The :data:`_QUICK_KEYWORDS` elements of a file's header, raw as pydicom leaves
+    them, in a small Dataset (with the transfer syntax in its file meta), or ``None``
+    when the file is anything but a plain, well-formed little-endian DICOM file whose
+    pixel data starts within its first 64 KiB: read it with pydicom then.
+
+    A series scan parsed every element of every header with pydicom; this walks the
+    elements and keeps a few (a third of the time).  Values are converted later by
+    pydicom (or :func:`~calcdetect.io.dicom.fast_values`) from the very same bytes."""
+    global _VRS
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.tag import Tag
+    from pydicom.uid import UID
+
+    if not _VRS[0]:
+        _VRS = _vr_sets()
+    all_vrs, long_vrs = _VRS
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(_QUICK_HEAD_BYTES)
+    except OSError:
+        return None
+    if len(data) < 144 or data[128:132] != b"DICM":
+        return None
+    # file meta: explicit VR little endian, group 0002
+    pos, ts = 132, None
+    while pos + 8 <= len(data) and struct.unpack_from("<H", data, pos)[0] == 0x0002:
+        elem = struct.unpack_from("<H", data, pos + 2)[0]
+        start, length = _element_header(data, pos, False, all_vrs, long_vrs)
+        if start is None or length == 0xFFFFFFFF or start + length > len(data):
+            return None
+        if elem == 0x0010:
+            ts = data[start:start + length].decode("ascii", "replace").rstrip("\0 ")
+        pos = start + length
+    if not ts:
+        return None
+    uid = UID(ts)
+    if not uid.is_transfer_syntax or not uid.is_little_endian or uid.is_deflated:
+        return None
+    implicit = uid.is_implicit_VR
+    wanted = _quick_tags()
+    found: dict = {}
+    last = -1
+    while True:
+        if pos + 8 > len(data):
+            return None
+        group, elem = struct.unpack_from("<HH", data, pos)
+        tag = group << 16 | elem
+        if tag <= last or group == 0xFFFE or group == 0x0002:
+            return None
+        if tag in (0x7FE00008, 0x7FE00009):  # float pixel data: pydicom's business
+            return None
+        if tag == 0x7FE00010:
+            break
+        last = tag
+        start, length = _element_header(data, pos, implicit, all_vrs, long_vrs)
+        if start is None:
+            return None
+        if length == 0xFFFFFFFF:
+            if not implicit and data[pos + 4:pos + 6] not in (b"SQ", b"UN"):
+                return None
+            pos = _skip_undefined(data, start, implicit)
+            if pos is None:
+                return None
+            found[tag] = None
+            continue
+        if start + length > len(data):
+            return None
+        if tag in wanted:
+            vr = None if implicit else data[pos + 4:pos + 6].decode()
+            found[tag] = RawDataElement(Tag(tag), vr, length, data[start:start + length], start,
+                                        implicit, True)
+        else:
+            found[tag] = None
+        pos = start + length
+    if not found:  # pydicom refuses an empty data set
+        return None
+    ds = Dataset({t: e for t, e in found.items() if e is not None and t in wanted})
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = uid
+    return ds
+
+
+@functools.lru_cache(maxsize=1)
+def _quick_tags() -> frozenset[int]:
+    from pydicom.datadict import tag_for_keyword
+
+    return frozenset(int(tag_for_keyword(k)) for k in _QUICK_KEYWORDS)
+
+
 def _scan_header(path: Path) -> tuple[Path, Dataset | None, CalcdetectError | None]:
     path, ds, _, err = _scan_one(path)
     return path, ds, err
 
 
-def _scan_one(path: Path) -> tuple[Path, Dataset | None, dict[str, Any], CalcdetectError | None]:
+def _scan_one(path: Path, quick: bool = False) -> tuple[Path, Dataset | None, dict[str, Any], CalcdetectError | None]:
     """Header of one file, with the plain values of the canonically spelled
     :data:`_SCAN_KEYWORDS` (:func:`~calcdetect.io.dicom.fast_values`); pydicom converts
-    the others, so a damaged one still makes the file unreadable."""
+    the others, so a damaged one still makes the file unreadable.  ``quick``: only the
+    :data:`_QUICK_KEYWORDS` elements when :func:`_quick_header` can read them."""
     try:
-        ds = read_header(path, stop_before_pixels=True, touch_values=False)
+        ds = _quick_header(path) if quick else None
+        if ds is None:
+            ds = read_header(path, stop_before_pixels=True, touch_values=False)
         try:
             facts = fast_values(ds, _SCAN_KEYWORDS)
             for keyword in _SCAN_KEYWORDS:
@@ -355,7 +525,8 @@ def scan_folder(folder: str | Path) -> tuple[dict[str, list[tuple[Path, Dataset]
     return series, errors
 
 
-def _scan_folder(folder: str | Path, on_first: Callable[[dict[str, Any], int], None] | None = None) -> tuple[
+def _scan_folder(folder: str | Path, on_first: Callable[[dict[str, Any], int], None] | None = None,
+                 quick: bool = False) -> tuple[
         dict[str, list[tuple[Path, Dataset]]], list[CalcdetectError], dict[str, dict[str, Any]]]:
     """:func:`scan_folder`, plus each file's fast values (see :func:`_scan_one`) by
     ``str(path)``.  ``on_first(fast values, number of files)`` is called once, with the
@@ -366,7 +537,7 @@ def _scan_folder(folder: str | Path, on_first: Callable[[dict[str, Any], int], N
     errors: list[CalcdetectError] = []
     facts: dict[str, dict[str, Any]] = {}
     with ThreadPoolExecutor(_scan_workers()) as pool:
-        for path, ds, values, err in pool.map(_scan_one, files):
+        for path, ds, values, err in pool.map(lambda p: _scan_one(p, quick), files):
             if err is not None:
                 if "not a DICOM file" not in err.reason:
                     errors.append(err)
@@ -488,8 +659,10 @@ def _load_ct_series(folder, series_uid, budget, files, prefault: list[_Prefault]
                 and 0 < rows * cols * n_files <= max_pixels(budget):
             prefault.append(_Prefault((n_files, rows, cols)))
 
+    scanned = files is None
     if files is None:
-        series, errors, facts = _scan_folder(folder, start_prefault)
+        # partial headers (the elements a load reads); the first is re-read in full below
+        series, errors, facts = _scan_folder(folder, start_prefault, quick=True)
         series = {uid: items for uid, items in series.items() if _is_image(items[0][1])}
         if not series:
             detail = f" ({errors[0].message})" if errors else ""
@@ -601,6 +774,8 @@ def _load_ct_series(folder, series_uid, budget, files, prefault: list[_Prefault]
 
     with ThreadPoolExecutor(_workers()) as pool:
         list(pool.map(read_plane, range(len(ordered))))
+    if scanned:  # the scan kept only some elements: metadata comes from the whole header
+        first = read_header(files[0][0], stop_before_pixels=True, touch_values=False)
     meta = basic_metadata(first)
     meta["SOPInstanceUIDs"] = [s.sop for s in ordered]
     meta["files"] = [s.path for s in ordered]
