@@ -724,8 +724,8 @@ def _load_ct_series(folder, series_uid, budget, files, prefault: list[_Prefault]
             position=floats_of(value(p, ds, "ImagePositionPatient"), 3),
             orientation=floats_of(value(p, ds, "ImageOrientationPatient"), 6),
             spacing=positive_spacing(floats_of(value(p, ds, "PixelSpacing"), 2)),
-            instance=facts[str(p)].get("InstanceNumber", ds.get("InstanceNumber")),
-            sop=str(facts[str(p)].get("SOPInstanceUID", ds.get("SOPInstanceUID", ""))),
+            instance=_known(facts[str(p)], ds, "InstanceNumber"),
+            sop=str(_known(facts[str(p)], ds, "SOPInstanceUID", "")),
         )
         for p, ds in files
     ]
@@ -792,6 +792,11 @@ def _load_ct_series(folder, series_uid, budget, files, prefault: list[_Prefault]
 
 
 _UNCOMPRESSED_LE = {"1.2.840.10008.1.2": False, "1.2.840.10008.1.2.1": True}  # UID -> explicit VR
+
+
+def _known(known: dict[str, Any], ds: Dataset, keyword: str, default: Any = None) -> Any:
+    """The fast value of ``keyword`` if there is one, else pydicom's ``ds.get``."""
+    return known[keyword] if keyword in known else ds.get(keyword, default)
 
 
 def _known_rescale(ds: Dataset, known: dict[str, Any], path: str) -> tuple[float, float]:
