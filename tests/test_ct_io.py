@@ -252,3 +252,53 @@ def test_series_with_a_stray_file_loads_and_bad_rescale_names_its_file(tmp_path)
     with pytest.raises(calcdetect.CalcdetectError) as err:
         calcdetect.load(tmp_path / "s")
     assert paths[2].name in err.value.message and "RescaleSlope" in err.value.message
+
+
+def _scan_cases():
+    import glob
+    import os
+
+    base = os.path.dirname(get_testdata_file("CT_small.dcm"))
+    files = sorted(glob.glob(os.path.join(base, "*.dcm")))
+    files += sorted(str(p) for p in (Path(__file__).parent / "corpus").iterdir() if p.suffix == ".dcm")
+    if SERIES.exists():
+        files += [str(p) for p in sorted(SERIES.iterdir())[:3]]
+    return files
+
+
+def test_quick_header_scan_equals_the_full_pydicom_scan():
+    """The series scan's quick header walk keeps the elements a load reads as the raw
+    elements pydicom holds: the same errors, series keys, values and pixel layouts as a
+    full pydicom parse, on pydicom's test files (sequences, private tags, implicit VR,
+    big endian, deflated, compressed) and the damaged regression corpus."""
+    import math
+    import warnings
+
+    from calcdetect.io import ct
+    from calcdetect.io.dicom import dicom_value
+
+    def same(a, b):
+        if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+            return True
+        if isinstance(a, list) and isinstance(b, list):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return a == b
+
+    quick = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for f in _scan_cases():
+            path = Path(f)
+            full, fast = ct._scan_one(path, False), ct._scan_one(path, True)
+            quick += ct._quick_header(path) is not None
+            assert (full[3] is None) == (fast[3] is None), path.name
+            if full[3] is not None:
+                assert full[3].message == fast[3].message
+                continue
+            assert full[2] == fast[2] or all(same(full[2][k], fast[2][k]) for k in full[2]), path.name
+            assert ct.series_key(full[1], full[2]) == ct.series_key(fast[1], fast[2]), path.name
+            assert ct._is_image(full[1]) == ct._is_image(fast[1]), path.name
+            assert ct._raw_layout(full[1], full[2]) == ct._raw_layout(fast[1], fast[2]), path.name
+            for keyword in ct._QUICK_KEYWORDS:
+                assert same(dicom_value(full[1], keyword), dicom_value(fast[1], keyword)), (path.name, keyword)
+    assert quick >= 20  # the quick walk did read most of them
