@@ -448,7 +448,8 @@ def _quick_header(path: Path) -> Dataset | None:
         if length == 0xFFFFFFFF:
             if not implicit and data[pos + 4:pos + 6] not in (b"SQ", b"UN"):
                 return None
-            pos = _skip_undefined(data, start, implicit)
+            # an explicit-VR UN of undefined length holds implicit-VR items (PS3.5 6.2.2)
+            pos = _skip_undefined(data, start, implicit or data[pos + 4:pos + 6] == b"UN")
             if pos is None:
                 return None
             found[tag] = None
