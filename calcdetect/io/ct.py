@@ -397,7 +397,6 @@ def _quick_header(path: Path) -> Dataset | None:
     pydicom (or :func:`~calcdetect.io.dicom.fast_values`) from the very same bytes."""
     global _VRS
     from pydicom.dataelem import RawDataElement
-    from pydicom.dataset import FileMetaDataset
     from pydicom.tag import Tag
     from pydicom.uid import UID
 
@@ -466,9 +465,20 @@ def _quick_header(path: Path) -> Dataset | None:
     if not found:  # pydicom refuses an empty data set
         return None
     ds = Dataset({t: e for t, e in found.items() if e is not None and t in wanted})
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = uid
+    ds.file_meta = _quick_file_meta(str(uid))
     return ds
+
+
+@functools.lru_cache(maxsize=32)
+def _quick_file_meta(ts: str) -> Dataset:
+    """The file meta of quick headers: only the transfer syntax, one object per syntax
+    shared by all of them (read, never changed)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import UID
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = UID(ts)
+    return meta
 
 
 @functools.lru_cache(maxsize=1)
