@@ -438,14 +438,14 @@ def _quick_header(path: Path) -> Dataset | None:
             return None
         if tag in (0x7FE00008, 0x7FE00009):  # float pixel data: pydicom's business
             return None
-        if tag == 0x7FE00010:
-            break
         last = tag
         start, length = _element_header(data, pos, implicit, all_vrs, long_vrs)
         if start is None:
             return None
+        if tag == 0x7FE00010:  # its element header is whole: where pydicom stops too
+            break
         if length == 0xFFFFFFFF:
-            if not implicit and data[pos + 4:pos + 6] not in (b"SQ", b"UN"):
+            if tag in wanted or (not implicit and data[pos + 4:pos + 6] not in (b"SQ", b"UN")):
                 return None
             # an explicit-VR UN of undefined length holds implicit-VR items (PS3.5 6.2.2)
             pos = _skip_undefined(data, start, implicit or data[pos + 4:pos + 6] == b"UN")
