@@ -169,3 +169,136 @@ def test_nifti_absurd_voxel_size_means_no_mm(tmp_path):
     image = calcdetect.load(tmp_path / "tiny.nii")
     assert image.spacing_mm is None and image.affine is None
     assert any("no usable voxel size" in w for w in image.warnings)
+
+
+# ----------------------------------------------------------------- series loading fast paths
+def _testdata_headers():
+    names = ("CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm",
+             "693_J2KR.dcm", "explicit_VR-UN.dcm", "eCT_Supplemental.dcm", "rtdose.dcm")
+    return [p for p in (get_testdata_file(n) for n in names) if p]
+
+
+@pytest.mark.parametrize("path", _testdata_headers(), ids=lambda p: Path(p).name)
+def test_fast_header_values_equal_pydicom_values(path):
+    """fast_values reads canonical values from the raw bytes: exactly what pydicom gives
+    (type included), and without a warning pydicom would have raised."""
+    import warnings
+
+    from calcdetect.io.ct import _SCAN_KEYWORDS
+    from calcdetect.io.dicom import dicom_value, fast_values
+
+    fast = fast_values(pydicom.dcmread(path, stop_before_pixels=True), _SCAN_KEYWORDS)
+    ref = pydicom.dcmread(path, stop_before_pixels=True)
+    for keyword, value in fast.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            expected = dicom_value(ref, keyword)
+        assert type(value) is type(expected) and value == expected, keyword
+
+
+def test_fast_header_values_leave_unusual_spellings_to_pydicom():
+    from calcdetect.io.dicom import fast_values
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True)
+    for keyword, text in (("RescaleSlope", "abc"), ("ImagePositionPatient", "1\\2\\nan"),
+                          ("PixelSpacing", " 0.5\\0.5"), ("RescaleIntercept", "1234567890.1234567"),
+                          ("InstanceNumber", "1.5")):
+        raw = text.encode() + (b" " if len(text) % 2 else b"")
+        tag = pydicom.datadict.tag_for_keyword(keyword)
+        ds._dict[tag] = pydicom.dataelem.RawDataElement(
+            pydicom.tag.Tag(tag), pydicom.datadict.dictionary_VR(tag), len(raw), raw, 0, False, True)
+    fast = fast_values(ds, ("RescaleSlope", "ImagePositionPatient", "PixelSpacing", "RescaleIntercept",
+                            "InstanceNumber", "Rows"))
+    assert fast == {"Rows": 128}
+
+
+@pytest.mark.parametrize("stored,signed,slope,intercept,implicit", [
+    (12, 0, 1.0, -1024.0, False), (12, 1, 2.5, 3.0, False), (16, 1, 1.0, 0.0, True), (16, 0, 0.5, -1000.5, False),
+])
+def test_series_pixels_equal_single_file_loads(tmp_path, stored, signed, slope, intercept, implicit):
+    """The series fast path (raw bytes, reused buffers, in-place rescale) gives the same
+    float32 values as loading every slice on its own through pydicom; high bits beyond
+    BitsStored are masked or sign-extended as pydicom does."""
+    image, _ = ct_phantom((24, 40), (0.8, 0.8), n_slices=5, n_nodules=0)
+    paths = write_dicom_series(image, tmp_path / "s")
+    rng = np.random.default_rng(0)
+    for i, p in enumerate(paths):
+        ds = pydicom.dcmread(p)
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = stored, stored - 1, signed
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.PixelData = rng.integers(0, 65536, size=(24, 40)).astype(np.uint16).tobytes()
+        if implicit:
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        ds.save_as(tmp_path / "s" / f"z{(i * 3) % 5}.dcm", implicit_vr=implicit, little_endian=True,
+                   enforce_file_format=True)
+        p.unlink()
+    series = calcdetect.load(tmp_path / "s")
+    # axial slices: ascending z is ascending along the normal
+    slices = sorted((calcdetect.load(p) for p in (tmp_path / "s").iterdir()),
+                    key=lambda im: im.index_to_patient([0, 0])[2])
+    assert series.shape == (5, 24, 40)
+    np.testing.assert_array_equal(series.pixels, np.stack([s.pixels for s in slices]))
+
+
+def test_series_with_a_stray_file_loads_and_bad_rescale_names_its_file(tmp_path):
+    image, _ = ct_phantom((32, 32), (1.0, 1.0), n_slices=4, n_nodules=0)
+    paths = write_dicom_series(image, tmp_path / "s")
+    (tmp_path / "s" / "README.txt").write_text("not an image")
+    loaded = calcdetect.load(tmp_path / "s")  # 5 files, 4 slices: a volume of 4
+    assert loaded.shape == (4, 32, 32)
+    ds = pydicom.dcmread(paths[2])
+    ds.RescaleSlope = 0
+    ds.save_as(paths[2])
+    with pytest.raises(calcdetect.CalcdetectError) as err:
+        calcdetect.load(tmp_path / "s")
+    assert paths[2].name in err.value.message and "RescaleSlope" in err.value.message
+
+
+def _scan_cases():
+    import glob
+    import os
+
+    base = os.path.dirname(get_testdata_file("CT_small.dcm"))
+    files = sorted(glob.glob(os.path.join(base, "*.dcm")))
+    files += sorted(str(p) for p in (Path(__file__).parent / "corpus").iterdir() if p.suffix == ".dcm")
+    if SERIES.exists():
+        files += [str(p) for p in sorted(SERIES.iterdir())[:3]]
+    return files
+
+
+def test_quick_header_scan_equals_the_full_pydicom_scan():
+    """The series scan's quick header walk keeps the elements a load reads as the raw
+    elements pydicom holds: the same errors, series keys, values and pixel layouts as a
+    full pydicom parse, on pydicom's test files (sequences, private tags, implicit VR,
+    big endian, deflated, compressed) and the damaged regression corpus."""
+    import math
+    import warnings
+
+    from calcdetect.io import ct
+    from calcdetect.io.dicom import dicom_value
+
+    def same(a, b):
+        if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+            return True
+        if isinstance(a, list) and isinstance(b, list):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return a == b
+
+    quick = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for f in _scan_cases():
+            path = Path(f)
+            full, fast = ct._scan_one(path, False), ct._scan_one(path, True)
+            quick += ct._quick_header(path) is not None
+            assert (full[3] is None) == (fast[3] is None), path.name
+            if full[3] is not None:
+                assert full[3].message == fast[3].message
+                continue
+            assert full[2] == fast[2] or all(same(full[2][k], fast[2][k]) for k in full[2]), path.name
+            assert ct.series_key(full[1], full[2]) == ct.series_key(fast[1], fast[2]), path.name
+            assert ct._is_image(full[1]) == ct._is_image(fast[1]), path.name
+            assert ct._raw_layout(full[1], full[2]) == ct._raw_layout(fast[1], fast[2]), path.name
+            for keyword in ct._QUICK_KEYWORDS:
+                assert same(dicom_value(full[1], keyword), dicom_value(fast[1], keyword)), (path.name, keyword)
+    assert quick >= 20  # the quick walk did read most of them

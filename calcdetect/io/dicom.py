@@ -8,7 +8,10 @@ file, the reason and the fix (for a missing codec: the extra to install).
 
 from __future__ import annotations
 
+import functools
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -483,7 +486,11 @@ def _plain(value: Any) -> Any:
 
 def float_list(ds: Dataset, keyword: str, n: int) -> list[float] | None:
     """A numeric multi-value of exactly ``n`` finite numbers, else ``None``."""
-    value = dicom_value(ds, keyword)
+    return floats_of(dicom_value(ds, keyword), n)
+
+
+def floats_of(value: Any, n: int) -> list[float] | None:
+    """:func:`float_list` of a plain value (as :func:`dicom_value` returns it)."""
     if value is None:
         return None
     if not isinstance(value, list):
@@ -495,6 +502,96 @@ def float_list(ds: Dataset, keyword: str, n: int) -> list[float] | None:
     if len(values) != n or not all(np.isfinite(values)):
         return None
     return values
+
+
+# Plain values straight from the raw bytes of a few header elements (see fast_values):
+# only the canonical spellings, which pydicom converts without a warning to the same value
+_FAST_PATTERNS = {
+    "DS": re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"),
+    "IS": re.compile(r"[+-]?\d{1,9}"),
+    "UI": re.compile(r"(?:0|[1-9]\d*)(?:\.(?:0|[1-9]\d*))*"),
+    "CS": re.compile(r"[A-Z0-9_][A-Z0-9_ ]*"),
+}
+_FAST_MAX_LENGTH = {"DS": 16, "IS": 12, "UI": 64, "CS": 16}
+_FAST_MULTI = {"DS": True, "IS": False, "UI": False, "CS": False}
+
+
+def _fast_defaults() -> bool:
+    """True when pydicom converts raw values its default way (no user hooks or options)."""
+    from pydicom import config, hooks
+
+    return (
+        hooks.hooks.raw_element_value is hooks.raw_element_value
+        and hooks.hooks.raw_element_vr is hooks.raw_element_vr
+        and not hooks.hooks.raw_element_kwargs
+        and not config.use_DS_numpy and not config.use_DS_decimal and not config.use_IS_numpy
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _fast_specs(keywords: tuple[str, ...]) -> tuple[tuple[str, Any, str], ...]:
+    """``(keyword, tag, dictionary VR)`` of the keywords pydicom knows."""
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.tag import Tag
+
+    specs = []
+    for keyword in keywords:
+        tag = tag_for_keyword(keyword)
+        if tag is not None:
+            specs.append((keyword, Tag(tag), str(dictionary_VR(tag))))
+    return tuple(specs)
+
+
+def fast_values(ds: Dataset, keywords: tuple[str, ...]) -> dict[str, Any]:
+    """Plain values (as :func:`dicom_value` gives them) of those ``keywords`` whose element
+    is still raw and spelled canonically (US of one value; DS, IS, UI and CS that match
+    the standard's patterns), read from the raw bytes without pydicom's conversion
+    (a series scan spent half its time there).  Elements that are absent, already
+    converted, empty or in any way unusual are left out: ask pydicom for those, which
+    then behaves (values, warnings, errors) exactly as without this shortcut."""
+    from pydicom.dataelem import RawDataElement
+
+    out: dict[str, Any] = {}
+    if not _fast_defaults():
+        return out
+    for keyword, tag, vr in _fast_specs(keywords):
+        try:
+            raw = ds.get_item(tag, keep_deferred=True)
+        except Exception:  # noqa: BLE001 - leave it to pydicom
+            continue
+        if not isinstance(raw, RawDataElement) or not raw.is_little_endian or not raw.value:
+            continue
+        if raw.VR is not None and raw.VR != vr:
+            continue
+        data = raw.value
+        if vr == "US":
+            if len(data) == 2:
+                out[keyword] = int.from_bytes(data, "little")
+            continue
+        pattern = _FAST_PATTERNS.get(vr)
+        if pattern is None or len(data) != raw.length:
+            continue
+        try:
+            text = data.decode("ascii")
+        except UnicodeDecodeError:
+            continue
+        text = text.rstrip("\0 ")
+        parts = text.split("\\")
+        if len(parts) > 1 and not _FAST_MULTI[vr]:
+            continue
+        limit = _FAST_MAX_LENGTH[vr]
+        if not all(len(v) <= limit and pattern.fullmatch(v) for v in parts):
+            continue
+        if vr == "DS":
+            values = [float(v) for v in parts]
+            if not all(math.isfinite(v) for v in values):
+                continue
+            out[keyword] = values if len(values) > 1 else values[0]
+        elif vr == "IS":
+            out[keyword] = int(parts[0])
+        else:
+            out[keyword] = parts[0]
+    return out
 
 
 def positive_spacing(values: list[float] | None) -> list[float] | None:
