@@ -47,13 +47,42 @@ FOV_PADDING_HU = -1500.0
 
 @dataclass
 class Anatomy:
-    """Per-voxel maps of a CT volume ``(slices, rows, cols)``."""
+    """Per-voxel maps of a CT volume ``(slices, rows, cols)``.
+
+    ``depth_mm`` is None when :func:`ct_anatomy` was asked not to build the depth map
+    (``depth_map=False``); :meth:`depth_at` and :attr:`no_skin` give the same values
+    either way.
+    """
 
     body: np.ndarray          # bool
     deep: np.ndarray          # bool, subset of body
-    depth_mm: np.ndarray      # float32, 0 outside the body, NaN where no skin is visible
+    depth_mm: np.ndarray | None  # float32, 0 outside the body, NaN where no skin is visible
     fov: np.ndarray           # bool, inside the reconstruction field of view
     internal_air: np.ndarray  # bool, air inside the body (cavities, lung, bowel gas)
+    no_skin: np.ndarray | None = None  # bool per slice: body but no outside air (depth NaN)
+    outside: np.ndarray | None = None  # bool, outside air (kept when depth_mm is None)
+    spacing_rc: tuple[float, float] = (1.0, 1.0)
+
+    def skin_missing(self) -> np.ndarray:
+        """Per slice: True where the slice has body but no skin surface (depth is NaN)."""
+        if self.no_skin is not None:
+            return self.no_skin
+        return np.array([np.isnan(d).any() for d in self.depth_mm])  # slice-wise: no volume temporary
+
+    def depth_at(self, z: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """``depth_mm[z, y, x]`` (float32), from the map or, without one, computed exactly
+        for these voxels only (see :func:`_depth_points`)."""
+        if self.depth_mm is not None:
+            return self.depth_mm[z, y, x]
+        z, y, x = (np.asarray(a, dtype=np.intp) for a in (z, y, x))
+        out = np.zeros(z.shape, np.float32)
+        inside = self.body[z, y, x]
+        out[inside & self.no_skin[z]] = np.nan
+        todo = inside & ~self.no_skin[z]
+        for k in np.unique(z[todo]):
+            sel = np.flatnonzero(todo & (z == k))
+            out[sel] = _depth_points(self.outside[k], y[sel], x[sel], float(np.mean(self.spacing_rc)))
+        return out
 
 
 def _slice_workers(nz: int) -> int:
@@ -237,6 +266,70 @@ def _crop_window(plane: np.ndarray, fov: np.ndarray, body_hu: float, outside_air
     return (slice(r0, r1), slice(c0, c1)), extra
 
 
+def _pad_px(px: float) -> int:
+    """Padding of the depth transform: the body cut off by the image edge continues
+    beyond it (60 mm)."""
+    return int(np.ceil(60.0 / px))
+
+
+def _depth_from_sq(k: np.ndarray, px: float) -> np.ndarray:
+    """Depth in mm (float32) from the squared pixel distance ``k`` to the nearest outside
+    air: the arithmetic of the depth map (the exact transform is the correctly rounded
+    float32 square root of the squared distance, then scaled in float32 and less half a
+    pixel: the skin surface lies between the pixel centres)."""
+    d = np.sqrt(np.asarray(k).astype(np.float32)) * np.float32(px)
+    return np.maximum(d - 0.5 * px, 0)
+
+
+def _depth_points(outside: np.ndarray, y: np.ndarray, x: np.ndarray, px: float) -> np.ndarray:
+    """Depth (as in the map) of body pixels (y, x) of one slice, isotropic pixels.
+
+    The map is the exact Euclidean distance transform of the not-outside-air mask padded
+    by replication (:func:`_pad_px`); its value at a pixel is the square root of the
+    smallest squared distance to an air pixel of the padded image.  The nearest air pixel
+    always has a 4-neighbour that is not air (one step towards the query pixel would
+    otherwise be nearer air), so only those air pixels are searched.
+    """
+    pad = _pad_px(px)
+    air = cv2.copyMakeBorder(outside.astype(np.uint8), pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    edge = (cv2.erode(air, cross, borderType=cv2.BORDER_CONSTANT, borderValue=1) == 0) & (air > 0)
+    ey, ex = np.nonzero(edge)
+    if ey.size == 0:  # no outside air: not called for such slices
+        return np.full(y.shape, np.nan, np.float32)
+    ey, ex = ey.astype(np.int64), ex.astype(np.int64)
+    k = np.empty(y.shape, np.int64)
+    for i, (yy, xx) in enumerate(zip(y.astype(np.int64) + pad, x.astype(np.int64) + pad)):
+        k[i] = int(((ey - yy) ** 2 + (ex - xx) ** 2).min())
+    return _depth_from_sq(k, px)
+
+
+def _deeper_than(not_air: np.ndarray, win: tuple[slice, slice], px: float, limit_mm: float) -> np.ndarray | None:
+    """``depth > limit_mm`` on the window ``win`` of a slice, as the depth map would say
+    it, without the distance transform: depth is a non-decreasing function of the squared
+    distance k to the nearest air pixel, so it exceeds the limit exactly when k >= K for
+    the smallest such K, that is when no air pixel lies at a squared distance below K:
+    an erosion of the (replicate-padded) not-air mask by that disk of offsets.
+    Returns None when the padding would not hold the disk (then use the map)."""
+    ks = np.arange(0, int(np.ceil((limit_mm / px + 2.0) ** 2)) + 2)
+    above = np.flatnonzero(_depth_from_sq(ks, px) > limit_mm)
+    pad = _pad_px(px)
+    if above.size == 0:
+        return None
+    kk = int(above[0])
+    r = int(np.floor(np.sqrt(max(kk - 1, 0)))) + 1
+    if r > pad:
+        return None
+    oy, ox = np.mgrid[-r:r + 1, -r:r + 1]
+    kernel = ((oy ** 2 + ox ** 2) < kk).astype(np.uint8)
+    padded = cv2.copyMakeBorder(not_air, r, r, r, r, cv2.BORDER_REPLICATE)
+    rs, cs = win
+    sub = padded[rs.start:rs.stop + 2 * r, cs.start:cs.stop + 2 * r]
+    # outside the padded slice nothing is air (the transform never looks there)
+    eroded = cv2.erode(sub, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=1)
+    return eroded[r:-r, r:-r] > 0
+
+
 def _keep_large_parts(mask: np.ndarray, min_area_px: float) -> np.ndarray:
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
     if n <= 1:
@@ -262,6 +355,7 @@ def ct_anatomy(
     lesion_hu: float = 130.0,
     max_lesion_mm: float = 20.0,
     valid: np.ndarray | None = None,
+    depth_map: bool = True,
 ) -> Anatomy:
     """Body, deep-core and depth maps of a CT volume.
 
@@ -282,6 +376,12 @@ def ct_anatomy(
         fascia is not absorbed into the muscle.  Ribs (rim in muscle) still do.
     valid : ndarray of bool, optional
         Pixels that hold image signal; others are treated as outside the field of view.
+    depth_map : bool
+        Build the full depth map (default).  With False (what the detector uses) the
+        distance transform of every slice is skipped: the deep core's "below the
+        dermis" test is an exactly equivalent erosion, ``depth_mm`` is None and
+        :meth:`Anatomy.depth_at` computes the same depths for the voxels asked about.
+        Anisotropic pixels always build the map.
 
     Returns
     -------
@@ -293,7 +393,10 @@ def ct_anatomy(
     body = np.zeros(hu.shape, bool)
     deep = np.zeros(hu.shape, bool)
     internal_air = np.zeros(hu.shape, bool)
-    depth = np.zeros(hu.shape, np.float32)
+    lazy = not depth_map and not aniso
+    depth = None if lazy else np.zeros(hu.shape, np.float32)
+    outside_vol = np.ones(hu.shape, bool) if lazy else None
+    no_skin = np.zeros(nz, bool)
     fov = hu > FOV_PADDING_HU
     if valid is not None:
         fov &= valid
@@ -302,7 +405,7 @@ def ct_anatomy(
     close_kernel = _disk(core_close_mm / px)
     pixel_area = spacing_rc[0] * spacing_rc[1]
     max_lesion_area_px = np.pi * (max_lesion_mm / 2) ** 2 / pixel_area
-    pad = int(np.ceil(60.0 / px))  # the body cut off by the image edge continues beyond it
+    pad = _pad_px(px)  # the body cut off by the image edge continues beyond it
     # a crop margin beyond the reach of every morphological step (the grown body, the
     # core opening, the closing's dilation and erosion), see _crop_window
     margin = 2 * max(2 * link.shape[0] // 2, core_kernel.shape[0] // 2, close_kernel.shape[0] // 2) + 3
@@ -336,6 +439,21 @@ def ct_anatomy(
         b &= ~outside
         body[k][win] = b
         internal_air[k][win] = b & (plane <= body_hu)
+        if not outside.any():
+            no_skin[k] = bool(b.any())
+        if lazy:
+            outside_vol[k][win] = outside
+            if not outside.any():
+                below_dermis = np.ones(b.shape, bool)
+            else:
+                not_air = np.zeros((h, w), np.uint8)
+                not_air[win] = ~outside
+                below_dermis = _deeper_than(not_air, win, px, 2.0)
+                if below_dermis is None:  # pragma: no cover - pixels far below 0.1 mm
+                    raise ValueError("pixel spacing too fine for the depth padding")
+                below_dermis |= plane >= 300.0
+            core = b & ((plane > core_hu) | internal_air[k][win]) & below_dermis
+            return finish_core(k, win, plane, b, core)
         depth_k = depth[k][win]
         if not outside.any():
             depth_k[...] = np.where(b, np.nan, 0)
@@ -362,6 +480,9 @@ def ct_anatomy(
         below_dermis = (depth_k > 2.0) | np.isnan(depth_k) | (plane >= 300.0)
         # internal air (bowel gas, lung) lies in body cavities: always deep
         core = b & ((plane > core_hu) | internal_air[k][win]) & below_dermis
+        finish_core(k, win, plane, b, core)
+
+    def finish_core(k, win, plane, b, core) -> None:
         core &= ~_foci_in_fat(plane >= lesion_hu, plane, max_lesion_area_px, core_hu)
         core = core.astype(np.uint8)
         core = cv2.morphologyEx(core, cv2.MORPH_OPEN, core_kernel)
@@ -380,4 +501,5 @@ def ct_anatomy(
     else:
         for k in range(nz):
             one_slice(k)
-    return Anatomy(body=body, deep=deep, depth_mm=depth, fov=fov, internal_air=internal_air)
+    return Anatomy(body=body, deep=deep, depth_mm=depth, fov=fov, internal_air=internal_air,
+                   no_skin=no_skin, outside=outside_vol, spacing_rc=tuple(float(s) for s in spacing_rc))

@@ -192,13 +192,15 @@ def detect_ct(
             "were applied assuming 1 mm pixels"
         )
 
-    anatomy = ct_anatomy(hu, spacing3[1:], valid=valid, lesion_hu=threshold_hu, max_lesion_mm=max_lesion_mm)
+    # no depth map: the detector needs depths only at component centres (Anatomy.depth_at)
+    anatomy = ct_anatomy(hu, spacing3[1:], valid=valid, lesion_hu=threshold_hu, max_lesion_mm=max_lesion_mm,
+                         depth_map=False)
     candidates = hu >= threshold_hu
     candidates &= anatomy.body  # in place: no full-volume temporaries
     if valid is not None:
         candidates &= valid
     if region == "skin":
-        no_skin = np.array([np.isnan(d).any() for d in anatomy.depth_mm])  # slice-wise: no volume temporary
+        no_skin = anatomy.skin_missing()
         if no_skin.any():
             candidates[no_skin] = False
             warnings.append(
@@ -381,7 +383,7 @@ def _midline_bone(image: Image, anatomy, table: dict, spacing3, has_spacing: boo
     if not n or not has_spacing or not _is_axial(image):
         return out
     cz, cy, cx = _centre_voxels(table, anatomy.body.shape)
-    depth = anatomy.depth_mm[cz, cy, cx]
+    depth = anatomy.depth_at(cz, cy, cx)
     for z in np.unique(cz[depth >= MIDLINE_BONE_DEPTH_MM]):
         k, core, stats, _ = cv2.connectedComponentsWithStats(anatomy.deep[z].astype(np.uint8), connectivity=8)
         if k <= 1:
@@ -534,8 +536,8 @@ def _findings(image, size_t, thr_t, scores, anatomy, k, is_volume, has_spacing, 
         return findings
     centroids = np.stack([size_t[f"centroid-{a}"] for a in range(3)], axis=1)
     patient = image.index_to_patient(centroids if is_volume else centroids[:, 1:]) if has_spacing else None
-    cz, cy, cx = _centre_voxels(size_t, anatomy.depth_mm.shape)
-    depth = anatomy.depth_mm[cz, cy, cx].astype(np.float64)
+    cz, cy, cx = _centre_voxels(size_t, anatomy.body.shape)
+    depth = anatomy.depth_at(cz, cy, cx).astype(np.float64)
     deep = anatomy.deep[cz, cy, cx]
     sides = _sides(image, anatomy, centroids, patient, is_volume)
     for i in range(k):
