@@ -168,3 +168,33 @@ def test_real_series_few_false_findings_and_inserted_ones_found():
     m = match_findings(truth, report.findings, image.spacing_mm)
     assert m.found == 2
     assert max(abs(e) for e in m.size_errors_mm) <= 1.0
+
+
+def _anatomy_volumes():
+    image, _ = ct_phantom(diameters_mm=[3.0, 6.0], nodule_hu=(500, 800), seed=5)
+    hu = image.pixels[None].astype(np.float32)
+    inside = hu[:, hu.shape[1] // 2 - 30:hu.shape[1] // 2 + 30, hu.shape[2] // 2 - 60:hu.shape[2] // 2 + 60].copy()
+    fov_inside = np.full((3, 80, 90), 40.0, np.float32)  # the field of view lies inside the body
+    fov_inside[:, 20:30, :] = -100.0
+    return [(hu, image.spacing_mm), (hu[:, 10:-10, 40:].copy(), image.spacing_mm), (inside, image.spacing_mm),
+            (fov_inside, (0.8, 0.8)), (hu[:, ::3, ::3].copy(), tuple(3 * s for s in image.spacing_mm))]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_anatomy_without_depth_map_is_the_same(case):
+    """The detector's path (no depth map: erosion for the dermis test, depths computed at
+    the voxels asked about) gives exactly the maps and depths of the full anatomy."""
+    from calcdetect.detect.anatomy import ct_anatomy
+
+    hu, spacing = _anatomy_volumes()[case]
+    full = ct_anatomy(hu, spacing)
+    lazy = ct_anatomy(hu, spacing, depth_map=False)
+    assert lazy.depth_mm is None
+    for key in ("body", "deep", "fov", "internal_air"):
+        assert np.array_equal(getattr(full, key), getattr(lazy, key)), key
+    assert np.array_equal(full.skin_missing(), lazy.skin_missing())
+    assert np.array_equal(full.skin_missing(), [np.isnan(d).any() for d in full.depth_mm])
+    z, y, x = np.indices(hu.shape).reshape(3, -1)[:, ::7]
+    assert np.array_equal(full.depth_mm[z, y, x], lazy.depth_at(z, y, x), equal_nan=True)
+    if case == 3:
+        assert full.skin_missing().all() and np.isnan(lazy.depth_at(z, y, x)).any()

@@ -79,9 +79,12 @@ class Anatomy:
         inside = self.body[z, y, x]
         out[inside & self.no_skin[z]] = np.nan
         todo = inside & ~self.no_skin[z]
+        cache = self.__dict__.setdefault("_edges", {})
         for k in np.unique(z[todo]):
             sel = np.flatnonzero(todo & (z == k))
-            out[sel] = _depth_points(self.outside[k], y[sel], x[sel], float(np.mean(self.spacing_rc)))
+            if k not in cache:
+                cache[k] = _air_edge(self.outside[k])
+            out[sel] = _depth_points(cache[k], y[sel], x[sel], float(np.mean(self.spacing_rc)))
         return out
 
 
@@ -101,6 +104,16 @@ def _disk(radius_px: float) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
 
 
+def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """8-connected components of a 2D uint8 mask: count (with the background), labels,
+    and the pixel area of each label.  ``connectedComponentsWithStats`` gives the same
+    areas, but its other statistics make it about three times slower than the labelling
+    alone plus a ``bincount``."""
+    n, labels = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)
+    area = np.bincount(labels.ravel(), minlength=n)
+    return n, labels, area
+
+
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """Fill holes of a 2D uint8 mask (flood the background from the border)."""
     h, w = mask.shape
@@ -117,13 +130,13 @@ def _keep_body_parts(mask: np.ndarray, min_radius_px: float, min_fraction: float
                      abs_area_px: float) -> np.ndarray:
     """Components of a uint8 mask thick enough (largest inscribed radius) and large
     enough (relative to the largest thick component, or absolutely) to be body parts."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
+    n, labels, area = _components(mask)
     if n <= 1:
         return np.zeros(mask.shape, bool)
     dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
     # a component is thick when any of its pixels is deep enough (its maximum distance
     # reaches the radius): a bincount of the deep pixels' labels, not a scatter-max
-    area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
+    area = area.astype(np.float64)
     thick = np.bincount(labels[dist >= min_radius_px], minlength=n) > 0
     thick[0] = False
     if not thick.any():
@@ -180,10 +193,10 @@ def _foci_in_fat(dense: np.ndarray, plane: np.ndarray, max_area_px: float, fat_b
     fills the fat layer from skin to fascia, not a rib inside intercostal muscle (whose
     rim is muscle, pleura and lung).
     """
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(dense.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    n, labels, area = _components(dense.astype(np.uint8))
     if n <= 1:
         return np.zeros(dense.shape, bool)
-    small = stats[:, cv2.CC_STAT_AREA] <= max_area_px
+    small = area <= max_area_px
     small[0] = False
     if not small.any():
         return np.zeros(dense.shape, bool)
@@ -281,26 +294,32 @@ def _depth_from_sq(k: np.ndarray, px: float) -> np.ndarray:
     return np.maximum(d - 0.5 * px, 0)
 
 
-def _depth_points(outside: np.ndarray, y: np.ndarray, x: np.ndarray, px: float) -> np.ndarray:
-    """Depth (as in the map) of body pixels (y, x) of one slice, isotropic pixels.
-
-    The map is the exact Euclidean distance transform of the not-outside-air mask padded
-    by replication (:func:`_pad_px`); its value at a pixel is the square root of the
-    smallest squared distance to an air pixel of the padded image.  The nearest air pixel
-    always has a 4-neighbour that is not air (one step towards the query pixel would
-    otherwise be nearer air), so only those air pixels are searched.
-    """
-    pad = _pad_px(px)
-    air = cv2.copyMakeBorder(outside.astype(np.uint8), pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+def _air_edge(outside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the outside-air pixels of one slice that have a 4-neighbour
+    that is not air: the only candidates for the air pixel nearest to a body pixel (one
+    step from any other air pixel towards the body pixel is nearer, and stays in the
+    image).  The map's replicate padding adds no nearer air: a padding pixel copies an
+    image-edge pixel that is at least as near to every pixel of the image."""
+    air = outside.astype(np.uint8)
     cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
-    edge = (cv2.erode(air, cross, borderType=cv2.BORDER_CONSTANT, borderValue=1) == 0) & (air > 0)
+    edge = (cv2.erode(air, cross, borderType=cv2.BORDER_REPLICATE) == 0) & outside
     ey, ex = np.nonzero(edge)
-    if ey.size == 0:  # no outside air: not called for such slices
-        return np.full(y.shape, np.nan, np.float32)
-    ey, ex = ey.astype(np.int64), ex.astype(np.int64)
+    return ey.astype(np.int64), ex.astype(np.int64)
+
+
+def _depth_points(edge: tuple[np.ndarray, np.ndarray], y: np.ndarray, x: np.ndarray, px: float) -> np.ndarray:
+    """Depth (as in the map) of body pixels (y, x) of one slice with outside air,
+    isotropic pixels: the map is the exact Euclidean distance transform, whose value is
+    the square root of the smallest squared distance to an air pixel; ``edge`` (from
+    :func:`_air_edge`) holds every air pixel that can be the nearest."""
+    ey, ex = edge
+    y, x = y.astype(np.int64), x.astype(np.int64)
     k = np.empty(y.shape, np.int64)
-    for i, (yy, xx) in enumerate(zip(y.astype(np.int64) + pad, x.astype(np.int64) + pad)):
-        k[i] = int(((ey - yy) ** 2 + (ex - xx) ** 2).min())
+    step = max(1, (1 << 22) // max(ey.size, 1))  # bound the (points x edge) temporary
+    for i in range(0, y.size, step):
+        dy = ey[None, :] - y[i:i + step, None]
+        dx = ex[None, :] - x[i:i + step, None]
+        k[i:i + step] = (dy * dy + dx * dx).min(axis=1)
     return _depth_from_sq(k, px)
 
 
@@ -331,10 +350,10 @@ def _deeper_than(not_air: np.ndarray, win: tuple[slice, slice], px: float, limit
 
 
 def _keep_large_parts(mask: np.ndarray, min_area_px: float) -> np.ndarray:
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
+    n, labels, area = _components(mask)
     if n <= 1:
         return np.zeros(mask.shape, bool)
-    keep = stats[:, cv2.CC_STAT_AREA] >= min_area_px
+    keep = area >= min_area_px
     keep[0] = False
     return keep[labels]
 
