@@ -130,7 +130,12 @@ def fingerprints(series: Path | None) -> dict[str, str]:
         same_depth = (np.array_equal(maps.depth_at(zz, yy, xx), lazy.depth_at(zz, yy, xx), equal_nan=True)
                       and np.array_equal(maps.skin_missing(), lazy.skin_missing()))
         for key in ("body", "deep", "depth_mm", "fov", "internal_air"):
-            same = same_depth if key == "depth_mm" else np.array_equal(getattr(maps, key), getattr(lazy, key))
+            if key == "depth_mm":
+                same = same_depth
+            elif key == "fov":  # not kept without the depth map
+                same = lazy.fov is None or np.array_equal(maps.fov, lazy.fov)
+            else:
+                same = np.array_equal(getattr(maps, key), getattr(lazy, key))
             out[f"anatomy {name} {key}"] = _h(getattr(maps, key)) if same else "differs with depth_map=False"
     with tempfile.TemporaryDirectory() as tmp:
         folders = {

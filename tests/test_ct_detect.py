@@ -189,8 +189,8 @@ def test_anatomy_without_depth_map_is_the_same(case):
     hu, spacing = _anatomy_volumes()[case]
     full = ct_anatomy(hu, spacing)
     lazy = ct_anatomy(hu, spacing, depth_map=False)
-    assert lazy.depth_mm is None
-    for key in ("body", "deep", "fov", "internal_air"):
+    assert lazy.depth_mm is None and lazy.fov is None  # all cases are isotropic
+    for key in ("body", "deep", "internal_air"):
         assert np.array_equal(getattr(full, key), getattr(lazy, key)), key
     assert np.array_equal(full.skin_missing(), lazy.skin_missing())
     assert np.array_equal(full.skin_missing(), [np.isnan(d).any() for d in full.depth_mm])

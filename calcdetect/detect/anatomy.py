@@ -49,18 +49,18 @@ FOV_PADDING_HU = -1500.0
 class Anatomy:
     """Per-voxel maps of a CT volume ``(slices, rows, cols)``.
 
-    ``depth_mm`` is None when :func:`ct_anatomy` was asked not to build the depth map
-    (``depth_map=False``); :meth:`depth_at` and :attr:`no_skin` give the same values
-    either way.
+    ``depth_mm`` (and ``fov``, which only the maps themselves need) is None when
+    :func:`ct_anatomy` was asked not to build the depth map (``depth_map=False``);
+    :meth:`depth_at` and :meth:`skin_missing` give the same values either way.
     """
 
     body: np.ndarray          # bool
     deep: np.ndarray          # bool, subset of body
     depth_mm: np.ndarray | None  # float32, 0 outside the body, NaN where no skin is visible
-    fov: np.ndarray           # bool, inside the reconstruction field of view
+    fov: np.ndarray | None    # bool, inside the reconstruction field of view (None with depth_map=False)
     internal_air: np.ndarray  # bool, air inside the body (cavities, lung, bowel gas)
     no_skin: np.ndarray | None = None  # bool per slice: body but no outside air (depth NaN)
-    outside: np.ndarray | None = None  # bool, outside air (kept when depth_mm is None)
+    air_edges: list | None = None  # per slice, outside-air pixels next to tissue (when depth_mm is None)
     spacing_rc: tuple[float, float] = (1.0, 1.0)
 
     def skin_missing(self) -> np.ndarray:
@@ -79,12 +79,9 @@ class Anatomy:
         inside = self.body[z, y, x]
         out[inside & self.no_skin[z]] = np.nan
         todo = inside & ~self.no_skin[z]
-        cache = self.__dict__.setdefault("_edges", {})
         for k in np.unique(z[todo]):
             sel = np.flatnonzero(todo & (z == k))
-            if k not in cache:
-                cache[k] = _air_edge(self.outside[k])
-            out[sel] = _depth_points(cache[k], y[sel], x[sel], float(np.mean(self.spacing_rc)))
+            out[sel] = _depth_points(self.air_edges[k], y[sel], x[sel], float(np.mean(self.spacing_rc)))
         return out
 
 
@@ -294,17 +291,19 @@ def _depth_from_sq(k: np.ndarray, px: float) -> np.ndarray:
     return np.maximum(d - 0.5 * px, 0)
 
 
-def _air_edge(outside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _air_edge(outside: np.ndarray, offset: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray]:
     """Rows and columns of the outside-air pixels of one slice that have a 4-neighbour
     that is not air: the only candidates for the air pixel nearest to a body pixel (one
     step from any other air pixel towards the body pixel is nearer, and stays in the
     image).  The map's replicate padding adds no nearer air: a padding pixel copies an
-    image-edge pixel that is at least as near to every pixel of the image."""
+    image-edge pixel that is at least as near to every pixel of the image.  ``outside``
+    may be a crop whose border is outside air (the rest of the slice is), with
+    ``offset`` its corner: the replicated border then says what the slice says."""
     air = outside.astype(np.uint8)
     cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
     edge = (cv2.erode(air, cross, borderType=cv2.BORDER_REPLICATE) == 0) & outside
     ey, ex = np.nonzero(edge)
-    return ey.astype(np.int64), ex.astype(np.int64)
+    return ey.astype(np.int64) + offset[0], ex.astype(np.int64) + offset[1]
 
 
 def _depth_points(edge: tuple[np.ndarray, np.ndarray], y: np.ndarray, x: np.ndarray, px: float) -> np.ndarray:
@@ -414,11 +413,22 @@ def ct_anatomy(
     internal_air = np.zeros(hu.shape, bool)
     lazy = not depth_map and not aniso
     depth = None if lazy else np.zeros(hu.shape, np.float32)
-    outside_vol = np.ones(hu.shape, bool) if lazy else None
+    air_edges: list | None = [None] * nz if lazy else None
     no_skin = np.zeros(nz, bool)
-    fov = hu > FOV_PADDING_HU
-    if valid is not None:
-        fov &= valid
+    if lazy:  # slice by slice, no volume (see fov_slice)
+        fov = None
+    else:
+        fov = hu > FOV_PADDING_HU
+        if valid is not None:
+            fov &= valid
+
+    def fov_slice(k: int) -> np.ndarray:
+        if fov is not None:
+            return fov[k]
+        f = hu[k] > FOV_PADDING_HU
+        if valid is not None:
+            f &= valid[k]
+        return f
     link = _disk(link_radius_mm / px)
     core_kernel = _disk(core_open_mm / px)
     close_kernel = _disk(core_close_mm / px)
@@ -431,10 +441,11 @@ def ct_anatomy(
 
     def one_slice(k: int, crop: bool = True) -> None:
         # work on the crop holding the patient (and table): identical maps, less area
-        win, extra = (_crop_window(hu[k], fov[k], body_hu, outside_air_hu, margin) if crop
+        fov_k = fov_slice(k)
+        win, extra = (_crop_window(hu[k], fov_k, body_hu, outside_air_hu, margin) if crop
                       else ((slice(0, h), slice(0, w)), None))
         plane = hu[k][win]
-        fk = fov[k][win]
+        fk = fov_k[win]
         raw = ((plane > body_hu) & fk).astype(np.uint8)
         opened = cv2.morphologyEx(raw, cv2.MORPH_OPEN, link)
         parts = _keep_body_parts(opened, min_part_radius_mm / px, min_part_fraction, 2000.0 / pixel_area)
@@ -461,7 +472,9 @@ def ct_anatomy(
         if not outside.any():
             no_skin[k] = bool(b.any())
         if lazy:
-            outside_vol[k][win] = outside
+            if outside.any():
+                # outside the crop all is outside air: the air next to tissue lies in it
+                air_edges[k] = _air_edge(outside, (win[0].start, win[1].start))
             if not outside.any():
                 below_dermis = np.ones(b.shape, bool)
             else:
@@ -521,4 +534,4 @@ def ct_anatomy(
         for k in range(nz):
             one_slice(k)
     return Anatomy(body=body, deep=deep, depth_mm=depth, fov=fov, internal_air=internal_air,
-                   no_skin=no_skin, outside=outside_vol, spacing_rc=tuple(float(s) for s in spacing_rc))
+                   no_skin=no_skin, air_edges=air_edges, spacing_rc=tuple(float(s) for s in spacing_rc))
