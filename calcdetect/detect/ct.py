@@ -284,7 +284,8 @@ def detect_ct(
     scores = calcium_scores(thr_labels, hu, spacing3, k, min_area_mm2=min_area_mm2, is_volume=is_volume)
 
     if size_method == "half-max" and k:
-        size_labels = _half_max_labels(thr_labels, hu, thr_table, anatomy.body, threshold_hu)
+        # thr_labels is not needed after the scores: shrink it in place
+        size_labels = _half_max_labels(thr_labels, hu, thr_table, anatomy.body, threshold_hu, in_place=True)
     else:
         size_labels = thr_labels
     size_table = _measure(size_labels, hu, spacing3) if k else thr_table
@@ -491,23 +492,26 @@ def _rim_owners(labels, hu, internal_air, deep, n):
 
 
 def _half_max_labels(
-    labels: np.ndarray, hu: np.ndarray, table: dict[str, np.ndarray], body: np.ndarray, threshold: float
+    labels: np.ndarray, hu: np.ndarray, table: dict[str, np.ndarray], body: np.ndarray, threshold: float,
+    *, in_place: bool = False,
 ) -> np.ndarray:
     """Shrink each thresholded lesion to the voxels at or above half maximum.
 
     Half maximum is halfway between the lesion's local background (median HU of the
     body voxels in a 2-voxel shell around it) and its peak.  Never below the threshold,
     so the result is a subset of the thresholded lesion.  One small crop per lesion:
-    the loop is over findings, not pixels.
+    the loop is over findings, not pixels.  ``in_place`` clears the voxels below half
+    maximum in ``labels`` itself (every level is found first, on the unchanged labels)
+    instead of writing a new volume: no volume to allocate and first-touch.
     """
     import cv2
 
     from .anatomy import _disk
 
-    out = np.zeros(labels.shape, labels.dtype)  # calloc: untouched pages cost neither time nor memory
     nz, ny, nx = labels.shape
     margin = (1 if nz > 1 else 0, 3, 3)
     shell_kernel = _disk(2)  # a 2-voxel shell in each slice
+    levels = []
     for i in range(len(table["label"])):
         lab = i + 1
         lo = [max(int(table[f"bbox-{a}"][i]) - margin[a], 0) for a in range(3)]
@@ -525,8 +529,15 @@ def _half_max_labels(
             bg = threshold
         peak = float(table["intensity_max"][i])
         # never below the threshold (subset of the lesion), never above the peak (non-empty)
-        level = min(max(threshold, 0.5 * (bg + peak)), peak)
-        out[sl][comp & (sub >= level)] = lab
+        levels.append((sl, min(max(threshold, 0.5 * (bg + peak)), peak)))
+    if in_place:
+        for lab, (sl, level) in enumerate(levels, start=1):
+            view = labels[sl]
+            view[(view == lab) & (hu[sl] < level)] = 0
+        return labels
+    out = np.zeros(labels.shape, labels.dtype)  # calloc: untouched pages cost neither time nor memory
+    for lab, (sl, level) in enumerate(levels, start=1):
+        out[sl][(labels[sl] == lab) & (hu[sl] >= level)] = lab
     return out
 
 
