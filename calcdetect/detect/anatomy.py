@@ -111,6 +111,25 @@ def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     return n, labels, area
 
 
+def _select(keep: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``keep[labels]`` (a bool lookup per label), by a few comparisons when only a few
+    labels are kept or only a few foreground labels dropped (the usual case: one trunk,
+    one core), which is several times faster than the gather."""
+    n = keep.size
+    kept = np.flatnonzero(keep)
+    if kept.size <= 3:
+        out = np.zeros(labels.shape, bool)
+        for lab in kept:
+            out |= labels == lab
+        return out
+    if not keep[0] and n - 1 - kept.size <= 3:
+        out = labels != 0
+        for lab in np.flatnonzero(~keep[1:]) + 1:
+            out &= labels != lab
+        return out
+    return keep[labels]
+
+
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """Fill holes of a 2D uint8 mask (flood the background from the border)."""
     h, w = mask.shape
@@ -140,7 +159,7 @@ def _keep_body_parts(mask: np.ndarray, min_radius_px: float, min_fraction: float
         return np.zeros(mask.shape, bool)
     largest = area[thick].max()
     keep = thick & ((area >= min_fraction * largest) | (area >= abs_area_px))
-    return keep[labels]
+    return _select(keep, labels)
 
 
 def _outside_air(background: np.ndarray, plane: np.ndarray, outside_air_hu: float,
@@ -179,7 +198,7 @@ def _outside_air(background: np.ndarray, plane: np.ndarray, outside_air_hu: floa
             keep[lab] = decided
     if extra and not keep[added > 0].all():
         return None
-    return keep[labels]
+    return _select(keep, labels)
 
 
 def _foci_in_fat(dense: np.ndarray, plane: np.ndarray, max_area_px: float, fat_below_hu: float) -> np.ndarray:
@@ -206,7 +225,7 @@ def _foci_in_fat(dense: np.ndarray, plane: np.ndarray, max_area_px: float, fat_b
     total = np.bincount(owner, minlength=n)
     fat_fraction = np.bincount(owner, weights=is_fat, minlength=n) / np.maximum(total, 1)
     fatty = small & (fat_fraction >= 0.45)
-    return fatty[labels]
+    return _select(fatty, labels)
 
 
 def _median_below(plane: np.ndarray, comp: np.ndarray, below: np.ndarray, t: float,
@@ -355,7 +374,7 @@ def _keep_large_parts(mask: np.ndarray, min_area_px: float) -> np.ndarray:
         return np.zeros(mask.shape, bool)
     keep = area >= min_area_px
     keep[0] = False
-    return keep[labels]
+    return _select(keep, labels)
 
 
 def ct_anatomy(
@@ -447,7 +466,9 @@ def ct_anatomy(
                       else ((slice(0, h), slice(0, w)), None))
         plane = hu[k][win]
         fk = fov_k[win]
-        raw = ((plane > body_hu) & fk).astype(np.uint8)
+        all_fov = bool(fk.all())  # the usual case: skip the field-of-view masking
+        raw = (plane > body_hu) if all_fov else ((plane > body_hu) & fk)
+        raw = raw.astype(np.uint8)
         opened = cv2.morphologyEx(raw, cv2.MORPH_OPEN, link)
         parts = _keep_body_parts(opened, min_part_radius_mm / px, min_part_fraction, 2000.0 / pixel_area)
         if not parts.any():
@@ -456,16 +477,19 @@ def ct_anatomy(
         grown = cv2.dilate(parts.astype(np.uint8), link, iterations=2)
         tissue = (raw & grown).astype(np.uint8)
         background = ~(raw > 0)
-        outside = _outside_air(background | ~fk, np.where(fk, plane, -1000.0), outside_air_hu, extra)
+        outside = (_outside_air(background, plane, outside_air_hu, extra) if all_fov else
+                   _outside_air(background | ~fk, np.where(fk, plane, -1000.0), outside_air_hu, extra))
         if outside is None:  # the crop cannot decide this slice exactly: redo it whole
             return one_slice(k, crop=False)
         # internal air: background that is not outside air and touches the patient
-        inner = background & ~outside & fk
+        inner = background & ~outside
+        if not all_fov:
+            inner &= fk
         n_in, lab_in = cv2.connectedComponents(inner.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
         touching = np.zeros(n_in, bool)  # a lookup table of the touching components (not np.isin)
         touching[lab_in[(cv2.dilate(tissue, _disk(1)) > 0) & inner]] = True
         touching[0] = False
-        air_in = touching[lab_in]
+        air_in = _select(touching, lab_in)
         b = _fill_holes((tissue > 0) | air_in)
         b &= ~outside
         body[k][win] = b
