@@ -221,7 +221,7 @@ def detect_ct(
 
     sigma = noise_sigma(hu, anatomy.body)
     rim_dense_air, rim_mean, rim_deep = _rim_stats(labels, hu, anatomy.internal_air, anatomy.deep,
-                                                   table["label"], threshold_hu)
+                                                   table["label"], threshold_hu, _label_box(table, labels.shape))
     # below the scoring area a focus must still stand out: 70 HU above the threshold,
     # or 10 noise SDs above its own rim (partial volume lowers small calcifications)
     noise = (cross_mm2 < min_area_mm2) & (peak < threshold_hu + 70.0) & (peak - rim_mean < 10.0 * sigma)
@@ -420,7 +420,7 @@ def noise_sigma(hu: np.ndarray, body: np.ndarray, max_slices: int = 16) -> float
 
 def _rim_stats(
     labels: np.ndarray, hu: np.ndarray, internal_air: np.ndarray, deep: np.ndarray,
-    label_ids: np.ndarray, threshold: float
+    label_ids: np.ndarray, threshold: float, box: tuple[slice, slice] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per component: the fraction of its rim that is bone or internal air, the rim's
     mean HU (clipped to -200..200: the local soft-tissue background), and the fraction
@@ -443,7 +443,7 @@ def _rim_stats(
         rim = (grown > 0) & (labels == 0)
         owner, values, is_air, is_deep = grown[rim], hu[rim], internal_air[rim], deep[rim]
     else:
-        owner, values, is_air, is_deep = _rim_owners(labels, hu, internal_air, deep, n)
+        owner, values, is_air, is_deep = _rim_owners(labels, hu, internal_air, deep, n, box)
     total = np.maximum(np.bincount(owner, minlength=n).astype(np.float64), 1)
     dense = np.bincount(owner, weights=(values >= threshold), minlength=n)
     air = np.bincount(owner, weights=is_air, minlength=n)
@@ -452,17 +452,32 @@ def _rim_stats(
     return ((dense + air) / total)[label_ids], mean[label_ids], in_deep[label_ids]
 
 
-def _rim_owners(labels, hu, internal_air, deep, n):
+def _label_box(table: dict[str, np.ndarray], shape: tuple[int, ...]) -> tuple[slice, slice] | None:
+    """Rows and columns holding every labelled voxel (from the table's boxes), plus one
+    pixel; None when there are no labels."""
+    if not table["label"].size:
+        return None
+    ny, nx = shape[1:]
+    return (slice(max(int(table["bbox-1"].min()) - 1, 0), min(int(table["bbox-4"].max()) + 1, ny)),
+            slice(max(int(table["bbox-2"].min()) - 1, 0), min(int(table["bbox-5"].max()) + 1, nx)))
+
+
+def _rim_owners(labels, hu, internal_air, deep, n, box=None):
     """Rim voxels of the 3 x 3 (x 3) maximum filter of ``labels``, slice by slice.
 
     The same values as ``ndimage.maximum_filter`` (whose 'reflect' border equals
     ignoring the outside), computed with OpenCV's in-plane dilation and a maximum over
     the neighbouring slices: no full-volume temporaries, several times faster.
+    ``box`` (rows, cols; see :func:`_label_box`) limits the work to the part of each
+    slice that holds the labels plus one pixel, outside which there is no rim.
     Returns the owner label, the HU, ``internal_air`` and ``deep`` of every rim voxel,
     in raster order.
     """
     import cv2
 
+    if box is not None:
+        labels, hu = labels[(slice(None),) + box], hu[(slice(None),) + box]
+        internal_air, deep = internal_air[(slice(None),) + box], deep[(slice(None),) + box]
     dtype = np.uint16 if n <= 65536 else np.float32
     kernel = np.ones((3, 3), np.uint8)
     nz = labels.shape[0]
