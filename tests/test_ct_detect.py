@@ -198,3 +198,38 @@ def test_anatomy_without_depth_map_is_the_same(case):
     assert np.array_equal(full.depth_mm[z, y, x], lazy.depth_at(z, y, x), equal_nan=True)
     if case == 3:
         assert full.skin_missing().all() and np.isnan(lazy.depth_at(z, y, x)).any()
+
+
+def test_body_parts_shortcut_matches_the_distance_transform():
+    """_keep_body_parts skips the distance transform when a cheap erosion already
+    decides; the kept parts must be those the transform alone keeps."""
+    import cv2
+
+    from calcdetect.detect.anatomy import _keep_body_parts
+
+    def reference(mask, r, frac, abs_area):
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
+        if n <= 1:
+            return np.zeros(mask.shape, bool)
+        dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
+        area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
+        thick = np.bincount(labels[dist >= r], minlength=n) > 0
+        thick[0] = False
+        if not thick.any():
+            return np.zeros(mask.shape, bool)
+        keep = thick & ((area >= frac * area[thick].max()) | (area >= abs_area))
+        return keep[labels]
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        mask = np.zeros((120, 160), np.uint8)
+        for _ in range(rng.integers(1, 8)):
+            x, y = (int(v) for v in rng.integers(0, 160, 2))
+            if rng.random() < 0.5:
+                cv2.circle(mask, (x, y % 120), int(rng.integers(2, 30)), 1, -1)
+            else:  # thin plates and bars (a table top)
+                w, h = int(rng.integers(3, 120)), int(rng.integers(1, 14))
+                mask[y % 120:y % 120 + h, x:x + w] = 1
+        r = float(rng.choice([3.0, 6.4, 7.5]))
+        frac, abs_area = float(rng.choice([0.02, 0.3])), float(rng.choice([50.0, 2000.0]))
+        assert np.array_equal(_keep_body_parts(mask, r, frac, abs_area), reference(mask, r, frac, abs_area)), trial

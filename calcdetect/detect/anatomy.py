@@ -149,17 +149,45 @@ def _keep_body_parts(mask: np.ndarray, min_radius_px: float, min_fraction: float
     n, labels, area = _components(mask)
     if n <= 1:
         return np.zeros(mask.shape, bool)
-    dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
-    # a component is thick when any of its pixels is deep enough (its maximum distance
-    # reaches the radius): a bincount of the deep pixels' labels, not a scatter-max
     area = area.astype(np.float64)
-    thick = np.bincount(labels[dist >= min_radius_px], minlength=n) > 0
+    thick = _surely_thick(mask, labels, n, min_radius_px)
+    # the distance transform decides the rest, unless none of the rest can matter: a
+    # component no larger than the largest surely-thick one cannot be the largest, and
+    # one below both area limits is dropped whether it is thick or not
+    if thick.any():
+        largest = area[thick].max()
+        rest = ~thick
+        rest[0] = False
+        matters = rest & ((area > largest) | (area >= min_fraction * largest) | (area >= abs_area_px))
+    else:
+        matters = np.ones(1, bool)
+    if matters.any():
+        dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
+        # a component is thick when any of its pixels is deep enough (its maximum distance
+        # reaches the radius): a bincount of the deep pixels' labels, not a scatter-max
+        thick = np.bincount(labels[dist >= min_radius_px], minlength=n) > 0
     thick[0] = False
     if not thick.any():
         return np.zeros(mask.shape, bool)
     largest = area[thick].max()
     keep = thick & ((area >= min_fraction * largest) | (area >= abs_area_px))
     return _select(keep, labels)
+
+
+def _surely_thick(mask: np.ndarray, labels: np.ndarray, n: int, radius_px: float) -> np.ndarray:
+    """Components that certainly have a pixel whose 5x5 chamfer distance to the
+    background (``cv2.distanceTransform(mask, DIST_L2, 5)``) reaches ``radius_px``: those
+    holding a full square of half-side ceil(r) - 1 (a cheap separable erosion; outside
+    the image counts as foreground, as in the transform).  A chamfer path is at least as
+    long as its Chebyshev length (steps of 1, 1.4 and 2.1969 per 1, 1 and 2 pixels), so
+    the centre of such a square is at least ceil(r) >= r from the background.  The others
+    may be thick too: this is a sufficient test, not the transform."""
+    half = max(int(np.ceil(radius_px)) - 1, 0)
+    core = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_RECT, (2 * half + 1, 2 * half + 1)))
+    thick = np.zeros(n, bool)
+    thick[labels[core.view(bool)]] = True
+    thick[0] = False
+    return thick
 
 
 def _outside_air(background: np.ndarray, plane: np.ndarray, outside_air_hu: float,
