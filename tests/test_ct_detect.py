@@ -233,3 +233,22 @@ def test_body_parts_shortcut_matches_the_distance_transform():
         r = float(rng.choice([3.0, 6.4, 7.5]))
         frac, abs_area = float(rng.choice([0.02, 0.3])), float(rng.choice([50.0, 2000.0]))
         assert np.array_equal(_keep_body_parts(mask, r, frac, abs_area), reference(mask, r, frac, abs_area)), trial
+
+
+def test_touching_air_on_its_box_matches_the_whole_crop():
+    import cv2
+
+    from calcdetect.detect.anatomy import _disk, _touching_air
+
+    rng = np.random.default_rng(1)
+    for trial in range(30):
+        tissue = (rng.random((60, 80)) < 0.02).astype(np.uint8)
+        tissue = cv2.dilate(tissue, _disk(int(rng.integers(1, 4))))
+        inner = (cv2.dilate((rng.random((60, 80)) < 0.01).astype(np.uint8), _disk(2)) > 0) & (tissue == 0)
+        if trial % 5 == 0:
+            inner[:, :] = False
+        n, lab = cv2.connectedComponents(inner.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        touching = np.zeros(n, bool)
+        touching[lab[(cv2.dilate(tissue, _disk(1)) > 0) & inner]] = True
+        touching[0] = False
+        assert np.array_equal(_touching_air(inner, tissue), touching[lab]), trial

@@ -396,6 +396,39 @@ def _deeper_than(not_air: np.ndarray, win: tuple[slice, slice], px: float, limit
     return eroded[r:-r, r:-r] > 0
 
 
+def _box(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
+    """The rows and columns holding a 2D mask's pixels, plus ``margin``, inside the
+    mask's shape; None when the mask is empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    h, w = mask.shape
+    return (slice(max(int(rows[0]) - margin, 0), min(int(rows[-1]) + 1 + margin, h)),
+            slice(max(int(cols[0]) - margin, 0), min(int(cols[-1]) + 1 + margin, w)))
+
+
+def _touching_air(inner: np.ndarray, tissue: np.ndarray) -> np.ndarray:
+    """The 8-connected components of ``inner`` (air that is not outside air) that touch
+    ``tissue`` (a uint8 mask) within one pixel, worked out on the box of ``inner``: its
+    components lie in it, and one pixel more holds all the tissue they can touch."""
+    out = np.zeros(inner.shape, bool)
+    box = _box(inner, 0)
+    if box is None:
+        return out
+    grown_box = _box(inner, 1)
+    sub = inner[box]
+    n, lab = cv2.connectedComponents(sub.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    grown = cv2.dilate(tissue[grown_box], _disk(1))
+    r, c = box[0].start - grown_box[0].start, box[1].start - grown_box[1].start
+    grown = grown[r:r + sub.shape[0], c:c + sub.shape[1]] > 0
+    touching = np.zeros(n, bool)  # a lookup table of the touching components (not np.isin)
+    touching[lab[grown & sub]] = True
+    touching[0] = False
+    out[box] = _select(touching, lab)
+    return out
+
+
 def _keep_large_parts(mask: np.ndarray, min_area_px: float) -> np.ndarray:
     n, labels, area = _components(mask)
     if n <= 1:
@@ -486,6 +519,7 @@ def ct_anatomy(
     # a crop margin beyond the reach of every morphological step (the grown body, the
     # core opening, the closing's dilation and erosion), see _crop_window
     margin = 2 * max(2 * link.shape[0] // 2, core_kernel.shape[0] // 2, close_kernel.shape[0] // 2) + 3
+    core_margin = 2 * max(core_kernel.shape[0] // 2, close_kernel.shape[0] // 2) + 2
 
     def one_slice(k: int, crop: bool = True) -> None:
         # work on the crop holding the patient (and table): identical maps, less area
@@ -513,11 +547,7 @@ def ct_anatomy(
         inner = background & ~outside
         if not all_fov:
             inner &= fk
-        n_in, lab_in = cv2.connectedComponents(inner.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-        touching = np.zeros(n_in, bool)  # a lookup table of the touching components (not np.isin)
-        touching[lab_in[(cv2.dilate(tissue, _disk(1)) > 0) & inner]] = True
-        touching[0] = False
-        air_in = _select(touching, lab_in)
+        air_in = _touching_air(inner, tissue)
         b = _fill_holes((tissue > 0) | air_in)
         b &= ~outside
         body[k][win] = b
@@ -569,14 +599,19 @@ def ct_anatomy(
 
     def finish_core(k, win, plane, b, core) -> None:
         core &= ~_foci_in_fat(plane >= lesion_hu, plane, max_lesion_area_px, core_hu)
-        core = core.astype(np.uint8)
+        # the rest works on the core's box plus a margin beyond the reach of the opening
+        # and of the closing's dilation and erosion: identical maps, less area
+        box = _box(core, core_margin)
+        if box is None:
+            return
+        core = core[box].astype(np.uint8)
         core = cv2.morphologyEx(core, cv2.MORPH_OPEN, core_kernel)
         core = _keep_large_parts(core, min_core_area_mm2 / pixel_area)
         if core.any():
             # a closing bridges thin gaps in the muscle wall (linea alba, fascia) so
             # that the abdominal cavity's fat is filled in as deep, not subcutaneous
             closed = cv2.morphologyEx(core.astype(np.uint8), cv2.MORPH_CLOSE, close_kernel)
-            deep[k][win] = _fill_holes(closed) & b
+            deep[k][win][box] = _fill_holes(closed) & b[box]
 
     # slices are independent: OpenCV and NumPy release the GIL, so threads overlap them
     workers = _slice_workers(nz)
