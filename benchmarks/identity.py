@@ -15,7 +15,10 @@ Fingerprints (SHA-1 of the exact bytes) of:
 * the anatomy maps (body, deep, depth, fov, internal air) of ``ct_anatomy`` on the real
   series and on synthetic volumes built to reach every branch: plain, cut by the image
   border, anisotropic pixels, background that is not air, NaN outside the body, foam pads
-  and air bands at the border, coarse 3.1 mm pixels;
+  and air bands at the border, coarse 3.1 mm pixels; each map's fingerprint is replaced
+  by "differs" when the detector's path (``depth_map=False``: same maps, depths from
+  ``Anatomy.depth_at`` on 3000 body voxels and 200 random ones, same no-skin slices)
+  does not agree with it;
 * the pixels, geometry, metadata and warnings of ``calcdetect.load`` on the real series
   and on small uncompressed series written here (12-bit unsigned with high bits set,
   12-bit signed, implicit VR, rescaled 16-bit unsigned).
@@ -116,8 +119,24 @@ def fingerprints(series: Path | None) -> dict[str, str]:
         volumes.insert(0, ("real", real.pixels, real.spacing_mm[1:]))
     for name, vol, spacing in volumes:
         maps = anatomy.ct_anatomy(vol, spacing)
+        # the detector's path (no depth map) must give the same maps and depths
+        lazy = anatomy.ct_anatomy(vol, spacing, depth_map=False)
+        rng = np.random.default_rng(0)
+        z, y, x = np.nonzero(maps.body)
+        pick = rng.choice(z.size, min(z.size, 3000), replace=False) if z.size else np.zeros(0, int)
+        zz = np.concatenate([z[pick], rng.integers(0, vol.shape[0], 200)])
+        yy = np.concatenate([y[pick], rng.integers(0, vol.shape[1], 200)])
+        xx = np.concatenate([x[pick], rng.integers(0, vol.shape[2], 200)])
+        same_depth = (np.array_equal(maps.depth_at(zz, yy, xx), lazy.depth_at(zz, yy, xx), equal_nan=True)
+                      and np.array_equal(maps.skin_missing(), lazy.skin_missing()))
         for key in ("body", "deep", "depth_mm", "fov", "internal_air"):
-            out[f"anatomy {name} {key}"] = _h(getattr(maps, key))
+            if key == "depth_mm":
+                same = same_depth
+            elif key == "fov":  # not kept without the depth map
+                same = lazy.fov is None or np.array_equal(maps.fov, lazy.fov)
+            else:
+                same = np.array_equal(getattr(maps, key), getattr(lazy, key))
+            out[f"anatomy {name} {key}"] = _h(getattr(maps, key)) if same else "differs with depth_map=False"
     with tempfile.TemporaryDirectory() as tmp:
         folders = {
             "u12": _write_series(Path(tmp) / "u12", ExplicitVRLittleEndian, 0, 12, 1, -1024),

@@ -6,7 +6,7 @@ Usage (from the repository root)::
     python benchmarks/stages.py [--slices 300] [--repeats 2] [--half-res]
 
 Wraps the stages of :func:`calcdetect.detect.ct.detect_ct` with timers (anatomy,
-labelling, measurements, skeleton rim test, relabelling, scores, half-max sizing,
+labelling, measurements, noise estimate, rim statistics, midline test, relabelling, scores, half-max sizing,
 findings, distribution) and prints the seconds of each.  ``--half-res`` also times
 ``ct_anatomy`` on the volume subsampled 2x in-plane: an estimate of what a
 lower-resolution anatomy would save (it changes results; it is not what calcdetect does).
@@ -30,8 +30,8 @@ import numpy as np  # noqa: E402
 
 import synthetic  # noqa: E402
 
-STAGES = ("ct_anatomy", "label", "regionprops_table", "_touches_bone_or_air", "filter_labels",
-          "calcium_scores", "_half_max_labels", "_findings", "describe_distribution")
+STAGES = ("ct_anatomy", "label", "regionprops_table", "noise_sigma", "_rim_stats", "_midline_bone",
+          "filter_labels", "calcium_scores", "_half_max_labels", "_findings", "describe_distribution")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -168,3 +168,87 @@ def test_real_series_few_false_findings_and_inserted_ones_found():
     m = match_findings(truth, report.findings, image.spacing_mm)
     assert m.found == 2
     assert max(abs(e) for e in m.size_errors_mm) <= 1.0
+
+
+def _anatomy_volumes():
+    image, _ = ct_phantom(diameters_mm=[3.0, 6.0], nodule_hu=(500, 800), seed=5)
+    hu = image.pixels[None].astype(np.float32)
+    inside = hu[:, hu.shape[1] // 2 - 30:hu.shape[1] // 2 + 30, hu.shape[2] // 2 - 60:hu.shape[2] // 2 + 60].copy()
+    fov_inside = np.full((3, 80, 90), 40.0, np.float32)  # the field of view lies inside the body
+    fov_inside[:, 20:30, :] = -100.0
+    return [(hu, image.spacing_mm), (hu[:, 10:-10, 40:].copy(), image.spacing_mm), (inside, image.spacing_mm),
+            (fov_inside, (0.8, 0.8)), (hu[:, ::3, ::3].copy(), tuple(3 * s for s in image.spacing_mm))]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_anatomy_without_depth_map_is_the_same(case):
+    """The detector's path (no depth map: erosion for the dermis test, depths computed at
+    the voxels asked about) gives exactly the maps and depths of the full anatomy."""
+    from calcdetect.detect.anatomy import ct_anatomy
+
+    hu, spacing = _anatomy_volumes()[case]
+    full = ct_anatomy(hu, spacing)
+    lazy = ct_anatomy(hu, spacing, depth_map=False)
+    assert lazy.depth_mm is None and lazy.fov is None  # all cases are isotropic
+    for key in ("body", "deep", "internal_air"):
+        assert np.array_equal(getattr(full, key), getattr(lazy, key)), key
+    assert np.array_equal(full.skin_missing(), lazy.skin_missing())
+    assert np.array_equal(full.skin_missing(), [np.isnan(d).any() for d in full.depth_mm])
+    z, y, x = np.indices(hu.shape).reshape(3, -1)[:, ::7]
+    assert np.array_equal(full.depth_mm[z, y, x], lazy.depth_at(z, y, x), equal_nan=True)
+    if case == 3:
+        assert full.skin_missing().all() and np.isnan(lazy.depth_at(z, y, x)).any()
+
+
+def test_body_parts_shortcut_matches_the_distance_transform():
+    """_keep_body_parts skips the distance transform when a cheap erosion already
+    decides; the kept parts must be those the transform alone keeps."""
+    import cv2
+
+    from calcdetect.detect.anatomy import _keep_body_parts
+
+    def reference(mask, r, frac, abs_area):
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
+        if n <= 1:
+            return np.zeros(mask.shape, bool)
+        dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
+        area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
+        thick = np.bincount(labels[dist >= r], minlength=n) > 0
+        thick[0] = False
+        if not thick.any():
+            return np.zeros(mask.shape, bool)
+        keep = thick & ((area >= frac * area[thick].max()) | (area >= abs_area))
+        return keep[labels]
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        mask = np.zeros((120, 160), np.uint8)
+        for _ in range(rng.integers(1, 8)):
+            x, y = (int(v) for v in rng.integers(0, 160, 2))
+            if rng.random() < 0.5:
+                cv2.circle(mask, (x, y % 120), int(rng.integers(2, 30)), 1, -1)
+            else:  # thin plates and bars (a table top)
+                w, h = int(rng.integers(3, 120)), int(rng.integers(1, 14))
+                mask[y % 120:y % 120 + h, x:x + w] = 1
+        r = float(rng.choice([3.0, 6.4, 7.5]))
+        frac, abs_area = float(rng.choice([0.02, 0.3])), float(rng.choice([50.0, 2000.0]))
+        assert np.array_equal(_keep_body_parts(mask, r, frac, abs_area), reference(mask, r, frac, abs_area)), trial
+
+
+def test_touching_air_on_its_box_matches_the_whole_crop():
+    import cv2
+
+    from calcdetect.detect.anatomy import _disk, _touching_air
+
+    rng = np.random.default_rng(1)
+    for trial in range(30):
+        tissue = (rng.random((60, 80)) < 0.02).astype(np.uint8)
+        tissue = cv2.dilate(tissue, _disk(int(rng.integers(1, 4))))
+        inner = (cv2.dilate((rng.random((60, 80)) < 0.01).astype(np.uint8), _disk(2)) > 0) & (tissue == 0)
+        if trial % 5 == 0:
+            inner[:, :] = False
+        n, lab = cv2.connectedComponents(inner.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        touching = np.zeros(n, bool)
+        touching[lab[(cv2.dilate(tissue, _disk(1)) > 0) & inner]] = True
+        touching[0] = False
+        assert np.array_equal(_touching_air(inner, tissue), touching[lab]), trial

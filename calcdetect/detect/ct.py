@@ -192,13 +192,15 @@ def detect_ct(
             "were applied assuming 1 mm pixels"
         )
 
-    anatomy = ct_anatomy(hu, spacing3[1:], valid=valid, lesion_hu=threshold_hu, max_lesion_mm=max_lesion_mm)
+    # no depth map: the detector needs depths only at component centres (Anatomy.depth_at)
+    anatomy = ct_anatomy(hu, spacing3[1:], valid=valid, lesion_hu=threshold_hu, max_lesion_mm=max_lesion_mm,
+                         depth_map=False)
     candidates = hu >= threshold_hu
     candidates &= anatomy.body  # in place: no full-volume temporaries
     if valid is not None:
         candidates &= valid
     if region == "skin":
-        no_skin = np.array([np.isnan(d).any() for d in anatomy.depth_mm])  # slice-wise: no volume temporary
+        no_skin = anatomy.skin_missing()
         if no_skin.any():
             candidates[no_skin] = False
             warnings.append(
@@ -219,7 +221,7 @@ def detect_ct(
 
     sigma = noise_sigma(hu, anatomy.body)
     rim_dense_air, rim_mean, rim_deep = _rim_stats(labels, hu, anatomy.internal_air, anatomy.deep,
-                                                   table["label"], threshold_hu)
+                                                   table["label"], threshold_hu, _label_box(table, labels.shape))
     # below the scoring area a focus must still stand out: 70 HU above the threshold,
     # or 10 noise SDs above its own rim (partial volume lowers small calcifications)
     noise = (cross_mm2 < min_area_mm2) & (peak < threshold_hu + 70.0) & (peak - rim_mean < 10.0 * sigma)
@@ -282,7 +284,8 @@ def detect_ct(
     scores = calcium_scores(thr_labels, hu, spacing3, k, min_area_mm2=min_area_mm2, is_volume=is_volume)
 
     if size_method == "half-max" and k:
-        size_labels = _half_max_labels(thr_labels, hu, thr_table, anatomy.body, threshold_hu)
+        # thr_labels is not needed after the scores: shrink it in place
+        size_labels = _half_max_labels(thr_labels, hu, thr_table, anatomy.body, threshold_hu, in_place=True)
     else:
         size_labels = thr_labels
     size_table = _measure(size_labels, hu, spacing3) if k else thr_table
@@ -381,7 +384,7 @@ def _midline_bone(image: Image, anatomy, table: dict, spacing3, has_spacing: boo
     if not n or not has_spacing or not _is_axial(image):
         return out
     cz, cy, cx = _centre_voxels(table, anatomy.body.shape)
-    depth = anatomy.depth_mm[cz, cy, cx]
+    depth = anatomy.depth_at(cz, cy, cx)
     for z in np.unique(cz[depth >= MIDLINE_BONE_DEPTH_MM]):
         k, core, stats, _ = cv2.connectedComponentsWithStats(anatomy.deep[z].astype(np.uint8), connectivity=8)
         if k <= 1:
@@ -417,7 +420,7 @@ def noise_sigma(hu: np.ndarray, body: np.ndarray, max_slices: int = 16) -> float
 
 def _rim_stats(
     labels: np.ndarray, hu: np.ndarray, internal_air: np.ndarray, deep: np.ndarray,
-    label_ids: np.ndarray, threshold: float
+    label_ids: np.ndarray, threshold: float, box: tuple[slice, slice] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per component: the fraction of its rim that is bone or internal air, the rim's
     mean HU (clipped to -200..200: the local soft-tissue background), and the fraction
@@ -440,7 +443,7 @@ def _rim_stats(
         rim = (grown > 0) & (labels == 0)
         owner, values, is_air, is_deep = grown[rim], hu[rim], internal_air[rim], deep[rim]
     else:
-        owner, values, is_air, is_deep = _rim_owners(labels, hu, internal_air, deep, n)
+        owner, values, is_air, is_deep = _rim_owners(labels, hu, internal_air, deep, n, box)
     total = np.maximum(np.bincount(owner, minlength=n).astype(np.float64), 1)
     dense = np.bincount(owner, weights=(values >= threshold), minlength=n)
     air = np.bincount(owner, weights=is_air, minlength=n)
@@ -449,17 +452,32 @@ def _rim_stats(
     return ((dense + air) / total)[label_ids], mean[label_ids], in_deep[label_ids]
 
 
-def _rim_owners(labels, hu, internal_air, deep, n):
+def _label_box(table: dict[str, np.ndarray], shape: tuple[int, ...]) -> tuple[slice, slice] | None:
+    """Rows and columns holding every labelled voxel (from the table's boxes), plus one
+    pixel; None when there are no labels."""
+    if not table["label"].size:
+        return None
+    ny, nx = shape[1:]
+    return (slice(max(int(table["bbox-1"].min()) - 1, 0), min(int(table["bbox-4"].max()) + 1, ny)),
+            slice(max(int(table["bbox-2"].min()) - 1, 0), min(int(table["bbox-5"].max()) + 1, nx)))
+
+
+def _rim_owners(labels, hu, internal_air, deep, n, box=None):
     """Rim voxels of the 3 x 3 (x 3) maximum filter of ``labels``, slice by slice.
 
     The same values as ``ndimage.maximum_filter`` (whose 'reflect' border equals
     ignoring the outside), computed with OpenCV's in-plane dilation and a maximum over
     the neighbouring slices: no full-volume temporaries, several times faster.
+    ``box`` (rows, cols; see :func:`_label_box`) limits the work to the part of each
+    slice that holds the labels plus one pixel, outside which there is no rim.
     Returns the owner label, the HU, ``internal_air`` and ``deep`` of every rim voxel,
     in raster order.
     """
     import cv2
 
+    if box is not None:
+        labels, hu = labels[(slice(None),) + box], hu[(slice(None),) + box]
+        internal_air, deep = internal_air[(slice(None),) + box], deep[(slice(None),) + box]
     dtype = np.uint16 if n <= 65536 else np.float32
     kernel = np.ones((3, 3), np.uint8)
     nz = labels.shape[0]
@@ -489,23 +507,26 @@ def _rim_owners(labels, hu, internal_air, deep, n):
 
 
 def _half_max_labels(
-    labels: np.ndarray, hu: np.ndarray, table: dict[str, np.ndarray], body: np.ndarray, threshold: float
+    labels: np.ndarray, hu: np.ndarray, table: dict[str, np.ndarray], body: np.ndarray, threshold: float,
+    *, in_place: bool = False,
 ) -> np.ndarray:
     """Shrink each thresholded lesion to the voxels at or above half maximum.
 
     Half maximum is halfway between the lesion's local background (median HU of the
     body voxels in a 2-voxel shell around it) and its peak.  Never below the threshold,
     so the result is a subset of the thresholded lesion.  One small crop per lesion:
-    the loop is over findings, not pixels.
+    the loop is over findings, not pixels.  ``in_place`` clears the voxels below half
+    maximum in ``labels`` itself (every level is found first, on the unchanged labels)
+    instead of writing a new volume: no volume to allocate and first-touch.
     """
     import cv2
 
     from .anatomy import _disk
 
-    out = np.zeros(labels.shape, labels.dtype)  # calloc: untouched pages cost neither time nor memory
     nz, ny, nx = labels.shape
     margin = (1 if nz > 1 else 0, 3, 3)
     shell_kernel = _disk(2)  # a 2-voxel shell in each slice
+    levels = []
     for i in range(len(table["label"])):
         lab = i + 1
         lo = [max(int(table[f"bbox-{a}"][i]) - margin[a], 0) for a in range(3)]
@@ -523,8 +544,15 @@ def _half_max_labels(
             bg = threshold
         peak = float(table["intensity_max"][i])
         # never below the threshold (subset of the lesion), never above the peak (non-empty)
-        level = min(max(threshold, 0.5 * (bg + peak)), peak)
-        out[sl][comp & (sub >= level)] = lab
+        levels.append((sl, min(max(threshold, 0.5 * (bg + peak)), peak)))
+    if in_place:
+        for lab, (sl, level) in enumerate(levels, start=1):
+            view = labels[sl]
+            view[(view == lab) & (hu[sl] < level)] = 0
+        return labels
+    out = np.zeros(labels.shape, labels.dtype)  # calloc: untouched pages cost neither time nor memory
+    for lab, (sl, level) in enumerate(levels, start=1):
+        out[sl][(labels[sl] == lab) & (hu[sl] >= level)] = lab
     return out
 
 
@@ -534,8 +562,8 @@ def _findings(image, size_t, thr_t, scores, anatomy, k, is_volume, has_spacing, 
         return findings
     centroids = np.stack([size_t[f"centroid-{a}"] for a in range(3)], axis=1)
     patient = image.index_to_patient(centroids if is_volume else centroids[:, 1:]) if has_spacing else None
-    cz, cy, cx = _centre_voxels(size_t, anatomy.depth_mm.shape)
-    depth = anatomy.depth_mm[cz, cy, cx].astype(np.float64)
+    cz, cy, cx = _centre_voxels(size_t, anatomy.body.shape)
+    depth = anatomy.depth_at(cz, cy, cx).astype(np.float64)
     deep = anatomy.deep[cz, cy, cx]
     sides = _sides(image, anatomy, centroids, patient, is_volume)
     for i in range(k):
