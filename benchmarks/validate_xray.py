@@ -132,6 +132,7 @@ def main(argv=None) -> int:
                              "false": len(m.false), "missed_mm": missed, "seconds": dt,
                              "truth_outside_lungs": len(outside_lung),
                              "found_outside_lungs": sum(1 for i in outside_lung if i in found_idx),
+                             "truth_ge2": len(ge2), "found_ge2": sum(1 for i in ge2 if i in found_idx),
                              "size_errors_mm": m.size_errors_mm})
     sens = totals["found"] / max(totals["truth"], 1)
     sens2 = totals["found_ge2"] / max(totals["truth_ge2"], 1)
@@ -149,7 +150,10 @@ def main(argv=None) -> int:
         f = sum(r["found"] for r in sub)
         to = sum(r["truth_outside_lungs"] for r in sub)
         fo = sum(r["found_outside_lungs"] for r in sub)
-        print(f"  {name}: found {f}/{t} = {100 * f / max(t, 1):.1f}% (outside lung fields {fo}/{to}), "
+        t2 = sum(r["truth_ge2"] for r in sub)
+        f2 = sum(r["found_ge2"] for r in sub)
+        print(f"  {name}: found {f}/{t} = {100 * f / max(t, 1):.1f}% (>=2 mm {f2}/{t2} = "
+              f"{100 * f2 / max(t2, 1):.1f}%; outside lung fields {fo}/{to}), "
               f"false per inserted image "
               f"{np.mean([r['false'] for r in sub]):.1f}, original {orig['findings']} finding(s), "
               f"median time {np.median([r['seconds'] for r in sub]):.2f} s")
