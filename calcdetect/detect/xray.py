@@ -998,6 +998,18 @@ def detect_xray(
         too_large = diam > max_diameter_mm
         ratio0 = np.array([first_ratio.get(int(v), np.inf) for v in t["label"]])
         # elongated by both the first and the refined extent: edge / cortex fragments
+        # outline at half height around the residual peak (see radial_isotropy)
+        pk_pos = _peak_positions(resid, size_lab, t["label"])
+        iso_ratio, iso_lobes = radial_isotropy(resid, pk_pos, 0.75 * max_diameter_mm / pix_mm)
+        if b_score is not None:
+            score = b_score[t["label"] - 1]
+            strong = score >= strong_score
+            # a round half-height outline of a strong candidate overrides a low solidity:
+            # the extent of a focus that touches a cortex leaks into it, its own outline
+            # in the residual stays round
+            round_ = (iso_ratio >= round_ratio) & (iso_lobes <= round_lobes) & strong
+        else:
+            round_ = np.zeros(t["label"].size, bool)
         elongated = (np.minimum(long_ax / short_ax, ratio0) > max_elongation) & ~too_small
         too_dense = contrast > max_contrast_fraction * dyn
         # anything touching a too-dense object's neighbourhood (letter strokes, metal edges)
@@ -1024,24 +1036,16 @@ def detect_xray(
         for i in np.flatnonzero(keep):
             sl = (slice(int(t["bbox-0"][i]), int(t["bbox-2"][i])), slice(int(t["bbox-1"][i]), int(t["bbox-3"][i])))
             solidity[i] = _solidity(shape_lab[sl] == t["label"][i])
-        # outline at half height around the residual peak (see radial_isotropy)
-        pk_pos = _peak_positions(resid, size_lab, t["label"])
-        iso_ratio, iso_lobes = radial_isotropy(resid, pk_pos, 0.75 * max_diameter_mm / pix_mm)
         fine_cnr = tz["intensity_max"]
         if b_score is not None:
-            score = b_score[t["label"] - 1]
             # the matched filter finds a focus at its own scale; at full resolution it must
             # still stand out from the clutter (otherwise it is a smooth anatomical swell)
             # a marginal matched-filter score (below strong_score) needs the old full-
             # resolution threshold (``threshold``) as well
-            strong = score >= strong_score
             faint = ((fine_cnr < min_cnr) | (~strong & (fine_cnr < threshold))) & keep
             # lobed: a ray of the half-height outline runs out far beyond the others (a
             # tail along a vessel or trabecula, a clump): not a compact deposit
             lobed = (iso_lobes > max_lobes) & keep & ~faint
-            # a round half-height outline overrides a low solidity: the extent of a focus
-            # that touches a cortex leaks into it, but its own outline stays round
-            round_ = (iso_ratio >= round_ratio) & (iso_lobes <= round_lobes) & strong
             ragged = (solidity < min_solidity) & ~round_ & keep & ~faint & ~lobed
         else:
             score = fine_cnr
