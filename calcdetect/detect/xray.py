@@ -16,21 +16,31 @@ Pipeline (all sizes in mm, converted with the pixel spacing; docs/xray.md):
    into - bone shafts, cortex lines, rib and soft-tissue edges, large nodules - stays in
    the background.  The residual (image - background) therefore keeps compact bright
    foci and drops elongated bright structures, which a disk top-hat would keep.
-3. **Contrast-to-noise**: the residual is normalised by its robust local spread
-   (median and MAD in tiles of ``noise_mm``, interpolated), so textured areas
-   (trabecular bone, lung markings) need more contrast than smooth soft tissue.
-4. **Candidates**: hysteresis on the CNR map (seed ``threshold``, grow ``grow``),
-   labelled and measured with :mod:`calcdetect.measure`.  The extent of each focus is
-   taken where the residual exceeds ``size_level`` (30 %) of its peak (a projected sphere
-   is 95 % of its diameter wide at that level), so sizes do not depend on the threshold.
+3. **Contrast-to-clutter** (:func:`local_cnr`): the residual is normalised by its robust
+   local spread (median and MAD in tiles of ``noise_mm``, and the median height of its
+   local maxima), so textured areas (trabecular bone, lung markings) need more contrast
+   than smooth soft tissue.
+4. **Candidates** (:func:`blob_candidates`): a matched filter at several scales - the
+   residual smoothed with Gaussians of ``blob_scales_mm`` (0.25-1.5 mm), each judged
+   against the clutter of the same smoothed residual, so fine texture averages out and a
+   larger focus does not.  Candidates are the peaks of the best score (at least
+   ``min_score``), each with a first extent.  The extent is then taken where the
+   residual exceeds ``size_level`` (30 %) of its peak above a plane fitted around it (a
+   projected sphere is 95 % of its diameter wide at that level).
+   ``blob_scales_mm=()`` gives the previous candidates (hysteresis on the full-resolution
+   CNR, ``threshold``/``grow``).
 5. **Rejection**: outside ``min_diameter_mm``..``max_diameter_mm``; elongated
    (long/short axis > ``max_elongation``: edge and cortex fragments); edge-like
-   (contrast / steepest background slope under it < ``min_edge_mm``); ragged
-   (solidity < ``min_solidity``: trabecular clumps); contrast above
-   ``max_contrast_fraction`` of the field's dynamic range or next to such an object
-   (lead letters, metal, burned-in labels: far denser than any soft-tissue deposit);
-   saturated; more than 2 mm into the air beside the body (dust); outside the exposed
-   field; inside lung fields (``exclude_lungs``, chest films).
+   (contrast / steepest background slope under it < ``min_edge_mm``); faint at full
+   resolution (CNR < ``min_cnr``, or < ``threshold`` for a score below ``strong_score``);
+   lobed (:func:`radial_isotropy`: its half-height outline has a ray longer than
+   ``max_lobes`` x the median ray - vessel ends, clumps, tails); ragged
+   (solidity < ``min_solidity``, unless a strong candidate's half-height outline is round:
+   a focus touching a cortex leaks into it when sized, its own outline does not);
+   contrast above ``max_contrast_fraction`` of the field's dynamic range or next to such
+   an object (lead letters, metal, burned-in labels: far denser than any soft-tissue
+   deposit); saturated; more than 2 mm into the air beside the body (dust); outside the
+   exposed field; inside lung fields (``exclude_lungs``, chest films).
 6. **Side** from PatientOrientation / laterality tags only (image left is not patient
    left); null when the file cannot say.
 
@@ -749,9 +759,11 @@ def detect_xray(
     image : Image
         2D radiograph, dense = bright (as :func:`calcdetect.load` returns it).
     threshold : float
-        Contrast-to-noise ratio a focus must reach at its peak (robust local noise).
+        Full-resolution contrast-to-clutter ratio a candidate with a marginal
+        matched-filter score (below ``strong_score``) must reach; with
+        ``blob_scales_mm=()`` the hysteresis seed level of the previous detector.
     grow : float
-        CNR down to which a focus region is grown from its peak (hysteresis).
+        CNR down to which a focus's first extent reaches (hysteresis grow level).
     min_diameter_mm, max_diameter_mm : float
         Equivalent-diameter range of reported foci (calcinosis: 1-6 mm typical, up to
         about 10 mm).
