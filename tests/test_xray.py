@@ -337,3 +337,17 @@ def test_blob_candidates_one_candidate_per_large_focus():
     near = np.unique(labels[180:221, 180:221])
     near = near[near > 0]
     assert near.size == 1 and score[near[0] - 1] >= 15.0 and scale[near[0] - 1] >= 0.5
+
+
+@pytest.mark.parametrize("shape", [(3, 3), (5, 7), (9, 40), (300, 17)])
+@pytest.mark.parametrize("spacing", [0.05, 0.15, None])
+def test_tiny_radiographs_give_a_report(shape, spacing):
+    # the matched filter judges smoothed maps on a coarser grid: never finer than the image
+    rng = np.random.default_rng(0)
+    pixels = (1000 + 5 * rng.standard_normal(shape)).astype(np.float32)
+    image = _flat_image(pixels) if spacing is not None else _flat_image(pixels).with_pixels(
+        pixels, spacing_mm=None, spacing_source=None)
+    if spacing is not None:
+        image = image.with_pixels(pixels, spacing_mm=(spacing, spacing))
+    rep = detect_xray(image)
+    assert rep.count == 0 and (rep.spacing_mm is None) == (spacing is None)

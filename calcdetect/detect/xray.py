@@ -541,7 +541,7 @@ def blob_candidates(
         peak_px = max(int(round(max(1.0, 2.0 * s_mm) / pix_mm)), 1)
         # a map smoothed by sigma s carries nothing finer than s: judge it on a grid of
         # about s / 2 (same statistics, a fraction of the cost)
-        f = max(int(s_px // 2), 1)
+        f = max(min(int(s_px // 2), min(rows, cols) // 8), 1)  # never below an 8-pixel grid
         if f > 1:
             small = cv2.resize(rs, (cols // f, rows // f), interpolation=cv2.INTER_AREA)
             ok_s = cv2.resize(ok.view(np.uint8), (cols // f, rows // f), interpolation=cv2.INTER_NEAREST) > 0
