@@ -16,21 +16,31 @@ Pipeline (all sizes in mm, converted with the pixel spacing; docs/xray.md):
    into - bone shafts, cortex lines, rib and soft-tissue edges, large nodules - stays in
    the background.  The residual (image - background) therefore keeps compact bright
    foci and drops elongated bright structures, which a disk top-hat would keep.
-3. **Contrast-to-noise**: the residual is normalised by its robust local spread
-   (median and MAD in tiles of ``noise_mm``, interpolated), so textured areas
-   (trabecular bone, lung markings) need more contrast than smooth soft tissue.
-4. **Candidates**: hysteresis on the CNR map (seed ``threshold``, grow ``grow``),
-   labelled and measured with :mod:`calcdetect.measure`.  The extent of each focus is
-   taken where the residual exceeds ``size_level`` (30 %) of its peak (a projected sphere
-   is 95 % of its diameter wide at that level), so sizes do not depend on the threshold.
+3. **Contrast-to-clutter** (:func:`local_cnr`): the residual is normalised by its robust
+   local spread (median and MAD in tiles of ``noise_mm``, and the median height of its
+   local maxima), so textured areas (trabecular bone, lung markings) need more contrast
+   than smooth soft tissue.
+4. **Candidates** (:func:`blob_candidates`): a matched filter at several scales - the
+   residual smoothed with Gaussians of ``blob_scales_mm`` (0.25-1.5 mm), each judged
+   against the clutter of the same smoothed residual, so fine texture averages out and a
+   larger focus does not.  Candidates are the peaks of the best score (at least
+   ``min_score``), each with a first extent.  The extent is then taken where the
+   residual exceeds ``size_level`` (30 %) of its peak above a plane fitted around it (a
+   projected sphere is 95 % of its diameter wide at that level).
+   ``blob_scales_mm=()`` gives the previous candidates (hysteresis on the full-resolution
+   CNR, ``threshold``/``grow``).
 5. **Rejection**: outside ``min_diameter_mm``..``max_diameter_mm``; elongated
    (long/short axis > ``max_elongation``: edge and cortex fragments); edge-like
-   (contrast / steepest background slope under it < ``min_edge_mm``); ragged
-   (solidity < ``min_solidity``: trabecular clumps); contrast above
-   ``max_contrast_fraction`` of the field's dynamic range or next to such an object
-   (lead letters, metal, burned-in labels: far denser than any soft-tissue deposit);
-   saturated; more than 2 mm into the air beside the body (dust); outside the exposed
-   field; inside lung fields (``exclude_lungs``, chest films).
+   (contrast / steepest background slope under it < ``min_edge_mm``); faint at full
+   resolution (CNR < ``min_cnr``, or < ``threshold`` for a score below ``strong_score``);
+   lobed (:func:`radial_isotropy`: its half-height outline has a ray longer than
+   ``max_lobes`` x the median ray - vessel ends, clumps, tails); ragged
+   (solidity < ``min_solidity``, unless a strong candidate's half-height outline is round:
+   a focus touching a cortex leaks into it when sized, its own outline does not);
+   contrast above ``max_contrast_fraction`` of the field's dynamic range or next to such
+   an object (lead letters, metal, burned-in labels: far denser than any soft-tissue
+   deposit); saturated; more than 2 mm into the air beside the body (dust); outside the
+   exposed field; inside lung fields (``exclude_lungs``, chest films).
 6. **Side** from PatientOrientation / laterality tags only (image left is not patient
    left); null when the file cannot say.
 
@@ -50,7 +60,8 @@ from ..image import Image
 from ..measure import filter_labels, label, regionprops_table, select
 from ..report import Finding, Report
 
-__all__ = ["detect_xray", "exposed_field", "line_opening_background", "local_cnr"]
+__all__ = ["blob_candidates", "detect_xray", "exposed_field", "line_opening_background", "local_cnr",
+           "radial_isotropy"]
 
 #: Orientations of the line segments (degrees); 10 degree steps keep a 10 mm segment
 #: within +-0.9 mm of any straight structure's axis.
@@ -495,12 +506,165 @@ def _solidity(comp: np.ndarray) -> float:
     return float(comp.sum()) / max(int(hull_mask.sum()), 1)
 
 
-def _hysteresis(cnr: np.ndarray, allowed: np.ndarray, seed: float, grow: float) -> tuple[np.ndarray, int]:
+def blob_candidates(
+    resid: np.ndarray, ok: np.ndarray, pix_mm: float, scales_mm: tuple[float, ...], threshold: float,
+    tile_px: int, quantile: float = 0.5, size_level: float = 0.3, grow_map: np.ndarray | None = None,
+    grow: float = 3.0, disk_mm: float = 6.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Compact bright foci as peaks of a multi-scale matched filter.
+
+    At each scale ``s`` the residual is smoothed with a Gaussian of sigma ``s`` (the
+    matched filter of a focus about ``4 s`` wide on a removed background) and turned into a
+    contrast-to-clutter map with :func:`local_cnr` on that smoothed residual: fine texture
+    (trabecular bone, noise) averages out at the larger scales, a focus does not.  The
+    score is the maximum over scales.  Candidates are its local maxima (within 1 mm)
+    of at least ``threshold``, strongest first.
+
+    Returns
+    -------
+    labels : ndarray of int32
+        A first extent per candidate: pixels within ``max(disk_mm, 3 s)`` of the peak, connected
+        to it, where the residual reaches ``size_level`` of the peak residual or
+        ``grow_map`` (the full-resolution CNR) reaches ``grow``.
+    score, scale_mm : ndarray
+        Per label (index ``label - 1``): the matched-filter score and its scale.
+    """
+    import cv2
+    from scipy import ndimage as ndi
+
+    rows, cols = resid.shape
+    best = None
+    best_k = None
+    for k, s_mm in enumerate(scales_mm):
+        s_px = s_mm / pix_mm
+        rs = cv2.GaussianBlur(resid, (0, 0), s_px) if s_px >= 0.3 else resid  # 0: full resolution
+        peak_px = max(int(round(max(1.0, 2.0 * s_mm) / pix_mm)), 1)
+        # a map smoothed by sigma s carries nothing finer than s: judge it on a grid of
+        # about s / 2 (same statistics, a fraction of the cost)
+        f = max(min(int(s_px // 2), min(rows, cols) // 8), 1)  # never below an 8-pixel grid
+        if f > 1:
+            small = cv2.resize(rs, (cols // f, rows // f), interpolation=cv2.INTER_AREA)
+            ok_s = cv2.resize(ok.view(np.uint8), (cols // f, rows // f), interpolation=cv2.INTER_NEAREST) > 0
+            z_s, _, _ = local_cnr(small, ok_s, max(tile_px // f, 16), max(peak_px // f, 1), quantile)
+            z = cv2.resize(z_s, (cols, rows), interpolation=cv2.INTER_LINEAR)
+        else:
+            z, _, _ = local_cnr(rs, ok, tile_px, peak_px, quantile)
+        if best is None:
+            best, best_k = z, np.zeros(z.shape, np.int8)
+        else:
+            better = z > best
+            best = np.where(better, z, best)
+            best_k[better] = k
+    r_pk = max(int(round(1.0 / pix_mm)), 1)
+    kp = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r_pk + 1, 2 * r_pk + 1))
+    is_max = (best >= cv2.dilate(best, kp)) & (best >= threshold) & ok
+    py, px = np.nonzero(is_max)
+    order = np.argsort(-best[py, px], kind="stable")
+    py, px = py[order], px[order]
+    labels = np.zeros((rows, cols), np.int32)
+    claimed = np.zeros((rows, cols), bool)
+    k_claim = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r_pk + 1, 2 * r_pk + 1))
+    scores, scl = [], []
+    for y, x in zip(py.tolist(), px.tolist()):
+        if claimed[y, x]:
+            continue  # a plateau twin, or the flank of a stronger focus
+        k = int(best_k[y, x])
+        s_px = scales_mm[k] / pix_mm
+        # first extent: residual above size_level of the local peak, connected, within a disk
+        rad = int(np.ceil(max(disk_mm / pix_mm, 3.0 * s_px)))
+        r0, r1, c0, c1 = max(y - rad, 0), min(y + rad + 1, rows), max(x - rad, 0), min(x + rad + 1, cols)
+        sub = resid[r0:r1, c0:c1]
+        yy, xx = np.ogrid[r0 - y:r1 - y, c0 - x:c1 - x]
+        disk = (yy * yy + xx * xx) <= rad * rad
+        w = max(int(round(s_px)), 1)
+        peak = float(resid[max(y - w, 0):y + w + 1, max(x - w, 0):x + w + 1].max())
+        above = sub >= size_level * peak
+        if grow_map is not None:  # as far out as the focus stands out of the clutter
+            above |= grow_map[r0:r1, c0:c1] >= grow
+        m = disk & above & (labels[r0:r1, c0:c1] == 0)
+        if not m[y - r0, x - c0]:
+            m[y - r0, x - c0] = True
+        lab_m, _ = ndi.label(m)
+        comp = lab_m == lab_m[y - r0, x - c0]
+        scores.append(float(best[y, x]))
+        scl.append(float(scales_mm[k]))
+        labels[r0:r1, c0:c1][comp] = len(scores)
+        claimed[r0:r1, c0:c1] |= cv2.dilate(comp.view(np.uint8), k_claim) > 0
+    return labels, np.asarray(scores), np.asarray(scl)
+
+
+def radial_isotropy(
+    resid: np.ndarray, peaks: np.ndarray, max_radius_px: float, level: float = 0.5, n_dir: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
+    """How round each focus is where it matters: its half-height outline seen from its peak.
+
+    Along ``n_dir`` rays from each peak the residual is sampled (bilinear, half-pixel
+    steps) out to where it first falls below ``level`` of the peak value.  The width along
+    each of the ``n_dir / 2`` axes is the sum of the two opposite radii.  A calcified focus is
+    a compact, convex lump: all widths similar.  A ridge (cortex, vessel or edge residue)
+    runs out along its axis, a clump of trabeculae or vessels has lobes.  Because the
+    residual has the background (cortex, skin line) removed, a focus touching a cortex is
+    judged by its own outline.
+
+    Parameters
+    ----------
+    resid : ndarray
+        Background-removed image.
+    peaks : ndarray (n, 2)
+        Peak positions (row, col).
+    max_radius_px : float
+        Longest ray; a ray that never falls below the level counts as this long.
+    level, n_dir
+        Outline level (fraction of the peak) and number of rays.
+
+    Returns
+    -------
+    ratio : ndarray
+        Narrowest / widest width (1 for a disk, near 0 for a ridge).
+    lobes : ndarray
+        Longest ray / median ray (1 for a disk; large for a lobed or tailed outline).
+    """
+    from scipy import ndimage as ndi
+
+    n = int(peaks.shape[0])
+    if n == 0:
+        return np.zeros(0), np.zeros(0)
+    steps = np.arange(0.0, float(max_radius_px) + 0.5, 0.5)
+    th = np.arange(n_dir) * (2 * np.pi / n_dir)
+    dy, dx = np.sin(th), np.cos(th)
+    yy = peaks[:, 0, None, None] + dy[None, :, None] * steps[None, None, :]
+    xx = peaks[:, 1, None, None] + dx[None, :, None] * steps[None, None, :]
+    vals = ndi.map_coordinates(resid, [yy.ravel(), xx.ravel()], order=1, mode="nearest").reshape(yy.shape)
+    pk = vals[:, :, :1].max(axis=1)  # (n, 1)
+    below = vals < level * pk[:, None, :]
+    first = np.where(below.any(axis=2), below.argmax(axis=2), steps.size - 1)
+    r = steps[first] + 0.25  # (n, n_dir)
+    half = n_dir // 2
+    width = r[:, :half] + r[:, half:]
+    ratio = width.min(axis=1) / np.maximum(width.max(axis=1), 1e-9)
+    lobes = r.max(axis=1) / np.maximum(np.median(r, axis=1), 1e-9)
+    return ratio, lobes
+
+
+def _peak_positions(values: np.ndarray, labels: np.ndarray, which: np.ndarray) -> np.ndarray:
+    """(row, col) of the maximum of ``values`` in each label of ``which`` (vectorised)."""
+    idx = np.flatnonzero(labels)
+    lab = labels.ravel()[idx]
+    order = np.lexsort((values.ravel()[idx], lab))
+    lab, idx = lab[order], idx[order]
+    last = np.r_[lab[1:] != lab[:-1], True]
+    pos = dict(zip(lab[last].tolist(), idx[last].tolist()))
+    flat = np.array([pos.get(int(v), 0) for v in which], dtype=np.int64)
+    return np.stack(np.unravel_index(flat, labels.shape), axis=1).astype(np.float64).reshape(-1, 2)
+
+
+def _hysteresis(cnr: np.ndarray, allowed: np.ndarray, seed: float, grow: float,
+                seed_map: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     low = (cnr >= grow) & allowed
     labels, n = label(low)
     if n == 0:
         return labels, 0
-    seeds = np.unique(labels[(cnr >= seed) & low])
+    seeds = np.unique(labels[((cnr if seed_map is None else seed_map) >= seed) & low])
     seeds = seeds[seeds > 0]
     lut = np.zeros(n + 1, np.int32)
     lut[seeds] = np.arange(1, seeds.size + 1, dtype=np.int32)
@@ -576,6 +740,13 @@ def detect_xray(
     clutter_quantile: float = 0.5,
     clutter_line_mm: float = 0.0,
     min_solidity: float = 0.9,
+    blob_scales_mm: tuple[float, ...] = (0.25, 0.5, 0.9, 1.5),
+    min_score: float = 15.0,
+    strong_score: float = 20.0,
+    min_cnr: float = 5.0,
+    max_lobes: float = 2.2,
+    round_ratio: float = 0.7,
+    round_lobes: float = 1.5,
     exclude_lungs: bool = True,
     assumed_pixel_mm: float = 0.15,
     mask: np.ndarray | None = None,
@@ -588,9 +759,11 @@ def detect_xray(
     image : Image
         2D radiograph, dense = bright (as :func:`calcdetect.load` returns it).
     threshold : float
-        Contrast-to-noise ratio a focus must reach at its peak (robust local noise).
+        Full-resolution contrast-to-clutter ratio a candidate with a marginal
+        matched-filter score (below ``strong_score``) must reach; with
+        ``blob_scales_mm=()`` the hysteresis seed level of the previous detector.
     grow : float
-        CNR down to which a focus region is grown from its peak (hysteresis).
+        CNR down to which a focus's first extent reaches (hysteresis grow level).
     min_diameter_mm, max_diameter_mm : float
         Equivalent-diameter range of reported foci (calcinosis: 1-6 mm typical, up to
         about 10 mm).
@@ -626,6 +799,25 @@ def detect_xray(
     clutter_line_mm : float
         When positive, ridges longer than this are removed before the clutter level is
         measured (experimental; 0 = off, the validated setting).
+    blob_scales_mm : tuple of float
+        Sigmas (mm) of the matched filter (:func:`blob_candidates`): candidates are the
+        peaks of the best contrast-to-clutter over these scales.  Empty: the previous
+        detector (hysteresis on the full-resolution CNR, ``threshold``/``grow``).
+    min_score : float
+        Smallest matched-filter score of a candidate.
+    strong_score : float
+        Below this score a candidate also needs ``threshold`` on the full-resolution CNR
+        and a solidity of ``min_solidity`` (no round-outline exemption).
+    min_cnr : float
+        Full-resolution CNR every candidate needs (a smooth anatomical swell is
+        significant only when smoothed).
+    max_lobes : float
+        Longest / median ray of the half-height outline (:func:`radial_isotropy`); above
+        it the candidate is a tail or clump ("lobed").
+    round_ratio, round_lobes : float
+        A strong candidate whose half-height outline is this round (narrowest / widest
+        width at least ``round_ratio``, lobes at most ``round_lobes``) is not rejected as
+        ragged: its extent leaked into a touching cortex, its own outline did not.
     assumed_pixel_mm : float
         Pixel size assumed for the filters when the image has none (no mm is reported).
     mask : ndarray of bool, optional
@@ -743,7 +935,14 @@ def detect_xray(
 
     # 4. candidates
     allowed = searchable.copy()
-    labels, n = _hysteresis(cnr, allowed, threshold, grow)
+    if blob_scales_mm:
+        labels, b_score, b_scale = blob_candidates(resid, allowed, pix_mm, tuple(float(v) for v in blob_scales_mm),
+                                                   min_score, tile_px, clutter_quantile, size_level, cnr, grow,
+                                                   0.5 * max_diameter_mm + 1.0)
+        n = int(b_score.size)
+    else:
+        labels, n = _hysteresis(cnr, allowed, threshold, grow)
+        b_score = b_scale = None
     params: dict[str, Any] = {
         "threshold": threshold, "grow": grow, "min_diameter_mm": min_diameter_mm,
         "max_diameter_mm": max_diameter_mm, "max_elongation": max_elongation,
@@ -751,6 +950,9 @@ def detect_xray(
         "border_mm": border_mm, "max_contrast_fraction": max_contrast_fraction,
         "size_level": size_level, "min_edge_mm": min_edge_mm, "min_solidity": min_solidity, "exclude_lungs": exclude_lungs,
         "clutter_quantile": clutter_quantile, "clutter_line_mm": clutter_line_mm, "assumed_pixel_mm": None if has_spacing else assumed_pixel_mm,
+        "blob_scales_mm": [float(v) for v in blob_scales_mm], "min_score": min_score,
+        "strong_score": strong_score, "min_cnr": min_cnr, "max_lobes": max_lobes,
+        "round_ratio": round_ratio, "round_lobes": round_lobes,
         "roi_mask": mask is not None, "components_total": n,
     }
     findings: list[Finding] = []
@@ -758,7 +960,7 @@ def detect_xray(
     n_pre = 0
     size_labels = np.zeros((rows, cols), np.int32)
     counts = {"too_small": 0, "too_large": 0, "elongated": 0, "too_dense": 0, "near_dense": 0, "outside_roi": 0,
-              "edge_like": 0, "in_air": 0, "ragged": 0, "off_field": 0}
+              "edge_like": 0, "in_air": 0, "ragged": 0, "off_field": 0, "faint": 0, "lobed": 0}
     if n:
         t0 = regionprops_table(labels, resid, spacing=sp)
         peak_res = t0["intensity_max"]
@@ -808,6 +1010,18 @@ def detect_xray(
         too_large = diam > max_diameter_mm
         ratio0 = np.array([first_ratio.get(int(v), np.inf) for v in t["label"]])
         # elongated by both the first and the refined extent: edge / cortex fragments
+        # outline at half height around the residual peak (see radial_isotropy)
+        pk_pos = _peak_positions(resid, size_lab, t["label"])
+        iso_ratio, iso_lobes = radial_isotropy(resid, pk_pos, 0.75 * max_diameter_mm / pix_mm)
+        if b_score is not None:
+            score = b_score[t["label"] - 1]
+            strong = score >= strong_score
+            # a round half-height outline of a strong candidate overrides a low solidity:
+            # the extent of a focus that touches a cortex leaks into it, its own outline
+            # in the residual stays round
+            round_ = (iso_ratio >= round_ratio) & (iso_lobes <= round_lobes) & strong
+        else:
+            round_ = np.zeros(t["label"].size, bool)
         elongated = (np.minimum(long_ax / short_ax, ratio0) > max_elongation) & ~too_small
         too_dense = contrast > max_contrast_fraction * dyn
         # anything touching a too-dense object's neighbourhood (letter strokes, metal edges)
@@ -834,23 +1048,40 @@ def detect_xray(
         for i in np.flatnonzero(keep):
             sl = (slice(int(t["bbox-0"][i]), int(t["bbox-2"][i])), slice(int(t["bbox-1"][i]), int(t["bbox-3"][i])))
             solidity[i] = _solidity(shape_lab[sl] == t["label"][i])
-        ragged = (solidity < min_solidity) & keep
-        keep &= ~ragged
+        fine_cnr = tz["intensity_max"]
+        if b_score is not None:
+            # the matched filter finds a focus at its own scale; at full resolution it must
+            # still stand out from the clutter (otherwise it is a smooth anatomical swell)
+            # a marginal matched-filter score (below strong_score) needs the old full-
+            # resolution threshold (``threshold``) as well
+            faint = ((fine_cnr < min_cnr) | (~strong & (fine_cnr < threshold))) & keep
+            # lobed: a ray of the half-height outline runs out far beyond the others (a
+            # tail along a vessel or trabecula, a clump): not a compact deposit
+            lobed = (iso_lobes > max_lobes) & keep & ~faint
+            ragged = (solidity < min_solidity) & ~round_ & keep & ~faint & ~lobed
+        else:
+            score = fine_cnr
+            faint = np.zeros(t["label"].size, bool)
+            lobed = np.zeros(t["label"].size, bool)
+            ragged = (solidity < min_solidity) & keep
+        keep &= ~(faint | lobed | ragged)
         counts = {"too_small": int(too_small.sum()), "too_large": int(too_large.sum()),
                   "elongated": int(elongated.sum()), "too_dense": int(too_dense.sum()),
                   "near_dense": int(near_dense.sum()), "outside_roi": int(outside.sum()),
                   "edge_like": int(edge_like.sum()), "in_air": int(in_air.sum()), "ragged": int(ragged.sum()),
-                  "off_field": int(off_field.sum())}
+                  "off_field": int(off_field.sum()), "faint": int(faint.sum()), "lobed": int(lobed.sum())}
         if report_rejected:
             reasons = {"too_small": too_small, "too_large": too_large, "elongated": elongated,
                        "too_dense": too_dense, "near_dense": near_dense, "outside_roi": outside,
-                       "edge_like": edge_like, "in_air": in_air, "ragged": ragged, "off_field": off_field}
+                       "edge_like": edge_like, "in_air": in_air, "ragged": ragged, "off_field": off_field,
+                       "faint": faint, "lobed": lobed}
             rejected_list = [
                 {"centroid_px": [float(t["centroid-0"][i]), float(t["centroid-1"][i])],
                  "equivalent_diameter_px": float(np.sqrt(4.0 * t["num_pixels"][i] / np.pi)),
                  "contrast": float(tr["intensity_max"][i]), "cnr": float(tz["intensity_max"][i]),
                  "edge_mm": float(edge_mm[i]),
                  "elongation": float(long_ax[i] / short_ax[i]), "solidity": float(solidity[i]),
+                 "score": float(score[i]), "iso_ratio": float(iso_ratio[i]), "iso_lobes": float(iso_lobes[i]),
                  "reasons": [r for r, v in reasons.items() if v[i]]}
                 for i in np.flatnonzero(~keep)]
         kept = np.flatnonzero(keep)
@@ -859,6 +1090,7 @@ def detect_xray(
         ft, fr, fz = select(t, kept), select(tr, kept), select(tz, kept)
         fe = edge_mm[kept]
         fs = solidity[kept]
+        fsc = score[kept]
         centroids = np.stack([ft["centroid-0"], ft["centroid-1"]], axis=1) if k else np.zeros((0, 2))
         body = field & ~deep_air
         sides = _sides(image, centroids, body, sp, warnings)
@@ -884,6 +1116,9 @@ def detect_xray(
                     "num_pixels": int(ft["num_pixels"][i]),
                     "edge_mm": float(fe[i]),
                     "solidity": float(fs[i]),
+                    "iso_ratio": float(iso_ratio[kept][i]),
+                    "iso_lobes": float(iso_lobes[kept][i]),
+                    "score": float(fsc[i]),
                     "equivalent_diameter_px": float(np.sqrt(4.0 * ft["num_pixels"][i] / np.pi)),
                 },
             ))
