@@ -8,12 +8,26 @@ import tempfile
 from pathlib import Path
 
 
+def _read_umask() -> int:
+    """The process umask (read once: setting it back and forth is not thread-safe)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates its file 0600; the renamed output must get the permissions of any other
+# file the user creates (0666 minus the umask), or colleagues cannot read the results
+_FILE_MODE = 0o666 & ~_read_umask()
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file + ``os.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):  # POSIX; on Windows the mode is not used
+            os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
