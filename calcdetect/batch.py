@@ -381,10 +381,18 @@ def _unique_names(jobs: list[Job]) -> list[Job]:
 
 
 # ============================================================================ one job
-def _reason(exc: BaseException) -> str:
-    """One line: the reason and fix of a calcdetect error, else type and first line."""
+def _reason(exc: BaseException, job: Job | None = None) -> str:
+    """One line: the reason and fix of a calcdetect error, else type and first line.
+
+    When the error concerns one file of a series job, that file is named (the job's
+    input is the series folder, which does not say which slice is damaged)."""
     if isinstance(exc, CalcdetectError):
         text = exc.reason + (f" -- {exc.fix}" if exc.fix else "")
+        if job is not None and exc.path and len(job.paths) > 1:
+            where = os.path.abspath(exc.path)
+            if where in {os.path.abspath(p) for p in job.paths}:
+                root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in job.paths])
+                text = f"{os.path.relpath(where, root)}: {text}"
     else:
         first = (str(exc).strip().splitlines() or [""])[0]
         text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
@@ -498,7 +506,7 @@ def run_job(
         result["error"] = {"error_type": "MemoryError",
                            "reason": "out of memory -- run fewer jobs at once (--jobs) or use a larger machine"}
     except Exception as exc:  # isolate every failure to its input
-        result["error"] = {"error_type": type(exc).__name__, "reason": _reason(exc)}
+        result["error"] = {"error_type": type(exc).__name__, "reason": _reason(exc, job)}
         if os.environ.get("CALCDETECT_DEBUG"):
             result["error"]["traceback"] = traceback.format_exc()
     result["seconds"] = round(time.perf_counter() - t0, 3)
@@ -839,7 +847,7 @@ def annotate(
 
     def collect(job: Job, res: dict[str, Any] | None, exc: BaseException | None) -> None:
         if exc is not None:
-            err = InputError(job.input, type(exc).__name__, _reason(exc), job.name)
+            err = InputError(job.input, type(exc).__name__, _reason(exc, job), job.name)
         elif res.get("error"):
             err = InputError(job.input, res["error"]["error_type"], res["error"]["reason"], job.name)
             if res["error"].get("traceback"):
