@@ -216,7 +216,10 @@ def _touch(ds: Dataset, depth: int = 0) -> None:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:160]
+    line = text[0] if text else type(exc).__name__
+    if len(line) > 160:  # cut at a word, and say so, rather than mid-word ("... or the )")
+        line = line[:160].rsplit(" ", 1)[0].rstrip(" ,;:-") + " ..."
+    return line
 
 
 def sop_class_name(ds: Dataset) -> str:
