@@ -1,0 +1,73 @@
+"""What a user sees: the entry points, error messages that name the file, and outputs that
+others can read.  Found in a review of the public contract (design.md section 3)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from calcdetect import cli
+from calcdetect.batch import annotate
+from calcdetect.outputs import write_text_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "sample_images"
+
+
+def test_python_dash_m_calcdetect_runs_the_cli():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "calcdetect", "--version"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("calcdetect ")
+
+
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX file modes")
+def test_atomic_outputs_get_the_usual_file_mode(tmp_path):
+    old = os.umask(0o022)
+    os.umask(old)
+    target = write_text_atomic(tmp_path / "report.json", "{}\n")
+    mode = stat.S_IMODE(target.stat().st_mode)
+    assert mode == 0o666 & ~old  # not mkstemp's 0600: colleagues must be able to read it
+
+
+@pytest.mark.parametrize("modality", [None, "CT"])
+def test_raster_without_usable_modality_names_the_file(tmp_path, capsys, modality):
+    png = tmp_path / "cheek.png"
+    cv2.imwrite(str(png), np.full((40, 40), 90, np.uint8))
+    argv = ["detect", str(png)] + (["--modality", modality] if modality else [])
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert str(png) in err
+
+
+def test_annotate_names_the_damaged_slice_of_a_series(tmp_path):
+    src = tmp_path / "in" / "series"
+    shutil.copytree(SAMPLES / "ct_phantom_series", src)
+    victim = sorted(src.glob("*.dcm"))[4]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) - 5000])  # cut into the pixel data
+    result = annotate(tmp_path / "in", tmp_path / "out", jobs=1, quiet=True)
+    assert result.exit_code == 1
+    rows = list(csv.DictReader(open(tmp_path / "out" / "errors.csv", newline="")))
+    assert len(rows) == 1 and rows[0]["input"] == "series"
+    assert rows[0]["reason"].startswith(victim.name + ": ")
+
+
+def test_long_decoder_messages_are_cut_at_a_word():
+    from calcdetect.io.dicom import _first_line
+
+    text = "The number of bytes of pixel data is less than expected " + "word " * 40
+    line = _first_line(ValueError(text))
+    assert len(line) <= 164 and line.endswith(" ...")
+    assert line[:-4].split()[-1] == "word"
