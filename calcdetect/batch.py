@@ -809,7 +809,11 @@ def annotate(
                                     fix="choose another -o OUTDIR (a subfolder is fine)")
     if jobs is not None and int(jobs) < 1:
         raise InvalidParameterError(f"--jobs {jobs} must be at least 1")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CalcdetectError(f"cannot create the output folder ({exc.strerror or type(exc).__name__})",
+                              path=out, fix="choose a writable -o OUTDIR") from exc
     marker = out / OUTPUT_MARKER
     if not marker.exists():
         write_text_atomic(marker, "written by calcdetect annotate; this folder is never read as input\n")

@@ -71,3 +71,24 @@ def test_long_decoder_messages_are_cut_at_a_word():
     line = _first_line(ValueError(text))
     assert len(line) <= 164 and line.endswith(" ...")
     assert line[:-4].split()[-1] == "word"
+
+
+def test_unwritable_detect_output_is_one_line_not_an_internal_error(tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    target = blocker / "report.json"  # a file stands where a folder should be
+    assert cli.main(["detect", str(SAMPLES / "us_linear_phantom.dcm"), "-o", str(target)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert str(target) in err and "internal error" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]  # nothing half-written
+
+
+def test_unwritable_annotate_outdir_is_one_line_not_an_internal_error(tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    out = blocker / "out"
+    assert cli.main(["annotate", str(SAMPLES), "-o", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert str(out) in err and "internal error" not in err
