@@ -30,10 +30,13 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from .errors import CalcdetectError, InvalidParameterError
 from .outputs import write_text_atomic
+
+if TYPE_CHECKING:  # annotations only
+    from .report import Report
 
 __all__ = [
     "Job",
@@ -534,7 +537,7 @@ def _write_dicom(job: Job, image, report, base: Path, kinds: Sequence[str], data
 
 
 # ============================================================================ resuming
-def report_from_dict(data: Mapping[str, Any]):
+def report_from_dict(data: Mapping[str, Any]) -> Report:
     """Rebuild a :class:`~calcdetect.report.Report` (without its label image) from its
     JSON dict, so tables can be made from reports written by an earlier run."""
     import dataclasses
@@ -969,7 +972,7 @@ def _positive_seconds(text: str) -> float:
     return v
 
 
-def add_annotate_parser(subparsers) -> argparse.ArgumentParser:
+def add_annotate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``calcdetect annotate`` on the CLI's subparsers."""
     from .cli import add_detector_options
 

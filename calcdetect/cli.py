@@ -49,7 +49,20 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
 
 
 def detector_options(args: argparse.Namespace, modality: str) -> dict:
-    """Translate CLI options into ``detect()`` keyword arguments for a modality."""
+    """Translate CLI options into ``detect()`` keyword arguments for a modality.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed ``detect``/``annotate`` options.
+    modality : {"CT", "XRAY", "US"}
+        The loaded image's modality: only CT takes ``--region``, ``--threshold`` and
+        ``--mass-calibration``.
+
+    Returns
+    -------
+    dict
+    """
     opts: dict = {}
     if modality == "CT":
         if args.region is not None:
@@ -62,7 +75,23 @@ def detector_options(args: argparse.Namespace, modality: str) -> dict:
 
 
 def load_options(args: argparse.Namespace) -> dict:
-    """Translate CLI options into ``load()`` keyword arguments."""
+    """Translate CLI options into ``load()`` keyword arguments.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed ``detect``/``annotate`` options.
+
+    Returns
+    -------
+    dict
+        ``pixel_size_mm``, ``modality``, ``series_uid`` and ``frame``.
+
+    Raises
+    ------
+    InvalidParameterError
+        When ``--frames`` is neither an integer nor ``all``.
+    """
     frame = args.frames
     if frame is not None and frame != "all":
         try:
