@@ -31,7 +31,17 @@ def _positive_float(text: str) -> float:
 
 
 def add_detector_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by ``detect`` and ``annotate``."""
+    """Options shared by ``detect`` and ``annotate``.
+
+    Parameters
+    ----------
+    p : argparse.ArgumentParser
+        The subcommand's parser.
+    """
+    # errors say "rerun with --debug": accept it after the subcommand too (SUPPRESS keeps
+    # a --debug given before the subcommand from being reset to False)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show tracebacks on errors")
     p.add_argument("--pixel-size", type=_positive_float, metavar="MM",
                    help="pixel size in mm for files without one (raster files, zero-spacing radiographs)")
     p.add_argument("--modality", choices=["CT", "XRAY", "US"], type=str.upper,

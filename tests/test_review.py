@@ -92,3 +92,17 @@ def test_unwritable_annotate_outdir_is_one_line_not_an_internal_error(tmp_path, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert str(out) in err and "internal error" not in err
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_debug_is_accepted_before_and_after_the_subcommand(tmp_path, before):
+    """Error messages say "rerun with --debug"; appending it must not be a usage error."""
+    png = tmp_path / "cheek.png"
+    cv2.imwrite(str(png), np.full((40, 40), 90, np.uint8))
+    argv = ["detect", str(png)]
+    argv = ["--debug"] + argv if before else argv + ["--debug"]
+    from calcdetect.errors import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError):  # --debug: the exception, not the one-liner
+        cli.main(argv)
+    assert cli.main(["detect", str(png)]) == 2  # without it: one line, exit 2
