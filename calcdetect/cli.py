@@ -117,6 +117,10 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     from .io import load
 
     image = load(args.path, **load_options(args))
+    if args.dicom_seg or args.dicom_sr:  # refuse before the analysis and before any output
+        from .dicom_out import require_dicom_source
+
+        require_dicom_source(image)
     report = detect(image, **detector_options(args, image.modality))
     text = report.to_json(indent=None if args.compact else 2)
     if args.output:

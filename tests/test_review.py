@@ -106,3 +106,21 @@ def test_debug_is_accepted_before_and_after_the_subcommand(tmp_path, before):
     with pytest.raises(InvalidParameterError):  # --debug: the exception, not the one-liner
         cli.main(argv)
     assert cli.main(["detect", str(png)]) == 2  # without it: one line, exit 2
+
+
+def test_dicom_outputs_of_a_png_are_refused_up_front(tmp_path, capsys):
+    """--dicom-sr on a PNG said 'is not a DICOM file -- give a DICOM, PNG, ...' after the
+    JSON had been printed; it must be refused before any output, saying why."""
+    import calcdetect
+    from calcdetect.dicom_out import source_datasets
+    from calcdetect.errors import UnsupportedImageError
+
+    png = SAMPLES / "us_sector_frame.png"
+    sr = tmp_path / "p.sr.dcm"
+    rc = cli.main(["detect", str(png), "--modality", "US", "--pixel-size", "0.1", "--dicom-sr", str(sr)])
+    out, err = capsys.readouterr()
+    assert rc == 1 and out == "" and not sr.exists()
+    assert len(err.strip().splitlines()) == 1 and "DICOM outputs need" in err and str(png) in err
+    image = calcdetect.load(png, modality="US", pixel_size_mm=0.1)
+    with pytest.raises(UnsupportedImageError, match="DICOM outputs need"):
+        source_datasets(image)
