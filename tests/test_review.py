@@ -124,3 +124,14 @@ def test_dicom_outputs_of_a_png_are_refused_up_front(tmp_path, capsys):
     image = calcdetect.load(png, modality="US", pixel_size_mm=0.1)
     with pytest.raises(UnsupportedImageError, match="DICOM outputs need"):
         source_datasets(image)
+
+
+def test_modality_mismatch_error_carries_the_path():
+    import calcdetect
+    from calcdetect.errors import InvalidParameterError
+
+    path = SAMPLES / "us_linear_phantom.dcm"
+    with pytest.raises(InvalidParameterError) as info:
+        calcdetect.load(path, modality="CT")
+    assert info.value.path == str(path)  # in .path (as every other error), not pasted into .reason
+    assert str(path) not in info.value.reason

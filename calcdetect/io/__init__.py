@@ -115,7 +115,7 @@ def load(
         from .nifti import load_nifti
 
         if modality not in (None, "CT"):
-            raise InvalidParameterError("NIfTI volumes are read as CT", fix="drop --modality")
+            raise InvalidParameterError("NIfTI volumes are read as CT", path=path, fix="drop --modality")
         return _apply_pixel_size(load_nifti(path, budget=max_pixels), pixel_size_mm)
     header = read_header(path, budget=max_pixels)
     file_modality = str(header.get("Modality", "") or "").upper()
@@ -138,7 +138,7 @@ def load(
         kind = modality
     elif modality is not None and modality != kind:
         raise InvalidParameterError(
-            f"{path}: the file says modality {file_modality} but {modality} was requested",
+            f"the file says modality {file_modality} but {modality} was requested", path=path,
             fix="drop --modality for DICOM files",
         )
     if kind == "CT":
