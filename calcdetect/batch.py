@@ -387,15 +387,19 @@ def _unique_names(jobs: list[Job]) -> list[Job]:
 def _reason(exc: BaseException, job: Job | None = None) -> str:
     """One line: the reason and fix of a calcdetect error, else type and first line.
 
-    When the error concerns one file of a series job, that file is named (the job's
-    input is the series folder, which does not say which slice is damaged)."""
+    The input column already names the job's input; the reason names any other file
+    the error concerns: one slice of a series job (the input is the series folder, which
+    does not say which slice is damaged), or an output that cannot be written."""
     if isinstance(exc, CalcdetectError):
         text = exc.reason + (f" -- {exc.fix}" if exc.fix else "")
-        if job is not None and exc.path and len(job.paths) > 1:
+        if job is not None and exc.path and job.paths:
             where = os.path.abspath(exc.path)
-            if where in {os.path.abspath(p) for p in job.paths}:
-                root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in job.paths])
+            inputs = {os.path.abspath(p) for p in job.paths}
+            root = os.path.commonpath([os.path.dirname(p) for p in inputs])
+            if where in inputs and len(inputs) > 1:
                 text = f"{os.path.relpath(where, root)}: {text}"
+            elif where not in inputs and where != root:
+                text = f"{exc.path}: {text}"
     else:
         first = (str(exc).strip().splitlines() or [""])[0]
         text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -135,3 +135,15 @@ def test_modality_mismatch_error_carries_the_path():
         calcdetect.load(path, modality="CT")
     assert info.value.path == str(path)  # in .path (as every other error), not pasted into .reason
     assert str(path) not in info.value.reason
+
+
+def test_annotate_names_the_output_it_cannot_write_and_goes_on(tmp_path):
+    src = tmp_path / "in"
+    shutil.copy(SAMPLES / "us_linear_phantom.dcm", src / "a.dcm") if src.mkdir() is None else None
+    shutil.copy(SAMPLES / "xray_phantom_cr.dcm", src / "b.dcm")
+    out = tmp_path / "out"
+    (out / "a.dcm.json").mkdir(parents=True)  # a folder where the report must go
+    result = annotate(src, out, jobs=1, quiet=True)
+    assert result.exit_code == 1 and result.processed == ["b.dcm"]
+    (err,) = result.errors
+    assert err.input == "a.dcm" and err.reason.startswith(f"{out / 'a.dcm.json'}: cannot write")
