@@ -139,7 +139,8 @@ def test_modality_mismatch_error_carries_the_path():
 
 def test_annotate_names_the_output_it_cannot_write_and_goes_on(tmp_path):
     src = tmp_path / "in"
-    shutil.copy(SAMPLES / "us_linear_phantom.dcm", src / "a.dcm") if src.mkdir() is None else None
+    src.mkdir()
+    shutil.copy(SAMPLES / "us_linear_phantom.dcm", src / "a.dcm")
     shutil.copy(SAMPLES / "xray_phantom_cr.dcm", src / "b.dcm")
     out = tmp_path / "out"
     (out / "a.dcm.json").mkdir(parents=True)  # a folder where the report must go
