@@ -148,3 +148,18 @@ def test_annotate_names_the_output_it_cannot_write_and_goes_on(tmp_path):
     assert result.exit_code == 1 and result.processed == ["b.dcm"]
     (err,) = result.errors
     assert err.input == "a.dcm" and err.reason.startswith(f"{out / 'a.dcm.json'}: cannot write")
+
+
+@pytest.mark.parametrize("value", ["inf", "abc", "0", "-5", "nan"])
+def test_bad_pixel_budget_variable_is_one_usage_line(monkeypatch, capsys, value):
+    """inf crashed as an internal OverflowError; typos were silently ignored."""
+    monkeypatch.setenv("CALCDETECT_MAX_PIXELS", value)
+    from calcdetect.io.dicom import max_pixels
+
+    if value == "inf":
+        assert max_pixels() >= 10**15  # no practical limit
+        assert cli.main(["detect", str(SAMPLES / "us_linear_phantom.dcm"), "--compact"]) == 0
+        return
+    assert cli.main(["detect", str(SAMPLES / "us_linear_phantom.dcm")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "CALCDETECT_MAX_PIXELS" in err

@@ -22,6 +22,7 @@ from pydicom.errors import InvalidDicomError
 
 from ..errors import (
     CalcdetectError,
+    InvalidParameterError,
     MissingDecoderError,
     PixelBudgetError,
     UnreadableFileError,
@@ -55,15 +56,37 @@ _DECODER_HINTS = {
 
 
 def max_pixels(override: int | None = None) -> int:
-    """The pixel budget in force (argument, else ``CALCDETECT_MAX_PIXELS``, else default)."""
+    """The pixel budget in force (argument, else ``CALCDETECT_MAX_PIXELS``, else default).
+
+    Parameters
+    ----------
+    override : int, optional
+        The ``max_pixels=`` argument of a loader.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    InvalidParameterError
+        When ``CALCDETECT_MAX_PIXELS`` is not a positive number (a typo must not silently
+        fall back to the default, nor ``inf`` crash).
+    """
     if override is not None:
         return int(override)
     env = os.environ.get("CALCDETECT_MAX_PIXELS")
-    if env:
+    if env and env.strip():
         try:
-            return int(float(env))
+            value = float(env)
         except ValueError:
-            pass
+            value = float("nan")
+        if not (value >= 1):  # NaN, zero, negative
+            raise InvalidParameterError(
+                f"CALCDETECT_MAX_PIXELS={env!r} is not a positive pixel count",
+                fix="set it to a number such as 2e9, or unset it for the default 1.5e9",
+            )
+        return int(min(value, 2**62))  # "inf": no practical limit
     return DEFAULT_MAX_PIXELS
 
 
