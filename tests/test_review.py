@@ -163,3 +163,24 @@ def test_bad_pixel_budget_variable_is_one_usage_line(monkeypatch, capsys, value)
     assert cli.main(["detect", str(SAMPLES / "us_linear_phantom.dcm")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "CALCDETECT_MAX_PIXELS" in err
+
+
+def test_pixel_size_completes_a_series_with_zero_pixel_spacing(tmp_path):
+    """The warning says 'pass --pixel-size'; doing so raised 'a volume without slice
+    positions ...' although the slices have positions."""
+    import pydicom
+
+    import calcdetect
+
+    for f in sorted((SAMPLES / "ct_phantom_series").glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.PixelSpacing = [0, 0]
+        ds.save_as(tmp_path / f.name)
+    bare = calcdetect.load(tmp_path)
+    assert bare.spacing_mm is None
+    ref = calcdetect.detect(calcdetect.load(SAMPLES / "ct_phantom_series")).to_dict()
+    image = calcdetect.load(tmp_path, pixel_size_mm=0.9)
+    assert image.spacing_mm == pytest.approx(ref["spacing_mm"])
+    got = calcdetect.detect(image).to_dict()
+    assert got["count"] == ref["count"]
+    assert [f["volume_mm3"] for f in got["findings"]] == [f["volume_mm3"] for f in ref["findings"]]
