@@ -30,10 +30,13 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from .errors import CalcdetectError, InvalidParameterError
 from .outputs import write_text_atomic
+
+if TYPE_CHECKING:  # annotations only
+    from .report import Report
 
 __all__ = [
     "Job",
@@ -381,10 +384,22 @@ def _unique_names(jobs: list[Job]) -> list[Job]:
 
 
 # ============================================================================ one job
-def _reason(exc: BaseException) -> str:
-    """One line: the reason and fix of a calcdetect error, else type and first line."""
+def _reason(exc: BaseException, job: Job | None = None) -> str:
+    """One line: the reason and fix of a calcdetect error, else type and first line.
+
+    The input column already names the job's input; the reason names any other file
+    the error concerns: one slice of a series job (the input is the series folder, which
+    does not say which slice is damaged), or an output that cannot be written."""
     if isinstance(exc, CalcdetectError):
         text = exc.reason + (f" -- {exc.fix}" if exc.fix else "")
+        if job is not None and exc.path and job.paths:
+            where = os.path.abspath(exc.path)
+            inputs = {os.path.abspath(p) for p in job.paths}
+            root = os.path.commonpath([os.path.dirname(p) for p in inputs])
+            if where in inputs and len(inputs) > 1:
+                text = f"{os.path.relpath(where, root)}: {text}"
+            elif where not in inputs and where != root:
+                text = f"{exc.path}: {text}"
     else:
         first = (str(exc).strip().splitlines() or [""])[0]
         text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
@@ -498,7 +513,7 @@ def run_job(
         result["error"] = {"error_type": "MemoryError",
                            "reason": "out of memory -- run fewer jobs at once (--jobs) or use a larger machine"}
     except Exception as exc:  # isolate every failure to its input
-        result["error"] = {"error_type": type(exc).__name__, "reason": _reason(exc)}
+        result["error"] = {"error_type": type(exc).__name__, "reason": _reason(exc, job)}
         if os.environ.get("CALCDETECT_DEBUG"):
             result["error"]["traceback"] = traceback.format_exc()
     result["seconds"] = round(time.perf_counter() - t0, 3)
@@ -526,7 +541,7 @@ def _write_dicom(job: Job, image, report, base: Path, kinds: Sequence[str], data
 
 
 # ============================================================================ resuming
-def report_from_dict(data: Mapping[str, Any]):
+def report_from_dict(data: Mapping[str, Any]) -> Report:
     """Rebuild a :class:`~calcdetect.report.Report` (without its label image) from its
     JSON dict, so tables can be made from reports written by an earlier run."""
     import dataclasses
@@ -801,7 +816,11 @@ def annotate(
                                     fix="choose another -o OUTDIR (a subfolder is fine)")
     if jobs is not None and int(jobs) < 1:
         raise InvalidParameterError(f"--jobs {jobs} must be at least 1")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CalcdetectError(f"cannot create the output folder ({exc.strerror or type(exc).__name__})",
+                              path=out, fix="choose a writable -o OUTDIR") from exc
     marker = out / OUTPUT_MARKER
     if not marker.exists():
         write_text_atomic(marker, "written by calcdetect annotate; this folder is never read as input\n")
@@ -839,7 +858,7 @@ def annotate(
 
     def collect(job: Job, res: dict[str, Any] | None, exc: BaseException | None) -> None:
         if exc is not None:
-            err = InputError(job.input, type(exc).__name__, _reason(exc), job.name)
+            err = InputError(job.input, type(exc).__name__, _reason(exc, job), job.name)
         elif res.get("error"):
             err = InputError(job.input, res["error"]["error_type"], res["error"]["reason"], job.name)
             if res["error"].get("traceback"):
@@ -957,7 +976,7 @@ def _positive_seconds(text: str) -> float:
     return v
 
 
-def add_annotate_parser(subparsers) -> argparse.ArgumentParser:
+def add_annotate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``calcdetect annotate`` on the CLI's subparsers."""
     from .cli import add_detector_options
 

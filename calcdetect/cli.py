@@ -31,7 +31,17 @@ def _positive_float(text: str) -> float:
 
 
 def add_detector_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by ``detect`` and ``annotate``."""
+    """Options shared by ``detect`` and ``annotate``.
+
+    Parameters
+    ----------
+    p : argparse.ArgumentParser
+        The subcommand's parser.
+    """
+    # errors say "rerun with --debug": accept it after the subcommand too (SUPPRESS keeps
+    # a --debug given before the subcommand from being reset to False)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show tracebacks on errors")
     p.add_argument("--pixel-size", type=_positive_float, metavar="MM",
                    help="pixel size in mm for files without one (raster files, zero-spacing radiographs)")
     p.add_argument("--modality", choices=["CT", "XRAY", "US"], type=str.upper,
@@ -49,7 +59,20 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
 
 
 def detector_options(args: argparse.Namespace, modality: str) -> dict:
-    """Translate CLI options into ``detect()`` keyword arguments for a modality."""
+    """Translate CLI options into ``detect()`` keyword arguments for a modality.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed ``detect``/``annotate`` options.
+    modality : {"CT", "XRAY", "US"}
+        The loaded image's modality: only CT takes ``--region``, ``--threshold`` and
+        ``--mass-calibration``.
+
+    Returns
+    -------
+    dict
+    """
     opts: dict = {}
     if modality == "CT":
         if args.region is not None:
@@ -62,7 +85,23 @@ def detector_options(args: argparse.Namespace, modality: str) -> dict:
 
 
 def load_options(args: argparse.Namespace) -> dict:
-    """Translate CLI options into ``load()`` keyword arguments."""
+    """Translate CLI options into ``load()`` keyword arguments.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed ``detect``/``annotate`` options.
+
+    Returns
+    -------
+    dict
+        ``pixel_size_mm``, ``modality``, ``series_uid`` and ``frame``.
+
+    Raises
+    ------
+    InvalidParameterError
+        When ``--frames`` is neither an integer nor ``all``.
+    """
     frame = args.frames
     if frame is not None and frame != "all":
         try:
@@ -78,6 +117,10 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     from .io import load
 
     image = load(args.path, **load_options(args))
+    if args.dicom_seg or args.dicom_sr:  # refuse before the analysis and before any output
+        from .dicom_out import require_dicom_source
+
+        require_dicom_source(image)
     report = detect(image, **detector_options(args, image.modality))
     text = report.to_json(indent=None if args.compact else 2)
     if args.output:

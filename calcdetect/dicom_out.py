@@ -160,6 +160,33 @@ def _codes() -> _Codes:
 
 
 # ------------------------------------------------------------------- sources
+def require_dicom_source(image: Image) -> None:
+    """Refuse, before any work, an image that was not loaded from DICOM.
+
+    Parameters
+    ----------
+    image : Image
+
+    Raises
+    ------
+    UnsupportedImageError
+        When the image comes from an array, a PNG/JPEG/TIFF file or a NIfTI volume.
+    """
+    from .io.nifti import is_nifti
+    from .io.raster import RASTER_SUFFIXES
+
+    if image.metadata.get("files"):
+        return
+    src = Path(str(image.source))
+    if not src.is_file() or src.suffix.lower() in RASTER_SUFFIXES or is_nifti(src):
+        raise UnsupportedImageError(
+            "DICOM outputs need the DICOM file(s) the image was loaded from, and this "
+            "image has none",
+            path=image.source,
+            fix="load the image from a DICOM file or series folder, or drop --dicom-sr/--dicom-seg",
+        )
+
+
 def source_datasets(
     image: Image, *, with_pixels: bool = False, notes: list[str] | None = None
 ) -> list[Dataset]:
@@ -192,17 +219,8 @@ def source_datasets(
     """
     from .io.dicom import read_header
 
-    files = image.metadata.get("files")
-    if not files:
-        src = Path(str(image.source))
-        if not src.is_file():
-            raise UnsupportedImageError(
-                "DICOM outputs need the DICOM file(s) the image was loaded from, and this "
-                "image has none",
-                path=image.source,
-                fix="load the image from a DICOM file or series folder with calcdetect.load",
-            )
-        files = [src]
+    require_dicom_source(image)
+    files = image.metadata.get("files") or [Path(str(image.source))]
     datasets = [read_header(f, stop_before_pixels=not with_pixels) for f in files]
     expected = image.metadata.get("SOPInstanceUIDs")
     if expected and len(expected) == len(datasets):

@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # pandas is optional: annotations only
+    import pandas as pd
 
 
 
@@ -168,8 +171,19 @@ class Report:
             rows.append(row)
         return rows
 
-    def to_dataframe(self):
-        """The rows of :meth:`to_rows` as a ``pandas.DataFrame`` (needs pandas)."""
+    def to_dataframe(self) -> pd.DataFrame:
+        """The rows of :meth:`to_rows` as a ``pandas.DataFrame``.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per finding (no rows and no columns when nothing was found).
+
+        Raises
+        ------
+        CalcdetectError
+            When pandas is not installed (``pip install 'calcdetect[pandas]'``).
+        """
         try:
             import pandas as pd
         except ImportError as exc:  # pragma: no cover - depends on environment

@@ -33,10 +33,14 @@ def _apply_pixel_size(image: Image, pixel_size_mm: float | Sequence[float] | Non
         spacing = (image.spacing_mm[0], values[0], values[1])
     elif image.ndim == 3 and image.geometry.get("frame_axis") == "time":
         spacing = (1.0, values[0], values[1])  # ultrasound cine (frame="all"): axis 0 is the frame index
+    elif image.ndim == 3 and image.geometry.get("slice_step_mm"):
+        # a series with slice positions but no usable PixelSpacing: the step between the
+        # positions is a length in mm, the user's pixel size completes the spacing
+        spacing = (float(image.geometry["slice_step_mm"]), values[0], values[1])
     elif image.ndim == 3:
         raise InvalidParameterError(
             "a volume without slice positions cannot be given a pixel size alone",
-            fix="repair the series geometry",
+            path=image.source, fix="repair the series geometry",
         )
     else:
         spacing = (values[0], values[1])
@@ -115,7 +119,7 @@ def load(
         from .nifti import load_nifti
 
         if modality not in (None, "CT"):
-            raise InvalidParameterError("NIfTI volumes are read as CT", fix="drop --modality")
+            raise InvalidParameterError("NIfTI volumes are read as CT", path=path, fix="drop --modality")
         return _apply_pixel_size(load_nifti(path, budget=max_pixels), pixel_size_mm)
     header = read_header(path, budget=max_pixels)
     file_modality = str(header.get("Modality", "") or "").upper()
@@ -138,7 +142,7 @@ def load(
         kind = modality
     elif modality is not None and modality != kind:
         raise InvalidParameterError(
-            f"{path}: the file says modality {file_modality} but {modality} was requested",
+            f"the file says modality {file_modality} but {modality} was requested", path=path,
             fix="drop --modality for DICOM files",
         )
     if kind == "CT":

@@ -198,8 +198,17 @@ def _load_enhanced(ds: Dataset, path: str | Path) -> Image:
         metadata=meta,
         warnings=warns,
         spacing_source=geometry["spacing_source"],
+        geometry=_step_only(geometry) if volume.shape[0] > 1 else {},
     )
     return image
+
+
+def _step_only(geometry: dict[str, Any]) -> dict[str, Any]:
+    """The slice step from the positions, for an Image whose PixelSpacing is unusable (so
+    ``load(..., pixel_size_mm=)`` can complete the spacing); empty otherwise."""
+    if geometry.get("spacing") is None and geometry.get("slice_step_mm"):
+        return {"slice_step_mm": geometry["slice_step_mm"]}
+    return {}
 
 
 class _Slice:
@@ -271,6 +280,7 @@ def _assemble(slices: list[_Slice], planes: list[np.ndarray] | None, source: str
     if n > 1:
         steps = np.diff(dist)
         step = float(np.median(steps))
+        geometry["slice_step_mm"] = step  # kept for a user pixel size when PixelSpacing is unusable
         irregular = np.abs(steps - step) > max(0.1 * step, 0.01)
         if irregular.any():
             k = np.flatnonzero(irregular)
@@ -799,6 +809,7 @@ def _load_ct_series(folder, series_uid, budget, files, prefault: list[_Prefault]
         metadata=meta,
         warnings=warns + geo_warns,
         spacing_source=geometry["spacing_source"],
+        geometry=_step_only(geometry),
     )
 
 

@@ -22,6 +22,7 @@ from pydicom.errors import InvalidDicomError
 
 from ..errors import (
     CalcdetectError,
+    InvalidParameterError,
     MissingDecoderError,
     PixelBudgetError,
     UnreadableFileError,
@@ -55,15 +56,37 @@ _DECODER_HINTS = {
 
 
 def max_pixels(override: int | None = None) -> int:
-    """The pixel budget in force (argument, else ``CALCDETECT_MAX_PIXELS``, else default)."""
+    """The pixel budget in force (argument, else ``CALCDETECT_MAX_PIXELS``, else default).
+
+    Parameters
+    ----------
+    override : int, optional
+        The ``max_pixels=`` argument of a loader.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    InvalidParameterError
+        When ``CALCDETECT_MAX_PIXELS`` is not a positive number (a typo must not silently
+        fall back to the default, nor ``inf`` crash).
+    """
     if override is not None:
         return int(override)
     env = os.environ.get("CALCDETECT_MAX_PIXELS")
-    if env:
+    if env and env.strip():
         try:
-            return int(float(env))
+            value = float(env)
         except ValueError:
-            pass
+            value = float("nan")
+        if not (value >= 1):  # NaN, zero, negative
+            raise InvalidParameterError(
+                f"CALCDETECT_MAX_PIXELS={env!r} is not a positive pixel count",
+                fix="set it to a number such as 2e9, or unset it for the default 1.5e9",
+            )
+        return int(min(value, 2**62))  # "inf": no practical limit
     return DEFAULT_MAX_PIXELS
 
 
@@ -216,7 +239,10 @@ def _touch(ds: Dataset, depth: int = 0) -> None:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:160]
+    line = text[0] if text else type(exc).__name__
+    if len(line) > 160:  # cut at a word, and say so, rather than mid-word ("... or the )")
+        line = line[:160].rsplit(" ", 1)[0].rstrip(" ,;:-") + " ..."
+    return line
 
 
 def sop_class_name(ds: Dataset) -> str:

@@ -100,13 +100,13 @@ def load_raster(
     """
     if modality is None:
         raise InvalidParameterError(
-            "a PNG/JPEG/TIFF file does not say which modality it shows",
+            "a PNG/JPEG/TIFF file does not say which modality it shows", path=path,
             fix="pass modality='XRAY' or 'US' (CLI: --modality XRAY|US)",
         )
     modality = modality.upper()
     if modality == "CT":
         raise InvalidParameterError(
-            "CT must be loaded from DICOM (raster files do not hold Hounsfield units)",
+            "CT must be loaded from DICOM (raster files do not hold Hounsfield units)", path=path,
             fix="give the DICOM file or series folder",
         )
     arr = read_raster(path)
