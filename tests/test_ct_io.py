@@ -51,6 +51,19 @@ def test_jpeg2000_decodes_to_the_same_hu_as_uncompressed():
     np.testing.assert_array_equal(a.pixels, b.pixels)
 
 
+def test_jpeg_ls_decodes_with_the_decoders_extra(monkeypatch):
+    from pydicom.pixels.decoders.base import Decoder
+
+    path = get_testdata_file("JPEGLSNearLossless_16.dcm")
+    ref = pydicom.dcmread(path).pixel_array  # pydicom with pyjpegls (decoders extra)
+    image = calcdetect.load(path, modality="XRAY", pixel_size_mm=0.2)
+    np.testing.assert_array_equal(image.pixels, ref.astype(np.float32))
+    monkeypatch.setattr(Decoder, "is_available", property(lambda self: not self.UID.is_compressed))
+    with pytest.raises(MissingDecoderError) as err:
+        calcdetect.load(path, modality="XRAY", pixel_size_mm=0.2)
+    assert "calcdetect[decoders]" in err.value.message and "JPEGLSNearLossless_16.dcm" in err.value.message
+
+
 def test_missing_decoder_names_the_extra(monkeypatch):
     from pydicom.pixels.decoders.base import Decoder
 

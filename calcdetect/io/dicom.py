@@ -39,7 +39,7 @@ RADIOGRAPH_MODALITIES = ("CR", "DX", "MG", "RG", "RF", "IO", "PX", "XA")
 # transfer syntax UID -> the install hint when its decoder is missing
 _J2K = "pip install 'calcdetect[decoders]' (pylibjpeg + openjpeg, MIT) or 'calcdetect[gdcm]'"
 _JPEG = "pip install 'calcdetect[jpeg-gpl]' (pylibjpeg-libjpeg, GPL-3.0) or 'calcdetect[gdcm]'"
-_JLS = "pip install pyjpegls or 'calcdetect[gdcm]'"
+_JLS = "pip install 'calcdetect[decoders]' (pyjpegls) or 'calcdetect[gdcm]'"
 _DECODER_HINTS = {
     "1.2.840.10008.1.2.4.90": _J2K,
     "1.2.840.10008.1.2.4.91": _J2K,
