@@ -84,6 +84,31 @@ def detector_options(args: argparse.Namespace, modality: str) -> dict:
     return opts
 
 
+def ignored_options(args: argparse.Namespace, modality: str) -> list[str]:
+    """The options given on the command line that do not apply to a modality.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed ``detect`` options.
+    modality : {"CT", "XRAY", "US"}
+        The loaded image's modality.
+
+    Returns
+    -------
+    list of str
+        The flags (``--region``, ``--threshold``, ``--mass-calibration`` on a non-CT
+        image; ``--frames`` on a non-ultrasound image), in that order.
+    """
+    given = []
+    if modality != "CT":
+        given += [flag for flag, value in (("--region", args.region), ("--threshold", args.threshold),
+                                           ("--mass-calibration", args.mass_calibration)) if value is not None]
+    if modality != "US" and args.frames is not None:
+        given.append("--frames")
+    return given
+
+
 def load_options(args: argparse.Namespace) -> dict:
     """Translate CLI options into ``load()`` keyword arguments.
 
@@ -122,6 +147,10 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 
         require_dicom_source(image)
     report = detect(image, **detector_options(args, image.modality))
+    ignored = ignored_options(args, image.modality)
+    if ignored:  # said in the report's warnings, never silent
+        report.warnings.append(f"{', '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} not apply to "
+                               f"a {image.modality} image and {'was' if len(ignored) == 1 else 'were'} ignored")
     text = report.to_json(indent=None if args.compact else 2)
     if args.output:
         from .outputs import write_text_atomic

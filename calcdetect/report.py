@@ -177,7 +177,10 @@ class Report:
         Returns
         -------
         pandas.DataFrame
-            One row per finding (no rows and no columns when nothing was found).
+            One row per finding.  With no findings: no rows, and the columns every
+            finding has (``source``, ``modality``, the :class:`Finding` fields with
+            list fields expanded for this image's dimensions), so tables of several
+            reports concatenate.
 
         Raises
         ------
@@ -192,7 +195,23 @@ class Report:
             raise CalcdetectError(
                 "to_dataframe() needs pandas", fix="pip install 'calcdetect[pandas]'"
             ) from exc
-        return pd.DataFrame(self.to_rows())
+        rows = self.to_rows()
+        if rows:
+            return pd.DataFrame(rows)
+        return pd.DataFrame(columns=self._base_columns())
+
+    def _base_columns(self) -> list[str]:
+        """Column names of :meth:`to_rows` that every finding of this report would have."""
+        nd = len(self.shape)
+        widths = {"centroid_px": nd, "bbox_px": 2 * nd}
+        if self.spacing_mm is not None:  # without spacing centroid_mm is one null column
+            widths["centroid_mm"] = nd
+        cols = ["source", "modality"]
+        for name in Finding.__dataclass_fields__:
+            if name == "extra":
+                continue
+            cols += [f"{name}_{i}" for i in range(widths[name])] if name in widths else [name]
+        return cols
 
     def summary_row(self) -> dict[str, Any]:
         """One row describing the whole image/series (for summary tables)."""

@@ -184,3 +184,38 @@ def test_pixel_size_completes_a_series_with_zero_pixel_spacing(tmp_path):
     got = calcdetect.detect(image).to_dict()
     assert got["count"] == ref["count"]
     assert [f["volume_mm3"] for f in got["findings"]] == [f["volume_mm3"] for f in ref["findings"]]
+
+
+def test_detect_says_which_options_did_not_apply(tmp_path):
+    import json
+
+    out = tmp_path / "xray.json"
+    assert cli.main(["detect", str(SAMPLES / "xray_phantom_cr.dcm"), "--threshold", "200", "--region", "all",
+                     "--frames", "2", "-o", str(out)]) == 0
+    warnings = json.loads(out.read_text())["warnings"]
+    assert "--region, --threshold, --frames do not apply to a XRAY image and were ignored" in warnings
+    # the same findings as without them: ignored, not half-applied
+    plain = tmp_path / "plain.json"
+    assert cli.main(["detect", str(SAMPLES / "xray_phantom_cr.dcm"), "-o", str(plain)]) == 0
+    assert json.loads(out.read_text())["findings"] == json.loads(plain.read_text())["findings"]
+    # options that apply give no such warning
+    ct = tmp_path / "ct.json"
+    assert cli.main(["detect", str(SAMPLES / "ct_real_abdomen_slice.dcm"), "--region", "all", "-o", str(ct)]) == 0
+    assert not any("do not apply" in w or "does not apply" in w for w in json.loads(ct.read_text())["warnings"])
+
+
+@pytest.mark.parametrize("spacing", [(0.7, 0.7), None])
+def test_empty_dataframe_has_the_columns_of_a_full_one(spacing):
+    pytest.importorskip("pandas")
+    from calcdetect import detect
+    from calcdetect.image import Image
+
+    plane = np.full((96, 96), 40.0, np.float32)  # soft tissue
+    empty = detect(Image(pixels=plane.copy(), spacing_mm=spacing, modality="CT", source="empty"), region="all")
+    plane[40:46, 40:46] = 600.0  # one calcified focus
+    full = detect(Image(pixels=plane, spacing_mm=spacing, modality="CT", source="full"), region="all")
+    assert empty.count == 0 and full.count == 1
+    empty_cols = list(empty.to_dataframe().columns)
+    full_cols = list(full.to_dataframe().columns)
+    assert empty_cols and empty_cols == [c for c in full_cols if c in empty_cols]
+    assert set(empty_cols) <= set(full_cols)
