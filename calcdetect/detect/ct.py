@@ -37,7 +37,7 @@ from ..errors import InvalidParameterError
 from ..image import Image
 from ..measure import filter_labels, label, regionprops_table, select
 from ..report import Finding, Report
-from .anatomy import ct_anatomy
+from .anatomy import ANATOMY_PIXEL_MM, anatomy_factor, ct_anatomy_reduced
 
 REGIONS = ("skin", "soft-tissue", "all")
 
@@ -124,6 +124,7 @@ def detect_ct(
     mass_calibration: float | None = None,
     size_method: str = "half-max",
     contrast_min_peak_hu: float | None = 200.0,
+    anatomy_pixel_mm: float | None = ANATOMY_PIXEL_MM,
 ) -> Report:
     """Find soft-tissue calcifications on a CT slice or series.
 
@@ -157,6 +158,12 @@ def detect_ct(
         On a contrast-enhanced scan (ContrastBolusAgent/Route present), foci peaking
         below this (200 HU) are set aside: small enhanced vessels peak at 130-200 HU,
         calcium usually well above.  ``None`` keeps them.  The warning says how many.
+    anatomy_pixel_mm : float or None
+        Working pixel (mm) of the anatomy maps (body, deep core, internal air): the slice
+        is reduced by the integer factor nearest to this over the pixel size (1.5 mm:
+        2x at 0.6-1 mm pixels, 3x at 0.43-0.6 mm, none from 1.07 mm), about 3x faster.
+        Depths below the skin and the midline-bone test near its limits are still
+        decided at full resolution.  ``None``: the whole anatomy at full resolution.
 
     Returns
     -------
@@ -193,8 +200,11 @@ def detect_ct(
         )
 
     # no depth map: the detector needs depths only at component centres (Anatomy.depth_at)
-    anatomy = ct_anatomy(hu, spacing3[1:], valid=valid, lesion_hu=threshold_hu, max_lesion_mm=max_lesion_mm,
-                         depth_map=False)
+    # the anatomy at a working pixel of about anatomy_pixel_mm (see ct_anatomy_reduced);
+    # the fine-scale decisions (depths, the midline test near its limits) at full resolution
+    factor = 1 if anatomy_pixel_mm is None else anatomy_factor(spacing3[1:], anatomy_pixel_mm)
+    anatomy = ct_anatomy_reduced(hu, spacing3[1:], factor, valid=valid, lesion_hu=threshold_hu,
+                                 max_lesion_mm=max_lesion_mm)
     candidates = hu >= threshold_hu
     candidates &= anatomy.body  # in place: no full-volume temporaries
     if valid is not None:
@@ -248,7 +258,8 @@ def detect_ct(
             # paraspinal muscles, costal cartilage under the rectus): not subcutaneous
             skeleton |= rim_deep >= 0.4
             # midline bone lies in soft tissue (linea alba, ligaments, muscle), not in fat
-            skeleton |= _midline_bone(image, anatomy, table, spacing3, has_spacing) & (rim_mean > -60.0)
+            skeleton |= _midline_bone(image, anatomy, table, spacing3, has_spacing,
+                                      keep & ~skeleton & (rim_mean > -60.0)) & (rim_mean > -60.0)
         keep &= ~skeleton
     # centre inside the deep core / ROI
     cz, cy, cx = _centre_voxels(table, hu.shape)
@@ -371,21 +382,53 @@ def _is_axial(image: Image) -> bool:
     return abs(col_dir[0]) > 0.9 and abs(row_dir[1]) > 0.9
 
 
-def _midline_bone(image: Image, anatomy, table: dict, spacing3, has_spacing: bool) -> np.ndarray:
+def _midline_bone(image: Image, anatomy, table: dict, spacing3, has_spacing: bool,
+                  refine: np.ndarray | None = None) -> np.ndarray:
     """Components near the trunk's midline and deep enough to be sternum, xiphoid or a
     spinous process (axial slices only).  The midline is the centre of the left-right
     extent of the largest deep core (the trunk's muscles and organs: unlike the body
     outline, it does not merge with an arm resting against the trunk), and a focus must
-    lie in the body part that holds that core."""
-    import cv2
+    lie in the body part that holds that core.
 
+    With maps at reduced resolution (``anatomy.factor`` > 1), a component of ``refine``
+    (those whose answer still matters; default all) within two coarse pixels of either
+    limit is decided again on its slice's full-resolution anatomy."""
     n = table["label"].size
     out = np.zeros(n, bool)
     if not n or not has_spacing or not _is_axial(image):
         return out
+    asked = np.ones(n, bool) if refine is None else refine
+    out = _midline_test(anatomy, table, spacing3, np.ones(n, bool))
+    if getattr(anatomy, "factor", 1) > 1 and anatomy.exact_slice is not None and asked.any():
+        tol = 2.0 * anatomy.factor * float(np.mean(spacing3[1:]))
+        cz, cy, cx = _centre_voxels(table, anatomy.body.shape)
+        depth = anatomy.depth_at(cz, cy, cx)
+        mids = _midline_test(anatomy, table, spacing3, asked, want_distance=True)
+        near = asked & (np.abs(depth - MIDLINE_BONE_DEPTH_MM) <= tol) | (np.abs(mids - MIDLINE_BONE_MM) <= tol)
+        near &= asked & (depth >= MIDLINE_BONE_DEPTH_MM - tol)
+        for z in np.unique(cz[near]):
+            sel = near & (cz == z)
+            one = {k: v[sel] for k, v in table.items()}
+            one["centroid-0"] = np.zeros(int(sel.sum()))
+            out[sel] = _midline_test(anatomy.exact_slice(int(z)), one, spacing3, np.ones(int(sel.sum()), bool))
+    return out
+
+
+def _midline_test(anatomy, table: dict, spacing3, asked: np.ndarray, want_distance: bool = False) -> np.ndarray:
+    """The midline rule of :func:`_midline_bone` on ``anatomy``'s maps; with
+    ``want_distance`` the distance (mm) of each asked component from its slice's midline
+    (inf where there is none) instead."""
+    import cv2
+
+    n = table["label"].size
+    out = np.full(n, np.inf) if want_distance else np.zeros(n, bool)
     cz, cy, cx = _centre_voxels(table, anatomy.body.shape)
     depth = anatomy.depth_at(cz, cy, cx)
-    for z in np.unique(cz[depth >= MIDLINE_BONE_DEPTH_MM]):
+    if want_distance:
+        zs = np.unique(cz[asked])
+    else:
+        zs = np.unique(cz[asked & (depth >= MIDLINE_BONE_DEPTH_MM)])
+    for z in zs:
         k, core, stats, _ = cv2.connectedComponentsWithStats(anatomy.deep[z].astype(np.uint8), connectivity=8)
         if k <= 1:
             continue
@@ -395,6 +438,10 @@ def _midline_bone(image: Image, anatomy, table: dict, spacing3, has_spacing: boo
         _, parts = cv2.connectedComponents(anatomy.body[z].astype(np.uint8), connectivity=8)
         trunk = parts[core == big]
         trunk_label = int(np.bincount(trunk[trunk > 0]).argmax()) if (trunk > 0).any() else -1
+        if want_distance:
+            sel = (cz == z) & (parts[cy, cx] == trunk_label)
+            out[sel] = np.abs(table["centroid-2"][sel] - mid) * spacing3[2]
+            continue
         sel = (cz == z) & (depth >= MIDLINE_BONE_DEPTH_MM) & (parts[cy, cx] == trunk_label)
         out |= sel & (np.abs(table["centroid-2"] - mid) * spacing3[2] <= MIDLINE_BONE_MM)
     return out
