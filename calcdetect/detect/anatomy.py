@@ -719,17 +719,26 @@ def ct_anatomy_reduced(hu: np.ndarray, spacing_rc: tuple[float, float], factor: 
         # block of the coarse air edge (the coarse edge blocks mix skin and air)
         if k in cache:
             return cache[k]
+        if small.air_edges[k] is None:
+            return edges[k]
         ey, ex = small.air_edges[k]
-        m = np.zeros((hc, wc), np.uint8)
-        m[ey, ex] = 1
-        band = cv2.dilate(cv2.resize(m, (wc * f, hc * f), interpolation=cv2.INTER_NEAREST_EXACT)[:h, :w],
-                          band_kernel)
-        tissue = hu[k] > body_hu
-        tissue &= hu[k] > FOV_PADDING_HU
+        if ey.size == 0:
+            cache[k] = edges[k]
+            return edges[k]
+        # on the box of the coarse edge blocks plus two blocks (the band stays inside it,
+        # or reaches the image border, where the slice's own border rule applies)
+        r0, r1 = max(int(ey.min()) - 2, 0), min(int(ey.max()) + 3, hc)
+        c0, c1 = max(int(ex.min()) - 2, 0), min(int(ex.max()) + 3, wc)
+        m = np.zeros((r1 - r0, c1 - c0), np.uint8)
+        m[ey - r0, ex - c0] = 1
+        win = (slice(r0 * f, min(r1 * f, h)), slice(c0 * f, min(c1 * f, w)))
+        big = cv2.resize(m, ((c1 - c0) * f, (r1 - r0) * f), interpolation=cv2.INTER_NEAREST_EXACT)
+        band = cv2.dilate(big[:win[0].stop - win[0].start, :win[1].stop - win[1].start], band_kernel)
+        air = ~(hu[k][win] > body_hu)  # background (the padding outside the field of view too)
         if valid is not None:
-            tissue &= valid[k]
-        air = band.view(bool) & ~tissue
-        cache[k] = out = _air_edge(air) if air.any() else edges[k]
+            air |= ~valid[k][win]
+        air &= band.view(bool)
+        cache[k] = out = _air_edge(air, (win[0].start, win[1].start)) if air.any() else edges[k]
         return out
 
     exact_cache: dict = {}

@@ -398,37 +398,33 @@ def _midline_bone(image: Image, anatomy, table: dict, spacing3, has_spacing: boo
     if not n or not has_spacing or not _is_axial(image):
         return out
     asked = np.ones(n, bool) if refine is None else refine
-    out = _midline_test(anatomy, table, spacing3, np.ones(n, bool))
+    out, dist, depth = _midline_test(anatomy, table, spacing3)
     if getattr(anatomy, "factor", 1) > 1 and anatomy.exact_slice is not None and asked.any():
+        # depths are exact already (Anatomy.depth_at); the midline comes from the coarse
+        # deep core, so a focus this close to the limit is decided on the full maps
         tol = 2.0 * anatomy.factor * float(np.mean(spacing3[1:]))
-        cz, cy, cx = _centre_voxels(table, anatomy.body.shape)
-        depth = anatomy.depth_at(cz, cy, cx)
-        mids = _midline_test(anatomy, table, spacing3, asked, want_distance=True)
-        near = asked & (np.abs(depth - MIDLINE_BONE_DEPTH_MM) <= tol) | (np.abs(mids - MIDLINE_BONE_MM) <= tol)
-        near &= asked & (depth >= MIDLINE_BONE_DEPTH_MM - tol)
+        near = asked & (depth >= MIDLINE_BONE_DEPTH_MM) & (np.abs(dist - MIDLINE_BONE_MM) <= tol)
+        cz = _centre_voxels(table, anatomy.body.shape)[0]
         for z in np.unique(cz[near]):
             sel = near & (cz == z)
             one = {k: v[sel] for k, v in table.items()}
             one["centroid-0"] = np.zeros(int(sel.sum()))
-            out[sel] = _midline_test(anatomy.exact_slice(int(z)), one, spacing3, np.ones(int(sel.sum()), bool))
+            out[sel] = _midline_test(anatomy.exact_slice(int(z)), one, spacing3)[0]
     return out
 
 
-def _midline_test(anatomy, table: dict, spacing3, asked: np.ndarray, want_distance: bool = False) -> np.ndarray:
-    """The midline rule of :func:`_midline_bone` on ``anatomy``'s maps; with
-    ``want_distance`` the distance (mm) of each asked component from its slice's midline
-    (inf where there is none) instead."""
+def _midline_test(anatomy, table: dict, spacing3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The midline rule of :func:`_midline_bone` on ``anatomy``'s maps: the decision, the
+    distance (mm) from the slice's midline of the foci at least the depth limit deep in
+    the trunk (inf for the others) and the depth of every focus."""
     import cv2
 
     n = table["label"].size
-    out = np.full(n, np.inf) if want_distance else np.zeros(n, bool)
+    out = np.zeros(n, bool)
+    dist = np.full(n, np.inf)
     cz, cy, cx = _centre_voxels(table, anatomy.body.shape)
     depth = anatomy.depth_at(cz, cy, cx)
-    if want_distance:
-        zs = np.unique(cz[asked])
-    else:
-        zs = np.unique(cz[asked & (depth >= MIDLINE_BONE_DEPTH_MM)])
-    for z in zs:
+    for z in np.unique(cz[depth >= MIDLINE_BONE_DEPTH_MM]):
         k, core, stats, _ = cv2.connectedComponentsWithStats(anatomy.deep[z].astype(np.uint8), connectivity=8)
         if k <= 1:
             continue
@@ -438,13 +434,10 @@ def _midline_test(anatomy, table: dict, spacing3, asked: np.ndarray, want_distan
         _, parts = cv2.connectedComponents(anatomy.body[z].astype(np.uint8), connectivity=8)
         trunk = parts[core == big]
         trunk_label = int(np.bincount(trunk[trunk > 0]).argmax()) if (trunk > 0).any() else -1
-        if want_distance:
-            sel = (cz == z) & (parts[cy, cx] == trunk_label)
-            out[sel] = np.abs(table["centroid-2"][sel] - mid) * spacing3[2]
-            continue
         sel = (cz == z) & (depth >= MIDLINE_BONE_DEPTH_MM) & (parts[cy, cx] == trunk_label)
+        dist[sel] = np.abs(table["centroid-2"][sel] - mid) * spacing3[2]
         out |= sel & (np.abs(table["centroid-2"] - mid) * spacing3[2] <= MIDLINE_BONE_MM)
-    return out
+    return out, dist, depth
 
 
 def noise_sigma(hu: np.ndarray, body: np.ndarray, max_slices: int = 16) -> float:
