@@ -253,6 +253,13 @@ def detect_ct(
                     skeleton[i] = True
                     break
         skeleton |= rim_dense_air >= 0.15
+        if region == "skin" and getattr(anatomy, "factor", 1) > 1 and anatomy.exact_slice is not None:
+            # the deep core's outline is coarse: where it passes near a focus still in
+            # play, its slices' full-resolution core decides (rim fraction, centre test)
+            # near the centre-in-core test, or with a rim fraction not far from its limit
+            if _refine_deep(anatomy, table, np.flatnonzero(keep & ~skeleton), rim_deep, 0.4):
+                rim_deep = _rim_stats(labels, hu, anatomy.internal_air, anatomy.deep, table["label"],
+                                      threshold_hu, _label_box(table, labels.shape))[2]
         if region == "skin":
             # embedded in the deep core's tissue (a spinous-process tip between the
             # paraspinal muscles, costal cartilage under the rectus): not subcutaneous
@@ -490,6 +497,26 @@ def _rim_stats(
     mean = np.bincount(owner, weights=np.clip(values, -200, 200), minlength=n) / total
     in_deep = np.bincount(owner, weights=is_deep, minlength=n) / total
     return ((dense + air) / total)[label_ids], mean[label_ids], in_deep[label_ids]
+
+
+def _refine_deep(anatomy, table: dict[str, np.ndarray], idx: np.ndarray, rim_deep: np.ndarray,
+                 rim_limit: float) -> int:
+    """Replace the coarse deep core of some slices by the full-resolution core
+    (``anatomy.exact_slice``): those of the components ``idx`` whose centre has deep and
+    not-deep pixels within two coarse pixels, or whose rim fraction in the core is
+    within 0.15 of ``rim_limit``.  Returns how many slices were replaced."""
+    nz, ny, nx = anatomy.deep.shape
+    m = 2 * anatomy.factor
+    cz, cy, cx = _centre_voxels(table, anatomy.deep.shape)
+    slices: set[int] = set()
+    for i in idx:
+        z0, z1 = max(int(table["bbox-0"][i]) - 1, 0), min(int(table["bbox-3"][i]) + 1, nz)
+        win = anatomy.deep[cz[i], max(cy[i] - m, 0):cy[i] + m + 1, max(cx[i] - m, 0):cx[i] + m + 1]
+        if (win.any() and not win.all()) or abs(rim_deep[i] - rim_limit) <= 0.15:
+            slices.update(range(z0, z1))
+    for z in sorted(slices):
+        anatomy.deep[z] = anatomy.exact_slice(z).deep[0]
+    return len(slices)
 
 
 def _label_box(table: dict[str, np.ndarray], shape: tuple[int, ...]) -> tuple[slice, slice] | None:
