@@ -680,13 +680,22 @@ def ct_anatomy_reduced(hu: np.ndarray, spacing_rc: tuple[float, float], factor: 
     small = ct_anatomy(coarse, tuple(f * float(s) for s in spacing_rc), valid=vcoarse,
                        depth_map=False, **kwargs)
     del coarse
-    body = np.empty(hu.shape, bool)
-    deep = np.empty(hu.shape, bool)
-    internal_air = np.empty(hu.shape, bool)
+    # calloc'd: only the box holding each slice's map is written (untouched pages cost
+    # neither time nor memory)
+    body = np.zeros(hu.shape, bool)
+    deep = np.zeros(hu.shape, bool)
+    internal_air = np.zeros(hu.shape, bool)
 
     def up(src: np.ndarray, dst: np.ndarray) -> None:
-        big = cv2.resize(src.view(np.uint8), (wc * f, hc * f), interpolation=cv2.INTER_NEAREST_EXACT)
-        dst[...] = big[:h, :w].view(bool)
+        rows = np.flatnonzero(src.any(axis=1))
+        if rows.size == 0:
+            return
+        cols = np.flatnonzero(src.any(axis=0))
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        big = cv2.resize(src[r0:r1, c0:c1].view(np.uint8), ((c1 - c0) * f, (r1 - r0) * f),
+                         interpolation=cv2.INTER_NEAREST_EXACT)
+        y1, x1 = min(r1 * f, h), min(c1 * f, w)
+        dst[r0 * f:y1, c0 * f:x1] = big[:y1 - r0 * f, :x1 - c0 * f].view(bool)
 
     def expand(k: int) -> None:
         up(small.body[k], body[k])
