@@ -675,8 +675,13 @@ def ct_anatomy_reduced(hu: np.ndarray, spacing_rc: tuple[float, float], factor: 
             v = np.pad(valid[k], ((0, ph), (0, pw)), mode="edge")
             vcoarse[k] = v.reshape(hc, f, wc, f).all(axis=(1, 3))
 
-    for k in range(nz):
-        reduce(k)
+    workers = _slice_workers(nz)
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(reduce, range(nz)))
+    else:
+        for k in range(nz):
+            reduce(k)
     small = ct_anatomy(coarse, tuple(f * float(s) for s in spacing_rc), valid=vcoarse,
                        depth_map=False, **kwargs)
     del coarse
@@ -702,7 +707,6 @@ def ct_anatomy_reduced(hu: np.ndarray, spacing_rc: tuple[float, float], factor: 
         up(small.deep[k], deep[k])
         up(small.internal_air[k], internal_air[k])
 
-    workers = _slice_workers(nz)
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(expand, range(nz)))
