@@ -161,9 +161,10 @@ def detect_ct(
     anatomy_pixel_mm : float or None
         Working pixel (mm) of the anatomy maps (body, deep core, internal air): the slice
         is reduced by the integer factor nearest to this over the pixel size (1.5 mm:
-        2x at 0.6-1 mm pixels, 3x at 0.43-0.6 mm, none from 1.07 mm), about 3x faster.
-        Depths below the skin and the midline-bone test near its limits are still
-        decided at full resolution.  ``None``: the whole anatomy at full resolution.
+        2x at 0.6-1.07 mm pixels, 3x at 0.43-0.6 mm, none above), a quarter or less of
+        the anatomy's work.  Depths below the skin, the midline-bone test near its
+        limit and (skin mode) the deep core near a focus are still decided at full
+        resolution.  ``None``: the whole anatomy at full resolution.
 
     Returns
     -------
