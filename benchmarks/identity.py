@@ -22,6 +22,9 @@ Fingerprints (SHA-1 of the exact bytes) of:
 * the pixels, geometry, metadata and warnings of ``calcdetect.load`` on the real series
   and on small uncompressed series written here (12-bit unsigned with high bits set,
   12-bit signed, implicit VR, rescaled 16-bit unsigned).
+
+``--detect-options '{"anatomy_pixel_mm": null}'`` runs ``detect`` with its anatomy at full
+resolution, the only path before the reduced-resolution anatomy (which changes results).
 """
 
 from __future__ import annotations
@@ -81,8 +84,9 @@ def _write_series(folder: Path, transfer_syntax: str, signed: int, stored: int, 
     return folder
 
 
-def fingerprints(series: Path | None) -> dict[str, str]:
-    """Fingerprint every case (see the module docstring)."""
+def fingerprints(series: Path | None, detect_options: dict | None = None) -> dict[str, str]:
+    """Fingerprint every case (see the module docstring); ``detect_options`` are passed to
+    every ``calcdetect.detect`` call."""
     import calcdetect
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -98,7 +102,7 @@ def fingerprints(series: Path | None) -> dict[str, str]:
     cases += [("detect synth skin", synth, {}), ("detect synth all", synth, {"region": "all"}),
               ("detect synth 2d", calcdetect.Image(ph.hu[30].astype(np.float32), ph.spacing_mm[1:], "CT"), {})]
     for name, image, kw in cases:
-        report = calcdetect.detect(image, **kw)
+        report = calcdetect.detect(image, **kw, **(detect_options or {}))
         out[name + " report"] = _h(json.dumps(report.to_dict(), sort_keys=True, default=str))
         out[name + " labels"] = _h(report.labels)
         out[name + " count"] = str(report.count)
@@ -161,8 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("mode", choices=["save", "check"])
     ap.add_argument("file")
     ap.add_argument("--series", type=Path, default=REAL if REAL.exists() else None)
+    ap.add_argument("--detect-options", type=json.loads, default=None, metavar="JSON",
+                    help='options for every detect call, e.g. \'{"anatomy_pixel_mm": null}\' (the '
+                         'full-resolution anatomy, to compare with fingerprints saved before it was reduced)')
     args = ap.parse_args(argv)
-    prints = fingerprints(args.series)
+    prints = fingerprints(args.series, args.detect_options)
     if args.mode == "save":
         Path(args.file).write_text(json.dumps(prints, indent=1) + "\n")
         print(f"saved {len(prints)} fingerprints to {args.file}")

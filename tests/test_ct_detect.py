@@ -200,6 +200,50 @@ def test_anatomy_without_depth_map_is_the_same(case):
         assert full.skin_missing().all() and np.isnan(lazy.depth_at(z, y, x)).any()
 
 
+def test_anatomy_factor():
+    from calcdetect.detect.anatomy import anatomy_factor
+
+    assert [anatomy_factor((p, p)) for p in (0.43, 0.48, 0.6, 0.78, 0.86, 0.98, 1.07, 3.1)] == [3, 3, 2, 2, 2, 2, 1, 1]
+    assert anatomy_factor((0.78, 0.78), 3.0) == 4 and anatomy_factor((0.0, 0.0)) == 1
+
+
+@pytest.mark.parametrize("case", [0, 1, 2, 3])
+def test_reduced_anatomy(case):
+    """Factor 1 is the detector's full-resolution path exactly; factor 2 keeps the maps
+    close, and depths (refined at full resolution) agree with the full map near the skin."""
+    from calcdetect.detect.anatomy import ct_anatomy, ct_anatomy_reduced
+
+    hu, spacing = _anatomy_volumes()[case]
+    full = ct_anatomy(hu, spacing)
+    one = ct_anatomy_reduced(hu, spacing, 1)
+    for key in ("body", "deep", "internal_air"):
+        assert np.array_equal(getattr(full, key), getattr(one, key)), key
+    red = ct_anatomy_reduced(hu, spacing, 2)
+    assert red.factor == 2 and red.body.shape == hu.shape
+    assert np.array_equal(red.skin_missing(), full.skin_missing())
+    for key in ("body", "deep", "internal_air"):
+        assert (getattr(full, key) == getattr(red, key)).mean() > 0.98, key
+    z, y, x = np.nonzero(full.body & red.body)
+    d_full, d_red = full.depth_mm[z, y, x], red.depth_at(z, y, x)
+    assert np.array_equal(np.isnan(d_full), np.isnan(d_red))
+    ok = ~np.isnan(d_full) & (d_full < 20)
+    if ok.any():
+        assert np.median(np.abs(d_full[ok] - d_red[ok])) <= 0.1
+        assert np.percentile(np.abs(d_full[ok] - d_red[ok]), 90) <= 1.0
+    exact = red.exact_slice(0)
+    assert np.array_equal(exact.body[0], full.body[0]) and np.array_equal(exact.deep[0], full.deep[0])
+
+
+def test_reduced_anatomy_finds_the_same_phantom_calcifications():
+    image, truth = ct_phantom(n_slices=10, diameters_mm=[2.0, 3.0, 5.0, 8.0], seed=11)
+    reduced = calcdetect.detect(image)
+    full = calcdetect.detect(image, anatomy_pixel_mm=None)
+    for report in (reduced, full):
+        m = match_findings(truth, report.findings, image.spacing_mm)
+        assert m.found == 4 and not m.false
+    assert [f.region for f in reduced.findings] == [f.region for f in full.findings]
+
+
 def test_body_parts_shortcut_matches_the_distance_transform():
     """_keep_body_parts skips the distance transform when a cheap erosion already
     decides; the kept parts must be those the transform alone keeps."""

@@ -62,6 +62,9 @@ class Anatomy:
     no_skin: np.ndarray | None = None  # bool per slice: body but no outside air (depth NaN)
     air_edges: list | None = None  # per slice, outside-air pixels next to tissue (when depth_mm is None)
     spacing_rc: tuple[float, float] = (1.0, 1.0)
+    refine_edges: object = None  # reduced anatomy: slice -> full-resolution air edges
+    factor: int = 1  # in-plane reduction of the maps (ct_anatomy_reduced)
+    exact_slice: object = None  # reduced anatomy: slice -> its full-resolution Anatomy (1 slice)
 
     def skin_missing(self) -> np.ndarray:
         """Per slice: True where the slice has body but no skin surface (depth is NaN)."""
@@ -81,7 +84,10 @@ class Anatomy:
         todo = inside & ~self.no_skin[z]
         for k in np.unique(z[todo]):
             sel = np.flatnonzero(todo & (z == k))
-            out[sel] = _depth_points(self.air_edges[k], y[sel], x[sel], float(np.mean(self.spacing_rc)))
+            edges = self.air_edges[k]
+            if self.refine_edges is not None:
+                edges = self.refine_edges(int(k))
+            out[sel] = _depth_points(edges, y[sel], x[sel], float(np.mean(self.spacing_rc)))
         return out
 
 
@@ -623,3 +629,139 @@ def ct_anatomy(
             one_slice(k)
     return Anatomy(body=body, deep=deep, depth_mm=depth, fov=fov, internal_air=internal_air,
                    no_skin=no_skin, air_edges=air_edges, spacing_rc=tuple(float(s) for s in spacing_rc))
+
+
+#: Working pixel of the detector's anatomy (mm): the in-plane factor is the integer
+#: nearest to this over the pixel size (0.78 mm -> 2, 0.43 mm -> 3, >= 1.07 mm -> 1).
+ANATOMY_PIXEL_MM = 1.5
+
+
+def anatomy_factor(spacing_rc: tuple[float, float], pixel_mm: float = ANATOMY_PIXEL_MM) -> int:
+    """In-plane reduction factor of :func:`ct_anatomy_reduced` for this pixel size."""
+    px = float(min(spacing_rc))
+    if not np.isfinite(px) or px <= 0:
+        return 1
+    return max(1, int(round(pixel_mm / px)))
+
+
+def ct_anatomy_reduced(hu: np.ndarray, spacing_rc: tuple[float, float], factor: int, *,
+                       valid: np.ndarray | None = None, **kwargs) -> Anatomy:
+    """:func:`ct_anatomy` (``depth_map=False``) at ``factor`` x coarser in-plane pixels,
+    returned at full resolution.
+
+    Each slice is reduced by the block mean of ``factor`` x ``factor`` pixels (OpenCV
+    ``INTER_AREA``; the border replicated up to a multiple of the factor), a block is
+    valid when all its pixels are, the maps are computed on the coarse slices and
+    brought back by repeating each coarse pixel over its block.  Depths
+    (:meth:`Anatomy.depth_at`) are exact distances, at full resolution, to the
+    repeated outside-air mask: the air edges hold every full-resolution pixel of the
+    coarse edge blocks.
+    """
+    nz, h, w = hu.shape
+    f = int(factor)
+    if f <= 1:
+        return ct_anatomy(hu, spacing_rc, valid=valid, depth_map=False, **kwargs)
+    hc, wc = -(-h // f), -(-w // f)
+    ph, pw = hc * f - h, wc * f - w
+    coarse = np.empty((nz, hc, wc), np.float32)
+    vcoarse = None if valid is None else np.empty((nz, hc, wc), bool)
+
+    def reduce(k: int) -> None:
+        plane = np.asarray(hu[k], dtype=np.float32)
+        if ph or pw:
+            plane = cv2.copyMakeBorder(plane, 0, ph, 0, pw, cv2.BORDER_REPLICATE)
+        coarse[k] = cv2.resize(plane, (wc, hc), interpolation=cv2.INTER_AREA)
+        if vcoarse is not None:
+            v = np.pad(valid[k], ((0, ph), (0, pw)), mode="edge")
+            vcoarse[k] = v.reshape(hc, f, wc, f).all(axis=(1, 3))
+
+    workers = _slice_workers(nz)
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(reduce, range(nz)))
+    else:
+        for k in range(nz):
+            reduce(k)
+    small = ct_anatomy(coarse, tuple(f * float(s) for s in spacing_rc), valid=vcoarse,
+                       depth_map=False, **kwargs)
+    del coarse
+    # calloc'd: only the box holding each slice's map is written (untouched pages cost
+    # neither time nor memory)
+    body = np.zeros(hu.shape, bool)
+    deep = np.zeros(hu.shape, bool)
+    internal_air = np.zeros(hu.shape, bool)
+
+    def up(src: np.ndarray, dst: np.ndarray) -> None:
+        rows = np.flatnonzero(src.any(axis=1))
+        if rows.size == 0:
+            return
+        cols = np.flatnonzero(src.any(axis=0))
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        big = cv2.resize(src[r0:r1, c0:c1].view(np.uint8), ((c1 - c0) * f, (r1 - r0) * f),
+                         interpolation=cv2.INTER_NEAREST_EXACT)
+        y1, x1 = min(r1 * f, h), min(c1 * f, w)
+        dst[r0 * f:y1, c0 * f:x1] = big[:y1 - r0 * f, :x1 - c0 * f].view(bool)
+
+    def expand(k: int) -> None:
+        up(small.body[k], body[k])
+        up(small.deep[k], deep[k])
+        up(small.internal_air[k], internal_air[k])
+
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(expand, range(nz)))
+    else:
+        for k in range(nz):
+            expand(k)
+    oy, ox = np.mgrid[0:f, 0:f]
+    oy, ox = oy.ravel(), ox.ravel()
+    edges: list = [None] * nz
+    for k, e in enumerate(small.air_edges or ()):
+        if e is None:
+            continue
+        ey = (e[0][:, None] * f + oy[None, :]).ravel()
+        ex = (e[1][:, None] * f + ox[None, :]).ravel()
+        ok = (ey < h) & (ex < w)
+        edges[k] = (ey[ok], ex[ok])
+    body_hu = kwargs.get("body_hu", -400.0)
+    band_kernel = np.ones((2 * f + 1, 2 * f + 1), np.uint8)
+    cache: dict = {}
+
+    def refine(k: int):
+        # outside air at full resolution near the skin: the background pixels within one
+        # block of the coarse air edge (the coarse edge blocks mix skin and air)
+        if k in cache:
+            return cache[k]
+        if small.air_edges[k] is None:
+            return edges[k]
+        ey, ex = small.air_edges[k]
+        if ey.size == 0:
+            cache[k] = edges[k]
+            return edges[k]
+        # on the box of the coarse edge blocks plus two blocks (the band stays inside it,
+        # or reaches the image border, where the slice's own border rule applies)
+        r0, r1 = max(int(ey.min()) - 2, 0), min(int(ey.max()) + 3, hc)
+        c0, c1 = max(int(ex.min()) - 2, 0), min(int(ex.max()) + 3, wc)
+        m = np.zeros((r1 - r0, c1 - c0), np.uint8)
+        m[ey - r0, ex - c0] = 1
+        win = (slice(r0 * f, min(r1 * f, h)), slice(c0 * f, min(c1 * f, w)))
+        big = cv2.resize(m, ((c1 - c0) * f, (r1 - r0) * f), interpolation=cv2.INTER_NEAREST_EXACT)
+        band = cv2.dilate(big[:win[0].stop - win[0].start, :win[1].stop - win[1].start], band_kernel)
+        air = ~(hu[k][win] > body_hu)  # background (the padding outside the field of view too)
+        if valid is not None:
+            air |= ~valid[k][win]
+        air &= band.view(bool)
+        cache[k] = out = _air_edge(air, (win[0].start, win[1].start)) if air.any() else edges[k]
+        return out
+
+    exact_cache: dict = {}
+
+    def exact(k: int) -> Anatomy:
+        if k not in exact_cache:
+            exact_cache[k] = ct_anatomy(hu[k:k + 1], spacing_rc, depth_map=False,
+                                        valid=None if valid is None else valid[k:k + 1], **kwargs)
+        return exact_cache[k]
+
+    return Anatomy(body=body, deep=deep, depth_mm=None, fov=None, internal_air=internal_air,
+                   no_skin=small.no_skin, air_edges=edges, spacing_rc=tuple(float(s) for s in spacing_rc),
+                   refine_edges=refine, factor=f, exact_slice=exact)

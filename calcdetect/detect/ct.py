@@ -37,7 +37,7 @@ from ..errors import InvalidParameterError
 from ..image import Image
 from ..measure import filter_labels, label, regionprops_table, select
 from ..report import Finding, Report
-from .anatomy import ct_anatomy
+from .anatomy import ANATOMY_PIXEL_MM, anatomy_factor, ct_anatomy_reduced
 
 REGIONS = ("skin", "soft-tissue", "all")
 
@@ -124,6 +124,7 @@ def detect_ct(
     mass_calibration: float | None = None,
     size_method: str = "half-max",
     contrast_min_peak_hu: float | None = 200.0,
+    anatomy_pixel_mm: float | None = ANATOMY_PIXEL_MM,
 ) -> Report:
     """Find soft-tissue calcifications on a CT slice or series.
 
@@ -157,6 +158,13 @@ def detect_ct(
         On a contrast-enhanced scan (ContrastBolusAgent/Route present), foci peaking
         below this (200 HU) are set aside: small enhanced vessels peak at 130-200 HU,
         calcium usually well above.  ``None`` keeps them.  The warning says how many.
+    anatomy_pixel_mm : float or None
+        Working pixel (mm) of the anatomy maps (body, deep core, internal air): the slice
+        is reduced by the integer factor nearest to this over the pixel size (1.5 mm:
+        2x at 0.6-1.07 mm pixels, 3x at 0.43-0.6 mm, none above), a quarter or less of
+        the anatomy's work.  Depths below the skin, the midline-bone test near its
+        limit and (skin mode) the deep core near a focus are still decided at full
+        resolution.  ``None``: the whole anatomy at full resolution.
 
     Returns
     -------
@@ -193,8 +201,11 @@ def detect_ct(
         )
 
     # no depth map: the detector needs depths only at component centres (Anatomy.depth_at)
-    anatomy = ct_anatomy(hu, spacing3[1:], valid=valid, lesion_hu=threshold_hu, max_lesion_mm=max_lesion_mm,
-                         depth_map=False)
+    # the anatomy at a working pixel of about anatomy_pixel_mm (see ct_anatomy_reduced);
+    # the fine-scale decisions (depths, the midline test near its limits) at full resolution
+    factor = 1 if anatomy_pixel_mm is None else anatomy_factor(spacing3[1:], anatomy_pixel_mm)
+    anatomy = ct_anatomy_reduced(hu, spacing3[1:], factor, valid=valid, lesion_hu=threshold_hu,
+                                 max_lesion_mm=max_lesion_mm)
     candidates = hu >= threshold_hu
     candidates &= anatomy.body  # in place: no full-volume temporaries
     if valid is not None:
@@ -243,12 +254,20 @@ def detect_ct(
                     skeleton[i] = True
                     break
         skeleton |= rim_dense_air >= 0.15
+        if region == "skin" and getattr(anatomy, "factor", 1) > 1 and anatomy.exact_slice is not None:
+            # the deep core's outline is coarse: where it passes near a focus still in
+            # play, its slices' full-resolution core decides (rim fraction, centre test)
+            # near the centre-in-core test, or with a rim fraction not far from its limit
+            if _refine_deep(anatomy, table, np.flatnonzero(keep & ~skeleton), rim_deep, 0.4):
+                rim_deep = _rim_stats(labels, hu, anatomy.internal_air, anatomy.deep, table["label"],
+                                      threshold_hu, _label_box(table, labels.shape))[2]
         if region == "skin":
             # embedded in the deep core's tissue (a spinous-process tip between the
             # paraspinal muscles, costal cartilage under the rectus): not subcutaneous
             skeleton |= rim_deep >= 0.4
             # midline bone lies in soft tissue (linea alba, ligaments, muscle), not in fat
-            skeleton |= _midline_bone(image, anatomy, table, spacing3, has_spacing) & (rim_mean > -60.0)
+            skeleton |= _midline_bone(image, anatomy, table, spacing3, has_spacing,
+                                      keep & ~skeleton & (rim_mean > -60.0)) & (rim_mean > -60.0)
         keep &= ~skeleton
     # centre inside the deep core / ROI
     cz, cy, cx = _centre_voxels(table, hu.shape)
@@ -371,18 +390,46 @@ def _is_axial(image: Image) -> bool:
     return abs(col_dir[0]) > 0.9 and abs(row_dir[1]) > 0.9
 
 
-def _midline_bone(image: Image, anatomy, table: dict, spacing3, has_spacing: bool) -> np.ndarray:
+def _midline_bone(image: Image, anatomy, table: dict, spacing3, has_spacing: bool,
+                  refine: np.ndarray | None = None) -> np.ndarray:
     """Components near the trunk's midline and deep enough to be sternum, xiphoid or a
     spinous process (axial slices only).  The midline is the centre of the left-right
     extent of the largest deep core (the trunk's muscles and organs: unlike the body
     outline, it does not merge with an arm resting against the trunk), and a focus must
-    lie in the body part that holds that core."""
-    import cv2
+    lie in the body part that holds that core.
 
+    With maps at reduced resolution (``anatomy.factor`` > 1), a component of ``refine``
+    (those whose answer still matters; default all) within two coarse pixels of either
+    limit is decided again on its slice's full-resolution anatomy."""
     n = table["label"].size
     out = np.zeros(n, bool)
     if not n or not has_spacing or not _is_axial(image):
         return out
+    asked = np.ones(n, bool) if refine is None else refine
+    out, dist, depth = _midline_test(anatomy, table, spacing3)
+    if getattr(anatomy, "factor", 1) > 1 and anatomy.exact_slice is not None and asked.any():
+        # depths are exact already (Anatomy.depth_at); the midline comes from the coarse
+        # deep core, so a focus this close to the limit is decided on the full maps
+        tol = 2.0 * anatomy.factor * float(np.mean(spacing3[1:]))
+        near = asked & (depth >= MIDLINE_BONE_DEPTH_MM) & (np.abs(dist - MIDLINE_BONE_MM) <= tol)
+        cz = _centre_voxels(table, anatomy.body.shape)[0]
+        for z in np.unique(cz[near]):
+            sel = near & (cz == z)
+            one = {k: v[sel] for k, v in table.items()}
+            one["centroid-0"] = np.zeros(int(sel.sum()))
+            out[sel] = _midline_test(anatomy.exact_slice(int(z)), one, spacing3)[0]
+    return out
+
+
+def _midline_test(anatomy, table: dict, spacing3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The midline rule of :func:`_midline_bone` on ``anatomy``'s maps: the decision, the
+    distance (mm) from the slice's midline of the foci at least the depth limit deep in
+    the trunk (inf for the others) and the depth of every focus."""
+    import cv2
+
+    n = table["label"].size
+    out = np.zeros(n, bool)
+    dist = np.full(n, np.inf)
     cz, cy, cx = _centre_voxels(table, anatomy.body.shape)
     depth = anatomy.depth_at(cz, cy, cx)
     for z in np.unique(cz[depth >= MIDLINE_BONE_DEPTH_MM]):
@@ -396,8 +443,9 @@ def _midline_bone(image: Image, anatomy, table: dict, spacing3, has_spacing: boo
         trunk = parts[core == big]
         trunk_label = int(np.bincount(trunk[trunk > 0]).argmax()) if (trunk > 0).any() else -1
         sel = (cz == z) & (depth >= MIDLINE_BONE_DEPTH_MM) & (parts[cy, cx] == trunk_label)
+        dist[sel] = np.abs(table["centroid-2"][sel] - mid) * spacing3[2]
         out |= sel & (np.abs(table["centroid-2"] - mid) * spacing3[2] <= MIDLINE_BONE_MM)
-    return out
+    return out, dist, depth
 
 
 def noise_sigma(hu: np.ndarray, body: np.ndarray, max_slices: int = 16) -> float:
@@ -450,6 +498,26 @@ def _rim_stats(
     mean = np.bincount(owner, weights=np.clip(values, -200, 200), minlength=n) / total
     in_deep = np.bincount(owner, weights=is_deep, minlength=n) / total
     return ((dense + air) / total)[label_ids], mean[label_ids], in_deep[label_ids]
+
+
+def _refine_deep(anatomy, table: dict[str, np.ndarray], idx: np.ndarray, rim_deep: np.ndarray,
+                 rim_limit: float) -> int:
+    """Replace the coarse deep core of some slices by the full-resolution core
+    (``anatomy.exact_slice``): those of the components ``idx`` whose centre has deep and
+    not-deep pixels within two coarse pixels, or whose rim fraction in the core is
+    within 0.15 of ``rim_limit``.  Returns how many slices were replaced."""
+    nz, ny, nx = anatomy.deep.shape
+    m = 2 * anatomy.factor
+    cz, cy, cx = _centre_voxels(table, anatomy.deep.shape)
+    slices: set[int] = set()
+    for i in idx:
+        z0, z1 = max(int(table["bbox-0"][i]) - 1, 0), min(int(table["bbox-3"][i]) + 1, nz)
+        win = anatomy.deep[cz[i], max(cy[i] - m, 0):cy[i] + m + 1, max(cx[i] - m, 0):cx[i] + m + 1]
+        if (win.any() and not win.all()) or abs(rim_deep[i] - rim_limit) <= 0.15:
+            slices.update(range(z0, z1))
+    for z in sorted(slices):
+        anatomy.deep[z] = anatomy.exact_slice(z).deep[0]
+    return len(slices)
 
 
 def _label_box(table: dict[str, np.ndarray], shape: tuple[int, ...]) -> tuple[slice, slice] | None:
