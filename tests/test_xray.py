@@ -284,6 +284,32 @@ def test_brightest_focus_is_not_taken_for_saturation():
     assert "saturated_pixels" not in rep.parameters
 
 
+def test_focus_brighter_than_the_clip_level_is_searched():
+    # a focus on an image stored with headroom can rise above the plateau of the clipped
+    # collimation and marker: a pixel above the clip level was not clipped, so the focus
+    # must be searched (it used to be set aside, with 3 mm around it, as a "saturated
+    # object")
+    from calcdetect.detect.xray import exposed_field
+    from calcdetect.phantoms.xray import render_focus
+
+    rng = np.random.default_rng(5)
+    n, level = 600, 1300.0
+    pixels = np.tile(np.linspace(500.0, 1250.0, n, dtype=np.float32), (n, 1))  # a body ramp
+    pixels += 6.0 * rng.standard_normal((n, n)).astype(np.float32)
+    pixels[:40] = level                  # clipped collimation band at the top
+    pixels[300:320, 100:120] = level     # a clipped marker (3 x 3 mm) inside the field
+    r, c, d_mm = 300.0, 520.0, 4.0
+    render_focus(pixels, (r, c), d_mm / 0.15, 200.0)  # over 1200: its top is above 1300
+    assert pixels.max() > level + 50
+    image = _flat_image(pixels)
+    _, sat, found_level = exposed_field(image.pixels, image.spacing_mm)
+    assert abs(found_level - level) < 1.0
+    assert sat[305:315, 105:115].all() and not sat[290:311, 510:531].any()
+    rep = detect_xray(image)
+    m = match_findings([{"centroid_px": [r, c], "diameter_mm": d_mm}], rep.findings, image.spacing_mm)
+    assert m.found == 1 and len(m.false) == 0
+
+
 # ---------------------------------------------------------------- matched filter, outline test
 def _flat_image(pixels: np.ndarray, spacing: float = 0.15):
     from calcdetect.image import Image

@@ -162,7 +162,9 @@ def exposed_field(
     plateau = values[counts >= max(0.005 * sub.size, 4)]
     level = float(plateau.max()) if plateau.size else top
     tol = 1e-6 * max(abs(level), 1.0)
-    sat = pixels >= level - tol
+    # saturated = held at the level itself: a pixel brighter than the clip level was not
+    # clipped (a dense focus over bone on an image stored with headroom), so it is signal
+    sat = np.abs(pixels - level) <= tol
     if valid is not None:
         sat &= valid
     field = np.ones_like(sat) if valid is None else valid.copy()
@@ -1082,6 +1084,8 @@ def detect_xray(
                  "edge_mm": float(edge_mm[i]),
                  "elongation": float(long_ax[i] / short_ax[i]), "solidity": float(solidity[i]),
                  "score": float(score[i]), "iso_ratio": float(iso_ratio[i]), "iso_lobes": float(iso_lobes[i]),
+                 "diameter_mm": float(diam[i]), "contrast_fraction": float(contrast[i] / dyn),
+                 "scale_mm": None if b_score is None else float(b_scale[t["label"][i] - 1]),
                  "reasons": [r for r, v in reasons.items() if v[i]]}
                 for i in np.flatnonzero(~keep)]
         kept = np.flatnonzero(keep)
@@ -1143,6 +1147,7 @@ def detect_xray(
         warnings.append(f"{100 * outside_frac:.0f}% of the image is outside the exposed field "
                         "(collimation or unexposed border) and was not searched")
     params["field_fraction"] = float(field.mean())
+    params["field_range"] = dyn
     extra = {"geometry": {k_: (image.geometry or {}).get(k_) for k_ in
                           ("PatientOrientation", "ImageLaterality", "Laterality", "ViewPosition",
                            "BodyPartExamined")}}
