@@ -377,3 +377,30 @@ def test_tiny_radiographs_give_a_report(shape, spacing):
         image = image.with_pixels(pixels, spacing_mm=(spacing, spacing))
     rep = detect_xray(image)
     assert rep.count == 0 and (rep.spacing_mm is None) == (spacing is None)
+
+
+def test_second_stage_classifier_keeps_round_focus_and_scores_sensibly():
+    # one calibrated score (candidate_confidence) replaces the faint / lobed / ragged cuts:
+    # a round projected sphere on a noisy ramp is kept with a confidence above the cut and
+    # nothing else is reported; the score rises with the matched-filter score, the
+    # roundness of the half-height outline and the solidity
+    from calcdetect.detect.xray import CLASSIFIER_CUT, candidate_confidence
+    from calcdetect.phantoms.xray import render_focus
+
+    rng = np.random.default_rng(2)
+    pixels = np.tile(np.linspace(500.0, 1250.0, 500, dtype=np.float32), (500, 1))
+    pixels += 6.0 * rng.standard_normal((500, 500)).astype(np.float32)
+    render_focus(pixels, (250.0, 250.0), 3.0 / 0.15, 90.0)  # 3 mm round focus
+    rep = detect_xray(_flat_image(pixels))
+    m = match_findings([{"centroid_px": [250.0, 250.0], "diameter_mm": 3.0}], rep.findings, (0.15, 0.15))
+    assert m.found == 1 and len(m.false) == 0
+    assert rep.findings[0].extra["confidence"] >= CLASSIFIER_CUT
+    assert rep.parameters["classifier"] is True and rep.parameters["components_low_confidence"] >= 0
+    old = detect_xray(_flat_image(pixels), classifier=False, min_score=15.0)
+    assert old.parameters["classifier"] is False and old.findings[0].extra["confidence"] is None
+    base = candidate_confidence(30.0, 10.0, 0.5, 0.95, 0.8, 2.0)
+    assert candidate_confidence(60.0, 10.0, 0.5, 0.95, 0.8, 2.0) > base
+    assert candidate_confidence(30.0, 10.0, 0.5, 0.95, 0.4, 2.0) < base
+    assert candidate_confidence(30.0, 10.0, 0.5, 0.70, 0.8, 2.0) < base
+    # a ragged (solidity 0.75), half-round candidate of a marginal score is rejected
+    assert candidate_confidence(15.0, 8.0, 0.5, 0.75, 0.6, 2.0) < CLASSIFIER_CUT
