@@ -8,7 +8,8 @@ Pipeline (all sizes in mm, converted with the pixel spacing; docs/xray.md):
    regions of saturated-dense signal touching the image border; they, a margin of
    ``border_mm`` inside the field edge and the image edge are not searched.
    Small saturated objects inside the field (lead markers, burned-in text) are set aside
-   with a margin.
+   with a margin.  Saturated means held *at* the plateau level; a pixel above it was not
+   clipped and is searched.
 2. **Background removal** (:func:`line_opening_background`): after a light Gaussian
    (``smooth_mm``) the background is the supremum of grey openings by straight line
    segments of length ``background_mm`` in 18 directions.  A focus narrower than the
@@ -29,7 +30,12 @@ Pipeline (all sizes in mm, converted with the pixel spacing; docs/xray.md):
    projected sphere is 95 % of its diameter wide at that level).
    ``blob_scales_mm=()`` gives the previous candidates (hysteresis on the full-resolution
    CNR, ``threshold``/``grow``).
-5. **Rejection**: outside ``min_diameter_mm``..``max_diameter_mm``; elongated
+5. **Rejection**: hard rules (size, elongated, edge-like, too dense, saturated, air,
+   field, lungs, ROI), then one calibrated second-stage score
+   (:func:`candidate_confidence`, ``classifier=True``: a logistic regression on the
+   per-candidate features, fit offline on the development runs and frozen as
+   ``CLASSIFIER_W``) in place of the faint / lobed / ragged cuts below, which
+   ``classifier=False`` still applies.  The rules: outside ``min_diameter_mm``..``max_diameter_mm``; elongated
    (long/short axis > ``max_elongation``: edge and cortex fragments); edge-like
    (contrast / steepest background slope under it < ``min_edge_mm``); faint at full
    resolution (CNR < ``min_cnr``, or < ``threshold`` for a score below ``strong_score``);
