@@ -94,6 +94,12 @@ LATERAL_VIEWS = ("LL", "RL", "LATERAL", "LAT", "LLD", "RLD", "XTABLE", "LM", "ML
 CLASSIFIER_W = (2.0146, 0.5441, 0.7632, 14.4241, 11.2719, -0.0181)
 CLASSIFIER_B = -28.0208
 CLASSIFIER_CUT = 0.5
+#: An edge-like candidate (contrast / background slope < ``min_edge_mm``) is kept only when
+#: its score reaches this much: on the development runs every non-focus candidate that
+#: was rejected as edge-like alone scored below the cut (0.5), while 4 of the 7 foci lost
+#: as edge-like (foci on a cortex slope) scored 2.0-3.2.  The margin above the cut keeps a
+#: 1 mm noise bump on a steep ramp (score 0.75) out.
+EDGE_OVERRIDE_CUT = 2.0
 
 
 def candidate_confidence(score, cnr, edge_mm, solidity, iso_ratio, diameter_mm) -> np.ndarray:
@@ -850,7 +856,8 @@ def detect_xray(
     classifier : bool
         Judge the matched-filter candidates that pass the hard rules (size, elongation,
         edge-like, density, air, field, ROI) by one calibrated score
-        (:func:`candidate_confidence`) instead of the separate faint / lobed / ragged cuts.  ``False``: the
+        (:func:`candidate_confidence`) instead of the separate faint / lobed / ragged cuts;
+        an edge-like candidate is kept when its score reaches ``EDGE_OVERRIDE_CUT``.  ``False``: the
         previous rules.
     strong_score : float
         Below this score a candidate also needs ``threshold`` on the full-resolution CNR
@@ -1118,6 +1125,7 @@ def detect_xray(
         if b_score is not None and classifier:
             # one calibrated score replaces the faint, lobed and ragged cuts
             confidence = candidate_confidence(score, fine_cnr, edge_mm, solidity, iso_ratio, diam)
+            edge_like &= confidence < EDGE_OVERRIDE_CUT
             keep = ~hard & ~elongated & ~edge_like
             low_conf = (confidence < CLASSIFIER_CUT) & keep
             faint[:] = lobed[:] = ragged[:] = False
