@@ -284,6 +284,32 @@ def test_brightest_focus_is_not_taken_for_saturation():
     assert "saturated_pixels" not in rep.parameters
 
 
+def test_focus_brighter_than_the_clip_level_is_searched():
+    # a focus on an image stored with headroom can rise above the plateau of the clipped
+    # collimation and marker: a pixel above the clip level was not clipped, so the focus
+    # must be searched (it used to be set aside, with 3 mm around it, as a "saturated
+    # object")
+    from calcdetect.detect.xray import exposed_field
+    from calcdetect.phantoms.xray import render_focus
+
+    rng = np.random.default_rng(5)
+    n, level = 600, 1300.0
+    pixels = np.tile(np.linspace(500.0, 1250.0, n, dtype=np.float32), (n, 1))  # a body ramp
+    pixels += 6.0 * rng.standard_normal((n, n)).astype(np.float32)
+    pixels[:40] = level                  # clipped collimation band at the top
+    pixels[300:320, 100:120] = level     # a clipped marker (3 x 3 mm) inside the field
+    r, c, d_mm = 300.0, 520.0, 4.0
+    render_focus(pixels, (r, c), d_mm / 0.15, 200.0)  # over 1200: its top is above 1300
+    assert pixels.max() > level + 50
+    image = _flat_image(pixels)
+    _, sat, found_level = exposed_field(image.pixels, image.spacing_mm)
+    assert abs(found_level - level) < 1.0
+    assert sat[305:315, 105:115].all() and not sat[290:311, 510:531].any()
+    rep = detect_xray(image)
+    m = match_findings([{"centroid_px": [r, c], "diameter_mm": d_mm}], rep.findings, image.spacing_mm)
+    assert m.found == 1 and len(m.false) == 0
+
+
 # ---------------------------------------------------------------- matched filter, outline test
 def _flat_image(pixels: np.ndarray, spacing: float = 0.15):
     from calcdetect.image import Image
@@ -351,3 +377,30 @@ def test_tiny_radiographs_give_a_report(shape, spacing):
         image = image.with_pixels(pixels, spacing_mm=(spacing, spacing))
     rep = detect_xray(image)
     assert rep.count == 0 and (rep.spacing_mm is None) == (spacing is None)
+
+
+def test_second_stage_classifier_keeps_round_focus_and_scores_sensibly():
+    # one calibrated score (candidate_confidence) replaces the faint / lobed / ragged cuts:
+    # a round projected sphere on a noisy ramp is kept with a confidence above the cut and
+    # nothing else is reported; the score rises with the matched-filter score, the
+    # roundness of the half-height outline and the solidity
+    from calcdetect.detect.xray import CLASSIFIER_CUT, candidate_confidence
+    from calcdetect.phantoms.xray import render_focus
+
+    rng = np.random.default_rng(2)
+    pixels = np.tile(np.linspace(500.0, 1250.0, 500, dtype=np.float32), (500, 1))
+    pixels += 6.0 * rng.standard_normal((500, 500)).astype(np.float32)
+    render_focus(pixels, (250.0, 250.0), 3.0 / 0.15, 90.0)  # 3 mm round focus
+    rep = detect_xray(_flat_image(pixels))
+    m = match_findings([{"centroid_px": [250.0, 250.0], "diameter_mm": 3.0}], rep.findings, (0.15, 0.15))
+    assert m.found == 1 and len(m.false) == 0
+    assert rep.findings[0].extra["confidence"] >= CLASSIFIER_CUT
+    assert rep.parameters["classifier"] is True and rep.parameters["components_low_confidence"] >= 0
+    old = detect_xray(_flat_image(pixels), classifier=False, min_score=15.0)
+    assert old.parameters["classifier"] is False and old.findings[0].extra["confidence"] is None
+    base = candidate_confidence(30.0, 10.0, 0.5, 0.95, 0.8, 2.0)
+    assert candidate_confidence(60.0, 10.0, 0.5, 0.95, 0.8, 2.0) > base
+    assert candidate_confidence(30.0, 10.0, 0.5, 0.95, 0.4, 2.0) < base
+    assert candidate_confidence(30.0, 10.0, 0.5, 0.70, 0.8, 2.0) < base
+    # a ragged (solidity 0.75), half-round candidate of a marginal score is rejected
+    assert candidate_confidence(15.0, 8.0, 0.5, 0.75, 0.6, 2.0) < CLASSIFIER_CUT

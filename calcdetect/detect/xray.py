@@ -8,7 +8,8 @@ Pipeline (all sizes in mm, converted with the pixel spacing; docs/xray.md):
    regions of saturated-dense signal touching the image border; they, a margin of
    ``border_mm`` inside the field edge and the image edge are not searched.
    Small saturated objects inside the field (lead markers, burned-in text) are set aside
-   with a margin.
+   with a margin.  Saturated means held *at* the plateau level; a pixel above it was not
+   clipped and is searched.
 2. **Background removal** (:func:`line_opening_background`): after a light Gaussian
    (``smooth_mm``) the background is the supremum of grey openings by straight line
    segments of length ``background_mm`` in 18 directions.  A focus narrower than the
@@ -29,7 +30,12 @@ Pipeline (all sizes in mm, converted with the pixel spacing; docs/xray.md):
    projected sphere is 95 % of its diameter wide at that level).
    ``blob_scales_mm=()`` gives the previous candidates (hysteresis on the full-resolution
    CNR, ``threshold``/``grow``).
-5. **Rejection**: outside ``min_diameter_mm``..``max_diameter_mm``; elongated
+5. **Rejection**: hard rules (size, elongated, edge-like, too dense, saturated, air,
+   field, lungs, ROI), then one calibrated second-stage score
+   (:func:`candidate_confidence`, ``classifier=True``: a logistic regression on the
+   per-candidate features, fit offline on the development runs and frozen as
+   ``CLASSIFIER_W``) in place of the faint / lobed / ragged cuts below, which
+   ``classifier=False`` still applies.  The rules: outside ``min_diameter_mm``..``max_diameter_mm``; elongated
    (long/short axis > ``max_elongation``: edge and cortex fragments); edge-like
    (contrast / steepest background slope under it < ``min_edge_mm``); faint at full
    resolution (CNR < ``min_cnr``, or < ``threshold`` for a score below ``strong_score``);
@@ -69,6 +75,44 @@ LINE_ANGLES = tuple(range(0, 180, 10))
 
 #: Views in which patient left/right is not in the image plane.
 LATERAL_VIEWS = ("LL", "RL", "LATERAL", "LAT", "LLD", "RLD", "XTABLE", "LM", "ML")
+
+
+#: Second-stage classifier of matched-filter candidates (``classifier=True``): a logistic
+#: regression on per-candidate features, fit once, offline, on the candidates of the
+#: development runs (``benchmarks/validate_xray.py`` seeds 1 and 7, 2 and 4 %/mm, RG1 and
+#: RG3 with their untouched originals; 278 inserted foci and 2468 other candidates that
+#: passed the hard rules, classes weighted equally, small L2 penalty) and frozen here.
+#: The edge-like test stays a hard rule: folded into the score it let a 1 mm noise bump
+#: on a steep ramp through (``test_focus_brighter_than_the_clip_level_is_searched``).
+#: Features, in this order: log matched-filter score, log full-resolution CNR, log edge_mm
+#: (clipped to 0.01-10), solidity, iso_ratio (half-height outline narrowest/widest), log
+#: equivalent diameter (mm).  The contrast as a fraction of the image range was left out on
+#: purpose: the benchmark sets the inserted contrast that way, so it would learn the
+#: benchmark, and it cost 3 of 72 phantom foci.  A candidate is kept when ``w . f + b >= CLASSIFIER_CUT``; the cut
+#: (0.5) was set on the same development runs, half a unit above the point where the
+#: chest original gains false findings.
+CLASSIFIER_W = (2.0146, 0.5441, 0.7632, 14.4241, 11.2719, -0.0181)
+CLASSIFIER_B = -28.0208
+CLASSIFIER_CUT = 0.5
+#: An edge-like candidate (contrast / background slope < ``min_edge_mm``) is kept only when
+#: its score reaches this much: on the development runs every non-focus candidate that
+#: was rejected as edge-like alone scored below the cut (0.5), while 4 of the 7 foci lost
+#: as edge-like (foci on a cortex slope) scored 2.0-3.2.  The margin above the cut keeps a
+#: 1 mm noise bump on a steep ramp (score 0.75) out.
+EDGE_OVERRIDE_CUT = 2.0
+
+
+def candidate_confidence(score, cnr, edge_mm, solidity, iso_ratio, diameter_mm) -> np.ndarray:
+    """Logit of the second-stage classifier (see ``CLASSIFIER_W``); vectorised."""
+    f = np.stack([
+        np.log(np.maximum(np.asarray(score, float), 1.0)),
+        np.log(np.maximum(np.asarray(cnr, float), 0.3)),
+        np.log(np.clip(np.asarray(edge_mm, float), 0.01, 10.0)),
+        np.asarray(solidity, float),
+        np.asarray(iso_ratio, float),
+        np.log(np.maximum(np.asarray(diameter_mm, float), 0.3)),
+    ], axis=-1)
+    return f @ np.asarray(CLASSIFIER_W) + CLASSIFIER_B
 
 
 def _line_kernel(length_px: int, angle_deg: float) -> np.ndarray:
@@ -162,7 +206,9 @@ def exposed_field(
     plateau = values[counts >= max(0.005 * sub.size, 4)]
     level = float(plateau.max()) if plateau.size else top
     tol = 1e-6 * max(abs(level), 1.0)
-    sat = pixels >= level - tol
+    # saturated = held at the level itself: a pixel brighter than the clip level was not
+    # clipped (a dense focus over bone on an image stored with headroom), so it is signal
+    sat = np.abs(pixels - level) <= tol
     if valid is not None:
         sat &= valid
     field = np.ones_like(sat) if valid is None else valid.copy()
@@ -741,7 +787,8 @@ def detect_xray(
     clutter_line_mm: float = 0.0,
     min_solidity: float = 0.9,
     blob_scales_mm: tuple[float, ...] = (0.25, 0.5, 0.9, 1.5),
-    min_score: float = 15.0,
+    min_score: float = 10.0,
+    classifier: bool = True,
     strong_score: float = 20.0,
     min_cnr: float = 5.0,
     max_lobes: float = 2.2,
@@ -804,7 +851,14 @@ def detect_xray(
         peaks of the best contrast-to-clutter over these scales.  Empty: the previous
         detector (hysteresis on the full-resolution CNR, ``threshold``/``grow``).
     min_score : float
-        Smallest matched-filter score of a candidate.
+        Smallest matched-filter score of a candidate (10; it was 15 before the
+        classifier, which is how ``classifier=False`` was validated).
+    classifier : bool
+        Judge the matched-filter candidates that pass the hard rules (size, elongation,
+        edge-like, density, air, field, ROI) by one calibrated score
+        (:func:`candidate_confidence`) instead of the separate faint / lobed / ragged cuts;
+        an edge-like candidate is kept when its score reaches ``EDGE_OVERRIDE_CUT``.  ``False``: the
+        previous rules.
     strong_score : float
         Below this score a candidate also needs ``threshold`` on the full-resolution CNR
         and a solidity of ``min_solidity`` (no round-outline exemption).
@@ -951,7 +1005,7 @@ def detect_xray(
         "size_level": size_level, "min_edge_mm": min_edge_mm, "min_solidity": min_solidity, "exclude_lungs": exclude_lungs,
         "clutter_quantile": clutter_quantile, "clutter_line_mm": clutter_line_mm, "assumed_pixel_mm": None if has_spacing else assumed_pixel_mm,
         "blob_scales_mm": [float(v) for v in blob_scales_mm], "min_score": min_score,
-        "strong_score": strong_score, "min_cnr": min_cnr, "max_lobes": max_lobes,
+        "strong_score": strong_score, "classifier": bool(classifier and blob_scales_mm), "min_cnr": min_cnr, "max_lobes": max_lobes,
         "round_ratio": round_ratio, "round_lobes": round_lobes,
         "roi_mask": mask is not None, "components_total": n,
     }
@@ -960,7 +1014,8 @@ def detect_xray(
     n_pre = 0
     size_labels = np.zeros((rows, cols), np.int32)
     counts = {"too_small": 0, "too_large": 0, "elongated": 0, "too_dense": 0, "near_dense": 0, "outside_roi": 0,
-              "edge_like": 0, "in_air": 0, "ragged": 0, "off_field": 0, "faint": 0, "lobed": 0}
+              "edge_like": 0, "in_air": 0, "ragged": 0, "off_field": 0, "faint": 0, "lobed": 0,
+              "low_confidence": 0}
     if n:
         t0 = regionprops_table(labels, resid, spacing=sp)
         peak_res = t0["intensity_max"]
@@ -1044,8 +1099,9 @@ def detect_xray(
                  | off_field)
         # compactness: a deposit is a convex-ish lump; trabecular clumps and physeal
         # scars are ragged (solidity = area / convex hull area)
+        hard = too_small | too_large | too_dense | near_dense | outside | in_air | off_field
         solidity = np.ones(t["label"].size)
-        for i in np.flatnonzero(keep):
+        for i in np.flatnonzero(~hard):
             sl = (slice(int(t["bbox-0"][i]), int(t["bbox-2"][i])), slice(int(t["bbox-1"][i]), int(t["bbox-3"][i])))
             solidity[i] = _solidity(shape_lab[sl] == t["label"][i])
         fine_cnr = tz["intensity_max"]
@@ -1064,24 +1120,40 @@ def detect_xray(
             faint = np.zeros(t["label"].size, bool)
             lobed = np.zeros(t["label"].size, bool)
             ragged = (solidity < min_solidity) & keep
-        keep &= ~(faint | lobed | ragged)
+        confidence = np.full(t["label"].size, np.nan)
+        low_conf = np.zeros(t["label"].size, bool)
+        if b_score is not None and classifier:
+            # one calibrated score replaces the faint, lobed and ragged cuts
+            confidence = candidate_confidence(score, fine_cnr, edge_mm, solidity, iso_ratio, diam)
+            edge_like &= confidence < EDGE_OVERRIDE_CUT
+            keep = ~hard & ~elongated & ~edge_like
+            low_conf = (confidence < CLASSIFIER_CUT) & keep
+            faint[:] = lobed[:] = ragged[:] = False
+            keep &= ~low_conf
+        else:
+            keep &= ~(faint | lobed | ragged)
         counts = {"too_small": int(too_small.sum()), "too_large": int(too_large.sum()),
                   "elongated": int(elongated.sum()), "too_dense": int(too_dense.sum()),
                   "near_dense": int(near_dense.sum()), "outside_roi": int(outside.sum()),
                   "edge_like": int(edge_like.sum()), "in_air": int(in_air.sum()), "ragged": int(ragged.sum()),
-                  "off_field": int(off_field.sum()), "faint": int(faint.sum()), "lobed": int(lobed.sum())}
+                  "off_field": int(off_field.sum()), "faint": int(faint.sum()), "lobed": int(lobed.sum()),
+                  "low_confidence": int(low_conf.sum())}
         if report_rejected:
             reasons = {"too_small": too_small, "too_large": too_large, "elongated": elongated,
                        "too_dense": too_dense, "near_dense": near_dense, "outside_roi": outside,
                        "edge_like": edge_like, "in_air": in_air, "ragged": ragged, "off_field": off_field,
-                       "faint": faint, "lobed": lobed}
+                       "faint": faint, "lobed": lobed, "low_confidence": low_conf}
             rejected_list = [
                 {"centroid_px": [float(t["centroid-0"][i]), float(t["centroid-1"][i])],
                  "equivalent_diameter_px": float(np.sqrt(4.0 * t["num_pixels"][i] / np.pi)),
                  "contrast": float(tr["intensity_max"][i]), "cnr": float(tz["intensity_max"][i]),
                  "edge_mm": float(edge_mm[i]),
-                 "elongation": float(long_ax[i] / short_ax[i]), "solidity": float(solidity[i]),
+                 "elongation": float(long_ax[i] / short_ax[i]), "elongation_first": float(ratio0[i]),
+                 "solidity": float(solidity[i]),
                  "score": float(score[i]), "iso_ratio": float(iso_ratio[i]), "iso_lobes": float(iso_lobes[i]),
+                 "confidence": None if np.isnan(confidence[i]) else float(confidence[i]),
+                 "diameter_mm": float(diam[i]), "contrast_fraction": float(contrast[i] / dyn),
+                 "scale_mm": None if b_score is None else float(b_scale[t["label"][i] - 1]),
                  "reasons": [r for r, v in reasons.items() if v[i]]}
                 for i in np.flatnonzero(~keep)]
         kept = np.flatnonzero(keep)
@@ -1119,6 +1191,7 @@ def detect_xray(
                     "iso_ratio": float(iso_ratio[kept][i]),
                     "iso_lobes": float(iso_lobes[kept][i]),
                     "score": float(fsc[i]),
+                    "confidence": None if np.isnan(confidence[kept][i]) else float(confidence[kept][i]),
                     "equivalent_diameter_px": float(np.sqrt(4.0 * ft["num_pixels"][i] / np.pi)),
                 },
             ))
@@ -1143,6 +1216,7 @@ def detect_xray(
         warnings.append(f"{100 * outside_frac:.0f}% of the image is outside the exposed field "
                         "(collimation or unexposed border) and was not searched")
     params["field_fraction"] = float(field.mean())
+    params["field_range"] = dyn
     extra = {"geometry": {k_: (image.geometry or {}).get(k_) for k_ in
                           ("PatientOrientation", "ImageLaterality", "Laterality", "ViewPosition",
                            "BodyPartExamined")}}
