@@ -404,3 +404,17 @@ def test_second_stage_classifier_keeps_round_focus_and_scores_sensibly():
     assert candidate_confidence(30.0, 10.0, 0.5, 0.70, 0.8, 2.0) < base
     # a ragged (solidity 0.75), half-round candidate of a marginal score is rejected
     assert candidate_confidence(15.0, 8.0, 0.5, 0.75, 0.6, 2.0) < CLASSIFIER_CUT
+
+
+def test_min_confidence_trades_findings_monotonically():
+    from calcdetect.detect.xray import CLASSIFIER_CUT, detect_xray
+    from calcdetect.errors import InvalidParameterError
+    image, _ = radiograph_phantom(seed=3)
+    default = detect_xray(image)
+    assert detect_xray(image, min_confidence=CLASSIFIER_CUT).count == default.count
+    strict = detect_xray(image, min_confidence=50.0)
+    loose = detect_xray(image, min_confidence=-50.0)
+    assert strict.count == 0 < default.count <= loose.count
+    assert all(f.extra["confidence"] >= CLASSIFIER_CUT for f in default.findings)
+    with pytest.raises(InvalidParameterError):
+        detect_xray(image, min_confidence=float("nan"))

@@ -789,6 +789,7 @@ def detect_xray(
     blob_scales_mm: tuple[float, ...] = (0.25, 0.5, 0.9, 1.5),
     min_score: float = 10.0,
     classifier: bool = True,
+    min_confidence: float = CLASSIFIER_CUT,
     strong_score: float = 20.0,
     min_cnr: float = 5.0,
     max_lobes: float = 2.2,
@@ -859,6 +860,9 @@ def detect_xray(
         (:func:`candidate_confidence`) instead of the separate faint / lobed / ragged cuts;
         an edge-like candidate is kept when its score reaches ``EDGE_OVERRIDE_CUT``.  ``False``: the
         previous rules.
+    min_confidence : float
+        Classifier logit a candidate must reach (``CLASSIFIER_CUT``, 0.5, by default);
+        lower finds more foci and more false ones (the radiograph FROC curve sweeps it).
     strong_score : float
         Below this score a candidate also needs ``threshold`` on the full-resolution CNR
         and a solidity of ``min_solidity`` (no round-outline exemption).
@@ -899,6 +903,8 @@ def detect_xray(
                     ("assumed_pixel_mm", assumed_pixel_mm), ("max_elongation", max_elongation)):
         if not (np.isfinite(v) and v > 0):
             raise InvalidParameterError(f"{name} must be a positive number, got {v!r}")
+    if not np.isfinite(min_confidence):
+        raise InvalidParameterError(f"min_confidence must be a finite number, got {min_confidence!r}")
     if grow > threshold:
         raise InvalidParameterError(f"grow ({grow}) must not exceed threshold ({threshold})")
     if not 0 < size_level < 1:
@@ -1005,7 +1011,7 @@ def detect_xray(
         "size_level": size_level, "min_edge_mm": min_edge_mm, "min_solidity": min_solidity, "exclude_lungs": exclude_lungs,
         "clutter_quantile": clutter_quantile, "clutter_line_mm": clutter_line_mm, "assumed_pixel_mm": None if has_spacing else assumed_pixel_mm,
         "blob_scales_mm": [float(v) for v in blob_scales_mm], "min_score": min_score,
-        "strong_score": strong_score, "classifier": bool(classifier and blob_scales_mm), "min_cnr": min_cnr, "max_lobes": max_lobes,
+        "strong_score": strong_score, "classifier": bool(classifier and blob_scales_mm), "min_confidence": float(min_confidence), "min_cnr": min_cnr, "max_lobes": max_lobes,
         "round_ratio": round_ratio, "round_lobes": round_lobes,
         "roi_mask": mask is not None, "components_total": n,
     }
@@ -1127,7 +1133,7 @@ def detect_xray(
             confidence = candidate_confidence(score, fine_cnr, edge_mm, solidity, iso_ratio, diam)
             edge_like &= confidence < EDGE_OVERRIDE_CUT
             keep = ~hard & ~elongated & ~edge_like
-            low_conf = (confidence < CLASSIFIER_CUT) & keep
+            low_conf = (confidence < min_confidence) & keep
             faint[:] = lobed[:] = ragged[:] = False
             keep &= ~low_conf
         else:
