@@ -12,10 +12,8 @@ Swept parameter (the detector's own confidence):
 * CT: the minimum peak HU of a finding.  Detection runs once at the default 130 HU
   threshold; findings whose peak is below t are dropped, t = 130 ... 1000 HU.  The
   default point is t = 130 (every finding).
-* Radiograph: ``detect_xray(min_score=...)``, the multi-scale matched-filter score a
-  candidate must reach (default 15), rerun at each value.  (Filtering the findings of
-  one low-score run by their ``score`` is *not* the same: more candidates change each
-  other's extents and the flank merging.)
+* Radiograph: ``detect_xray(min_confidence=...)``, the second-stage classifier logit a
+  candidate must reach (default 0.5), rerun at each value.
 * Ultrasound: ``detect_ultrasound(min_shadow_contrast=...)`` (default 0.4), rerun at every
   value (the persistence test scales with it, so filtering would not be the same).
   Reported decoys (bright foci without shadow) are counted separately; the plot shows
@@ -171,13 +169,13 @@ def froc_xray(trials: int, seed: int) -> dict:
     import validate_xray
     from calcdetect.detect.xray import detect_xray as real_detect
 
-    default = 15.0
-    thresholds = [8.0, 10.0, 12.0, 15.0, 20.0, 25.0, 32.0]
+    default = 0.5
+    thresholds = [-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0]
     runs = {}      # id(default findings) -> (image name, {t: report})
     matched = {}   # id(default findings) -> (truth, spacing)
 
     def spy_detect(img, **kw):
-        by_t = {t: real_detect(img, min_score=t, **kw) for t in thresholds}
+        by_t = {t: real_detect(img, min_confidence=t, **kw) for t in thresholds}
         name = "chest RG1" if "RG1" in str(img.source) else "tibia RG3"
         runs[id(by_t[default].findings)] = (name, by_t)
         return by_t[default]
@@ -194,7 +192,7 @@ def froc_xray(trials: int, seed: int) -> dict:
         validate_xray.main(["--trials", str(trials), "--seed", str(seed)])
     finally:
         validate_xray.detect_xray, validate_xray.match_findings = real_detect, real_match
-    out = {"modality": "radiograph", "parameter": "detect_xray min_score (multi-scale matched-filter score), rerun at each value",
+    out = {"modality": "radiograph", "parameter": "detect_xray min_confidence (second-stage classifier logit), rerun at each value",
            "default": default, "trials": trials, "seed": seed, "contrast_per_mm": 0.02, "curves": {},
            "originals": [{"image": name, "findings_at_threshold": {str(t): by_t[t].count for t in thresholds}}
                          for k, (name, by_t) in runs.items() if k not in matched]}
@@ -209,7 +207,7 @@ def froc_xray(trials: int, seed: int) -> dict:
             rows.append(r)
         d = next(r for r in rows if r["threshold"] == default)
         out["curves"][which] = {"cases": len(keys), "inserted": d["truth"], "rows": rows, "default_point": d}
-        print(f"X-ray {which}: {len(keys)} images, {d['truth']} inserted; default (score 15) "
+        print(f"X-ray {which}: {len(keys)} images, {d['truth']} inserted; default (confidence 0.5) "
               f"{d['found']}/{d['truth']} = {100 * d['sensitivity']:.1f} %, {d['false_per_image']:.2f} false/image",
               flush=True)
     out["seconds"] = round(time.time() - t0, 1)
@@ -219,8 +217,8 @@ def froc_xray(trials: int, seed: int) -> dict:
         _plot(ax, c["rows"], f"{name} ({c['cases']} images, {c['inserted']} foci)", c["default_point"],
               colors[name], annotate=(name != "all"))
     ax.set_xscale("symlog", linthresh=1.0)
-    _finish(ax, f"Radiograph FROC: min_score of detect_xray swept {thresholds[0]:g}-{thresholds[-1]:g} "
-                "(labels: score; star: default 15)\n"
+    _finish(ax, f"Radiograph FROC: min_confidence of detect_xray swept {thresholds[0]:g} to {thresholds[-1]:g} "
+                "(labels: logit; star: default 0.5)\n"
                 "foci 1-6 mm, contrast 2 % of the body signal range per mm, inserted in pydicom-data RG1/RG3",
             "false findings per radiograph (symlog scale)")
     ax.set_xlim(-0.05, None)
