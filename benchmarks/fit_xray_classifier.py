@@ -151,24 +151,23 @@ def collect(seeds=DEV_SEEDS, contrasts=DEV_CONTRASTS, trials=TRIALS, jobs=2, dum
     for name in IMAGES:
         tasks.append((name, None, None, None, dump_min_score))
         tasks += [(name, s, c, t, dump_min_score) for s in seeds for c in contrasts for t in range(trials)]
+    runs = []
+
+    def _record(r):
+        runs.append(r)
+        if verbose:
+            print(f"  {r['image']:15s} {r['tag']:13s} {len(r['cands']):4d} candidates {r['seconds']:.1f} s",
+                  flush=True)
+
     if jobs > 1:
         from multiprocessing import get_context
 
         with get_context("spawn").Pool(jobs) as pool:
-            runs = []
             for r in pool.imap(_run, tasks):
-                runs.append(r)
-                if verbose:
-                    print(f"  {r['image']:15s} {r['tag']:13s} {len(r['cands']):4d} candidates "
-                          f"{r['seconds']:.1f} s", flush=True)
+                _record(r)
     else:
-        runs = []
         for t in tasks:
-            runs.append(_run(t))
-            if verbose:
-                r = runs[-1]
-                print(f"  {r['image']:15s} {r['tag']:13s} {len(r['cands']):4d} candidates "
-                      f"{r['seconds']:.1f} s", flush=True)
+            _record(_run(t))
     return runs
 
 
@@ -274,6 +273,24 @@ def evaluate(runs: list[dict], rows: list[dict], keep: np.ndarray) -> list[str]:
     return out
 
 
+def sweep_line(runs: list[dict], rows: list[dict], keep: np.ndarray, cut: float) -> str:
+    """Totals at one cut: foci found, false findings on the originals and per inserted image."""
+    n_truth = sum(len(r["truth"]) for r in runs)
+    hits = {(r["run"], r["truth"]) for r, k in zip(rows, keep) if k and r["truth"] is not None}
+    orig = {i for i, r in enumerate(runs) if r["seed"] is None}
+    false_orig = {runs[i]["image"]: 0 for i in orig}
+    false_ins = 0
+    for r, k in zip(rows, keep):
+        if k and r["truth"] is None:
+            if r["run"] in orig:
+                false_orig[runs[r["run"]]["image"]] += 1
+            else:
+                false_ins += 1
+    return (f"cut {cut:+.1f}: found {len(hits)}/{n_truth}, false per inserted image "
+            f"{false_ins / max(len(runs) - len(orig), 1):.2f}, originals "
+            + ", ".join(f"{k} {v}" for k, v in false_orig.items()))
+
+
 # ---------------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
@@ -326,6 +343,9 @@ def main(argv=None) -> int:
     keep_new = decisions(rows, w, b, cut, edge_cut)
     print(f"at the cut {cut:g} (edge-like candidates need {edge_cut:g}), refit weights:")
     print("\n".join(evaluate(runs, rows, keep_new)))
+    print("cut sweep (the cut and the edge override are chosen by hand, not fitted):")
+    for c in (-0.5, 0.0, 0.5, 1.0, 1.5, 2.0):
+        print("  " + sweep_line(runs, rows, decisions(rows, w, b, c, max(edge_cut, c)), c))
     print(f"table {t_table:.0f} s, fit {t_fit:.2f} s")
     if not args.check:
         return 0
