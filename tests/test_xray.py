@@ -409,6 +409,7 @@ def test_second_stage_classifier_keeps_round_focus_and_scores_sensibly():
 def test_min_confidence_trades_findings_monotonically():
     from calcdetect.detect.xray import CLASSIFIER_CUT, detect_xray
     from calcdetect.errors import InvalidParameterError
+
     image, _ = radiograph_phantom(seed=3)
     default = detect_xray(image)
     assert detect_xray(image, min_confidence=CLASSIFIER_CUT).count == default.count
@@ -418,3 +419,31 @@ def test_min_confidence_trades_findings_monotonically():
     assert all(f.extra["confidence"] >= CLASSIFIER_CUT for f in default.findings)
     with pytest.raises(InvalidParameterError):
         detect_xray(image, min_confidence=float("nan"))
+
+
+def test_classifier_refit_recovers_known_weights():
+    """benchmarks/fit_xray_classifier.py: the fit recovers the slopes of a synthetic table, and
+    its features are the detector's (same logit as candidate_confidence)."""
+    import importlib.util
+
+    from calcdetect.detect.xray import CLASSIFIER_B, CLASSIFIER_W, candidate_confidence
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fit_xray_classifier.py"
+    spec = importlib.util.spec_from_file_location("fit_xray_classifier", path)
+    fx = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fx)
+    rng = np.random.default_rng(0)
+    n = 20000
+    rows = [{"score": s, "cnr": c, "edge_mm": e, "solidity": so, "iso_ratio": i, "diameter_mm": d}
+            for s, c, e, so, i, d in zip(rng.uniform(10, 80, n), rng.uniform(1, 20, n), rng.uniform(0.02, 5, n),
+                                         rng.uniform(0.6, 1, n), rng.uniform(0.3, 1, n), rng.uniform(0.8, 8, n))]
+    X = fx.feature_matrix(rows)
+    g = {k: np.array([r[k] for r in rows]) for k in rows[0]}
+    ref = candidate_confidence(g["score"], g["cnr"], g["edge_mm"], g["solidity"], g["iso_ratio"], g["diameter_mm"])
+    assert np.allclose(X @ np.asarray(CLASSIFIER_W) + CLASSIFIER_B, ref)
+    w_true = np.array([1.5, 0.5, 0.8, 6.0, 4.0, -0.5])
+    b_true = -float(np.median(X @ w_true)) - 1.0  # about 1 positive in 4
+    y = rng.random(n) < 1.0 / (1.0 + np.exp(-(X @ w_true + b_true)))
+    w, b = fx.fit_logistic(X, y, l2=1e-3)
+    # equal class weights move the bias only; the slopes stay
+    assert np.all(np.abs(w - w_true) <= 0.1 * np.abs(w_true) + 0.05)
