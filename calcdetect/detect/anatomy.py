@@ -102,6 +102,18 @@ def _slice_workers(nz: int) -> int:
     return max(1, min(n, 8, nz // 8))
 
 
+def _each_slice(fn, nz: int) -> None:
+    """Call ``fn(k)`` for every slice index, on :func:`_slice_workers` threads (OpenCV and
+    NumPy release the GIL, so the slices overlap)."""
+    workers = _slice_workers(nz)
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(fn, range(nz)))
+    else:
+        for k in range(nz):
+            fn(k)
+
+
 def _disk(radius_px: float) -> np.ndarray:
     r = max(int(round(radius_px)), 1)
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
@@ -619,14 +631,7 @@ def ct_anatomy(
             closed = cv2.morphologyEx(core.astype(np.uint8), cv2.MORPH_CLOSE, close_kernel)
             deep[k][win][box] = _fill_holes(closed) & b[box]
 
-    # slices are independent: OpenCV and NumPy release the GIL, so threads overlap them
-    workers = _slice_workers(nz)
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(one_slice, range(nz)))
-    else:
-        for k in range(nz):
-            one_slice(k)
+    _each_slice(one_slice, nz)  # slices are independent
     return Anatomy(body=body, deep=deep, depth_mm=depth, fov=fov, internal_air=internal_air,
                    no_skin=no_skin, air_edges=air_edges, spacing_rc=tuple(float(s) for s in spacing_rc))
 
@@ -675,13 +680,7 @@ def ct_anatomy_reduced(hu: np.ndarray, spacing_rc: tuple[float, float], factor: 
             v = np.pad(valid[k], ((0, ph), (0, pw)), mode="edge")
             vcoarse[k] = v.reshape(hc, f, wc, f).all(axis=(1, 3))
 
-    workers = _slice_workers(nz)
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(reduce, range(nz)))
-    else:
-        for k in range(nz):
-            reduce(k)
+    _each_slice(reduce, nz)
     small = ct_anatomy(coarse, tuple(f * float(s) for s in spacing_rc), valid=vcoarse,
                        depth_map=False, **kwargs)
     del coarse
@@ -707,12 +706,7 @@ def ct_anatomy_reduced(hu: np.ndarray, spacing_rc: tuple[float, float], factor: 
         up(small.deep[k], deep[k])
         up(small.internal_air[k], internal_air[k])
 
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(expand, range(nz)))
-    else:
-        for k in range(nz):
-            expand(k)
+    _each_slice(expand, nz)
     oy, ox = np.mgrid[0:f, 0:f]
     oy, ox = oy.ravel(), ox.ravel()
     edges: list = [None] * nz
