@@ -289,8 +289,8 @@ def find_inputs(folder: str | Path, *, exclude: Iterable[str | Path] = ()) -> tu
     with ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 1) * 2))) as pool:
         for p, ds, err in pool.map(_header, others):
             if err is not None:
-                if "not a DICOM file" in err.reason:
-                    errors.append(InputError(rel(p), "UnsupportedImageError",
+                if "not a DICOM file" in err.reason:  # the error load() gives for it
+                    errors.append(InputError(rel(p), "UnreadableFileError",
                                              "not a DICOM, PNG, JPEG or TIFF file"))
                 else:
                     errors.append(InputError(rel(p), type(err).__name__, _reason(err)))

@@ -109,7 +109,8 @@ def test_find_inputs_groups_series_and_skips_noise(folder):
     raster = by_input["raster/focus.png"]
     assert raster.kind == "raster" and raster.sidecar.endswith("focus.json")
     # the only discovery error is the text file; hidden files and README are not inputs
-    assert [(e.input, e.error_type) for e in errors] == [("bad/notes.txt", "UnsupportedImageError")]
+    # the same error type as calcdetect.load() raises for it (docs/robustness.md)
+    assert [(e.input, e.error_type) for e in errors] == [("bad/notes.txt", "UnreadableFileError")]
     assert len({j.name for j in jobs}) == len(jobs)
 
 
