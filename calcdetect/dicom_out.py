@@ -38,6 +38,8 @@ from .outputs import write_bytes_atomic
 from .report import Finding, Report
 
 if TYPE_CHECKING:  # pragma: no cover
+    from types import ModuleType
+
     import highdicom
 
 __all__ = [
@@ -70,7 +72,7 @@ _TYPE2_STUDY_ATTRS = (
 )
 
 
-def require_highdicom():
+def require_highdicom() -> ModuleType:
     """Import and return highdicom, or raise a one-line error naming the extra.
 
     Returns
@@ -424,6 +426,17 @@ def build_seg(
         ``None`` when the report has no findings: a SEG must hold at least one segment
         with at least one frame, and an empty segment would only say "nothing" -- which
         the SR (count 0) already says.
+
+    Raises
+    ------
+    CalcdetectError
+        highdicom is not installed (:func:`require_highdicom`), or the report does not
+        fit the image: no label image (a report read back from JSON), a label image of
+        another shape, finding ids not ``1..n``, or labels above the finding count.
+    UnsupportedImageError
+        The source datasets do not match the image (other slice or file count, a
+        multi-frame source without a recorded frame, other Rows x Columns), or a
+        multi-frame source without a Frame of Reference (a cine loop).
     """
     from . import __version__
 
@@ -754,6 +767,17 @@ def build_sr(
     Returns
     -------
     highdicom.sr.Comprehensive3DSR
+
+    Raises
+    ------
+    CalcdetectError
+        highdicom is not installed (:func:`require_highdicom`); the report does not fit
+        the image (as for :func:`build_seg`); or ``seg`` holds no frame of a finding's
+        segment.
+    UnsupportedImageError
+        The source datasets do not match the image's slices (see :func:`build_seg`).
+    InconsistentSeriesError
+        ``seg`` belongs to another study than the source datasets.
     """
     hd = require_highdicom()
     code = _codes()
@@ -875,7 +899,30 @@ def _to_bytes(ds: Dataset) -> bytes:
 
 def write_dataset(ds: Dataset, path: str | Path) -> Path:
     """Write a DICOM dataset (e.g. from :func:`build_seg` / :func:`build_sr`) atomically,
-    as a DICOM file with its file meta information."""
+    as a DICOM file with its file meta information.
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        The data set, with its ``file_meta`` (as highdicom builds it); written with
+        ``enforce_file_format=True``, so pydicom completes the file meta information.
+    path : str or Path
+        Output file; missing parent folders are created, an existing file replaced.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    CalcdetectError
+        The file cannot be written (permissions, full disk, a folder in the way); see
+        :func:`calcdetect.outputs.write_bytes_atomic`.
+    ValueError
+        From pydicom, before anything is written, when the data set cannot be encoded
+        as a DICOM file (e.g. no transfer syntax); not raised for highdicom's objects.
+    """
     return write_bytes_atomic(path, _to_bytes(ds))
 
 
@@ -980,7 +1027,22 @@ def write_dicom_outputs(
     Returns
     -------
     list of Path
-        The files written.
+        The files written (SEG first, then SR).
+
+    Raises
+    ------
+    UnsupportedImageError
+        The image was not loaded from DICOM (see :func:`source_datasets`); or, with
+        ``sr=False``, the SEG cannot be built for this image (with ``sr=True`` that is
+        a ``UserWarning`` and only the SR is written).
+    InconsistentSeriesError
+        The source files changed since loading, belong to several studies, or (SR)
+        the SEG belongs to another study.
+    UnreadableFileError
+        A source file can no longer be read.
+    CalcdetectError
+        highdicom is not installed, the report does not fit the image (see
+        :func:`build_seg`), or an output file cannot be written.
     """
     out_dir = Path(out_dir)
     datasets = source_datasets(image)

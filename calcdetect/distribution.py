@@ -28,7 +28,25 @@ CLUSTER_MM = 30.0
 
 
 def side_from_patient_x(x_lps: float, midline_x: float, tolerance_mm: float = MIDLINE_MM) -> str | None:
-    """``"left"``/``"right"`` from an LPS x coordinate (+x is the patient's left)."""
+    """``"left"``/``"right"`` from an LPS x coordinate (+x is the patient's left).
+
+    Parameters
+    ----------
+    x_lps : float
+        The finding's x coordinate in the patient (LPS) frame, mm.
+    midline_x : float
+        The body midline's x coordinate in the same frame, mm.
+    tolerance_mm : float
+        Half-width of the band around the midline that has no side (default
+        :data:`MIDLINE_MM`, 5 mm).
+
+    Returns
+    -------
+    str or None
+        ``"left"`` when ``x_lps`` is at least ``tolerance_mm`` to the patient's left of
+        the midline, ``"right"`` when at least that far to the right, ``None`` within
+        the band (strictly closer than ``tolerance_mm``).
+    """
     d = x_lps - midline_x
     if abs(d) < tolerance_mm:
         return None
@@ -36,7 +54,20 @@ def side_from_patient_x(x_lps: float, midline_x: float, tolerance_mm: float = MI
 
 
 def nearest_neighbour_mm(points: np.ndarray) -> np.ndarray:
-    """Distance from each point to its nearest other point (NaN when alone)."""
+    """Distance from each point to its nearest other point (NaN when alone).
+
+    Parameters
+    ----------
+    points : numpy.ndarray
+        Shape ``(n, d)``: one point per row (e.g. finding centroids in mm).
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(n,)``, float64, in the points' units (mm for mm input): Euclidean
+        distance to the nearest other point (0 for coincident points); all NaN when
+        ``n < 2``.
+    """
     points = np.asarray(points, dtype=np.float64)
     n = points.shape[0]
     if n < 2:
@@ -48,7 +79,27 @@ def nearest_neighbour_mm(points: np.ndarray) -> np.ndarray:
 
 
 def classify_pattern(points_mm: np.ndarray | None, long_axes_mm: Sequence[float | None], n: int) -> str:
-    """The overall pattern (see the module docstring for the rule)."""
+    """The overall pattern (see the module docstring for the rule).
+
+    Parameters
+    ----------
+    points_mm : numpy.ndarray or None
+        Finding centroids in mm, shape ``(n, d)``; ``None`` when any finding has no mm
+        coordinates.
+    long_axes_mm : sequence of float or None
+        Each finding's long axis in mm (``None`` entries are ignored).
+    n : int
+        Number of findings.
+
+    Returns
+    -------
+    str
+        ``"none"`` (``n == 0``), ``"confluent mass"`` (a long axis of at least
+        :data:`CONFLUENT_MM`, whatever ``n``), ``"solitary"`` (``n == 1``),
+        ``"multiple"`` (several findings, ``points_mm`` is ``None``), ``"clustered"``
+        (largest centroid-to-centroid distance at most :data:`CLUSTER_MM`) or
+        ``"scattered"``.
+    """
     if n == 0:
         return "none"
     axes = [a for a in long_axes_mm if a is not None]
@@ -116,8 +167,32 @@ def describe_distribution(findings: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-def summary_text(n: int, size: dict | None, by_side: dict, by_region: dict, pattern: str) -> str:
-    """A clinician's one-liner, e.g. "3 calcifications, 2.1-5.6 mm, both sides, subcutaneous, scattered"."""
+def summary_text(n: int, size: dict[str, float] | None, by_side: dict[str, int], by_region: dict[str, int],
+                 pattern: str) -> str:
+    """A clinician's one-liner, e.g. "3 calcifications, 2.1-5.6 mm, both sides, subcutaneous, scattered".
+
+    Parameters
+    ----------
+    n : int
+        Number of findings.
+    size : dict or None
+        ``{"min", "median", "max"}`` equivalent diameters in mm (as
+        :func:`describe_distribution` computes them); ``None`` or empty leaves sizes out.
+    by_side : dict
+        Side (``"left"``, ``"right"``, ``"unknown"``) -> count; only the keys matter.
+    by_region : dict
+        Region (``"dermal"``, ``"subcutaneous"``, ``"deep"``, ...) -> count; only the
+        keys matter, other regions are left out.
+    pattern : str
+        From :func:`classify_pattern`.
+
+    Returns
+    -------
+    str
+        ``"no calcification found"`` when ``n == 0``; otherwise the count, the size (one
+        value for one finding, else min-max, mm to 0.1), "both sides" or "<side> side",
+        the regions joined by ``/``, and the pattern, separated by commas.
+    """
     if n == 0:
         return "no calcification found"
     parts = [f"{n} calcification{'s' if n != 1 else ''}"]

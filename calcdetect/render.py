@@ -319,6 +319,17 @@ def choose_slices(labels: np.ndarray, n_findings: int, max_tiles: int = MAX_TILE
     """Pick the fewest slices (greedy set cover, at most ``max_tiles``) that show every
     finding of a 3D label image.
 
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        3D label image ``(slices, rows, columns)``; 0 is background, finding ``i`` is
+        labelled ``i``.
+    n_findings : int
+        Number of findings; 0 (or an all-zero ``labels``) picks the middle slice.
+    max_tiles : int
+        Most slices chosen (default :data:`MAX_TILES`); findings beyond the cover
+        reached by then are shown on no slice.
+
     Returns
     -------
     slices : list of int
@@ -585,6 +596,12 @@ def save_overlay(image: Image, report: Report, path: str | os.PathLike) -> Path:
     Returns
     -------
     Path
+        ``path``.
+
+    Raises
+    ------
+    CalcdetectError
+        The file cannot be written (see :func:`calcdetect.outputs.write_bytes_atomic`).
     """
     from .outputs import write_bytes_atomic
 

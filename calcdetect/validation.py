@@ -24,6 +24,13 @@ class MatchResult:
 
     @property
     def found(self) -> int:
+        """Number of truths found (matched one-to-one to a finding).
+
+        Returns
+        -------
+        int
+            ``len(matched)``.
+        """
         return len(self.matched)
 
 

@@ -87,7 +87,35 @@ def _spacing_warning(path: str | Path) -> str:
 
 
 def ct_slice_from_dataset(ds: Dataset, path: str | Path, pixels: np.ndarray) -> Image:
-    """Build a 2D CT :class:`Image` from a single-frame dataset and its stored pixels."""
+    """Build a 2D CT :class:`Image` from a single-frame dataset and its stored pixels.
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        Header of one CT slice (RescaleSlope/Intercept, PixelSpacing,
+        ImagePositionPatient, ImageOrientationPatient are read from it).
+    path : str or Path
+        The source file; recorded as ``source`` and in ``metadata["files"]``.
+    pixels : numpy.ndarray
+        Stored values of the slice, shape ``(rows, columns)`` (from
+        :func:`~calcdetect.io.dicom.decode_pixels`).
+
+    Returns
+    -------
+    Image
+        ``pixels`` in Hounsfield units (float32, ``stored * slope + intercept``, slope 1
+        and intercept 0 when absent); ``spacing_mm`` ``(row, column)`` from PixelSpacing
+        in mm, or ``None`` (with a warning) when missing or implausible; ``affine`` (LPS,
+        mm) only when spacing, position and an orthonormal orientation are all present.
+        ``metadata`` holds :func:`~calcdetect.io.dicom.basic_metadata`, the rescale used,
+        ``SOPInstanceUIDs`` and ``files``.
+
+    Raises
+    ------
+    UnreadableFileError
+        RescaleSlope/RescaleIntercept present but not finite numbers, a zero slope, or
+        values that overflow float32 (made-up HU are never returned).
+    """
     slope, intercept = _rescale(ds, path)
     hu = _to_hu(pixels, slope, intercept, path)
     spacing = positive_spacing(float_list(ds, "PixelSpacing", 2))
@@ -123,7 +151,42 @@ def _valid_orientation(iop: Sequence[float]) -> bool:
 
 
 def load_ct_file(path: str | Path, ds: Dataset | None = None, *, budget: int | None = None) -> Image:
-    """Load one CT file: a single slice (2D) or an enhanced multi-frame CT (3D)."""
+    """Load one CT file: a single slice (2D) or an enhanced multi-frame CT (3D).
+
+    Parameters
+    ----------
+    path : str or Path
+        The DICOM file.
+    ds : pydicom.dataset.Dataset, optional
+        Its header when already read; re-read in full when ``None`` or read without
+        pixel data.
+    budget : int, optional
+        Pixel budget (see :func:`calcdetect.io.dicom.max_pixels`).
+
+    Returns
+    -------
+    Image
+        In Hounsfield units (float32).  A single slice: 2D ``(rows, columns)``, as
+        :func:`ct_slice_from_dataset`.  A multi-frame CT: 3D ``(slices, rows,
+        columns)`` ordered by ascending position along the slice normal, ``spacing_mm``
+        ``(slice step from positions, row, column)`` in mm (``None`` without usable
+        PixelSpacing), ``metadata["frame_order"]`` the 0-based frame of each slice; a
+        one-frame enhanced CT gives a 2D image.
+
+    Raises
+    ------
+    UnreadableFileError
+        The file cannot be read or decoded (see
+        :func:`~calcdetect.io.dicom.read_dataset` and
+        :func:`~calcdetect.io.dicom.decode_pixels`), a single-frame file does not decode
+        to 2D, unusable rescale values, or frames / functional groups that disagree with
+        NumberOfFrames.
+    UnsupportedImageError, MissingDecoderError, PixelBudgetError
+        No pixel data, no decoder, or above the pixel budget.
+    InconsistentSeriesError
+        Multi-frame CT whose frames lack position/orientation, have a non-orthonormal
+        orientation or differ in PixelSpacing.
+    """
     if ds is None or "PixelData" not in ds:
         ds = read_dataset(path, budget=budget)
     else:
@@ -541,7 +604,26 @@ def _scan_workers() -> int:
 def scan_folder(folder: str | Path) -> tuple[dict[str, list[tuple[Path, Dataset]]], list[CalcdetectError]]:
     """Read the headers of every DICOM file below ``folder`` (in parallel), grouped by
     SeriesInstanceUID.  Files that are not DICOM are skipped; damaged DICOMs are
-    returned as errors."""
+    returned as errors.
+
+    Hidden files (names starting with ``.``) are skipped.  Headers are read without
+    pixel data and converted lazily (``touch_values=False``), except the elements a
+    series load uses, so a damaged one of those makes the file an error.
+
+    Parameters
+    ----------
+    folder : str or Path
+        Searched recursively.
+
+    Returns
+    -------
+    series : dict
+        Series key (see :func:`series_key`) -> list of ``(path, header)``, files in
+        sorted path order.
+    errors : list of CalcdetectError
+        One per file that could not be read, except those rejected as "not a DICOM
+        file" (which are skipped); empty (0-byte) files are listed here.
+    """
     series, errors, _ = _scan_folder(folder)
     return series, errors
 
@@ -609,7 +691,23 @@ NO_UID = "<no SeriesInstanceUID>"
 def series_key(ds: Dataset, facts: dict[str, Any] | None = None) -> str:
     """SeriesInstanceUID; for anonymised files without one, a key from the fields that
     stay constant within a series (modality, number, description, frame of reference,
-    matrix size).  ``facts``: the header's :func:`~calcdetect.io.dicom.fast_values`."""
+    matrix size).
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        A header.
+    facts : dict, optional
+        The header's :func:`~calcdetect.io.dicom.fast_values`; its SeriesInstanceUID is
+        used first when present.
+
+    Returns
+    -------
+    str
+        The SeriesInstanceUID, else ``"<no SeriesInstanceUID> "`` followed by Modality,
+        SeriesNumber, SeriesDescription, FrameOfReferenceUID, Rows and Columns joined
+        by ``/``.
+    """
     uid = str(facts["SeriesInstanceUID"]) if facts and "SeriesInstanceUID" in facts else ""
     uid = uid or str(ds.get("SeriesInstanceUID", "") or "")
     if uid:
@@ -620,7 +718,21 @@ def series_key(ds: Dataset, facts: dict[str, Any] | None = None) -> str:
 
 
 def describe_series(series: dict[str, list[tuple[Path, Dataset]]], limit: int = 5) -> str:
-    """Series listing for messages: UID, modality, description, number of files."""
+    """Series listing for messages: UID, modality, description, number of files.
+
+    Parameters
+    ----------
+    series : dict
+        Series key -> list of ``(path, header)``, as :func:`scan_folder` returns it.
+    limit : int
+        Most series listed; the rest are counted ("and N more").
+
+    Returns
+    -------
+    str
+        ``"<uid> (<modality>, <description>, <n> files); ..."``, from the first header
+        of each series.
+    """
     parts = []
     for uid, items in list(series.items())[:limit]:
         ds = items[0][1]

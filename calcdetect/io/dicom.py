@@ -91,7 +91,22 @@ def max_pixels(override: int | None = None) -> int:
 
 
 def is_dicom_file(path: str | Path) -> bool:
-    """True when the file starts with a DICOM preamble and the ``DICM`` prefix."""
+    """True when the file starts with a DICOM preamble and the ``DICM`` prefix.
+
+    Only the first 132 bytes are read; old ACR-NEMA style files without a preamble
+    (which :func:`read_header` still accepts) give ``False``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file to test.
+
+    Returns
+    -------
+    bool
+        ``True`` when bytes 128-131 are ``b"DICM"``; ``False`` for shorter files and
+        for files that cannot be opened.
+    """
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
@@ -106,14 +121,56 @@ DEFLATED_TS = "1.2.840.10008.1.2.1.99"
 def inflated_size_limit(compressed: int, budget: int | None = None) -> int:
     """Largest size (bytes) a deflated data set may inflate to: twice the pixel budget,
     and no more than 64 MiB plus 100 times the compressed size (real data deflates a
-    few times; a "deflate bomb" inflates a thousand times)."""
+    few times; a "deflate bomb" inflates a thousand times).
+
+    Parameters
+    ----------
+    compressed : int
+        Size of the deflated data set in bytes (the file after its file meta
+        information).
+    budget : int, optional
+        Pixel budget (see :func:`max_pixels`); ``None`` for the budget in force.
+
+    Returns
+    -------
+    int
+        The limit in bytes.
+
+    Raises
+    ------
+    InvalidParameterError
+        When ``budget`` is ``None`` and ``CALCDETECT_MAX_PIXELS`` is invalid
+        (see :func:`max_pixels`).
+    """
     return int(min(2 * max_pixels(budget), 64 * 2**20 + 100 * compressed))
 
 
 def check_deflate(path: Path, budget: int | None = None) -> None:
     """Refuse a Deflated Explicit VR Little Endian file that inflates beyond
     :func:`inflated_size_limit`, counting the inflated bytes in bounded memory before
-    pydicom inflates the whole data set at once."""
+    pydicom inflates the whole data set at once.
+
+    Files of any other transfer syntax, files whose file meta information cannot be
+    read and damaged deflate streams are passed over silently (``pydicom.dcmread``
+    reports those).
+
+    Parameters
+    ----------
+    path : Path
+        The file to check (opened and read; its size comes from ``path.stat()``).
+    budget : int, optional
+        Pixel budget (see :func:`max_pixels`); ``None`` for the budget in force.
+
+    Raises
+    ------
+    PixelBudgetError
+        When the data set inflates to more than :func:`inflated_size_limit` bytes.
+    InvalidParameterError
+        When ``CALCDETECT_MAX_PIXELS`` is invalid (see :func:`max_pixels`) and the file
+        is deflated.
+    OSError
+        When the file cannot be opened or read (:func:`read_header` checks this first).
+    """
     import zlib
 
     with open(path, "rb") as fh:
@@ -157,7 +214,9 @@ def read_header(path: str | Path, *, stop_before_pixels: bool = True,
 
     Parameters
     ----------
-    path : path
+    path : str or Path
+        The DICOM file.  Files without the 128-byte preamble and ``DICM`` prefix are
+        accepted when they hold SOPClassUID, Rows or Modality (ACR-NEMA style).
     stop_before_pixels : bool
         Skip the pixel data (faster; enough for routing and series grouping).
     budget : int, optional
@@ -168,12 +227,21 @@ def read_header(path: str | Path, *, stop_before_pixels: bool = True,
         converts lazily, on first access (three times faster; for scanning large series,
         whose caller touches what it uses).
 
+    Returns
+    -------
+    pydicom.dataset.Dataset
+        The data set, with its ``file_meta`` when the file has one.
+
     Raises
     ------
     UnreadableFileError
-        Missing, empty, not DICOM, or damaged beyond parsing.
+        Missing, a folder, not a regular file, empty, not DICOM, damaged beyond parsing,
+        or holding no data set after its file meta information.
     PixelBudgetError
         A deflated data set that inflates beyond :func:`inflated_size_limit`.
+    InvalidParameterError
+        ``CALCDETECT_MAX_PIXELS`` is invalid and the file is deflated (see
+        :func:`max_pixels`).
     """
     path = Path(path)
     if not path.exists():
@@ -246,7 +314,19 @@ def _first_line(exc: BaseException) -> str:
 
 
 def sop_class_name(ds: Dataset) -> str:
-    """Human name of the dataset's SOP class (or its UID, or 'unknown')."""
+    """Human name of the dataset's SOP class (or its UID, or 'unknown').
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+
+    Returns
+    -------
+    str
+        The SOP class name pydicom knows (e.g. ``"CT Image Storage"``), the UID itself
+        for a UID pydicom does not know, or ``"unknown SOP class"`` when SOPClassUID is
+        absent.
+    """
     uid = ds.get("SOPClassUID")
     if uid is None:
         return "unknown SOP class"
@@ -258,7 +338,18 @@ def sop_class_name(ds: Dataset) -> str:
 
 
 def transfer_syntax(ds: Dataset) -> pydicom.uid.UID | None:
-    """The dataset's transfer syntax UID, if recorded."""
+    """The dataset's transfer syntax UID, if recorded.
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+
+    Returns
+    -------
+    pydicom.uid.UID or None
+        ``file_meta.TransferSyntaxUID``; ``None`` without file meta information or
+        without that element.
+    """
     meta = getattr(ds, "file_meta", None)
     if meta is None:
         return None
@@ -266,7 +357,17 @@ def transfer_syntax(ds: Dataset) -> pydicom.uid.UID | None:
 
 
 def number_of_frames(ds: Dataset) -> int:
-    """NumberOfFrames as an int (1 when absent or unparsable)."""
+    """NumberOfFrames as an int (1 when absent or unparsable).
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+
+    Returns
+    -------
+    int
+        At least 1 (zero, negative, empty and non-numeric values give 1).
+    """
     try:
         n = int(ds.get("NumberOfFrames", 1) or 1)
     except (TypeError, ValueError):
@@ -275,7 +376,25 @@ def number_of_frames(ds: Dataset) -> int:
 
 
 def check_pixels_present(ds: Dataset, path: str | Path) -> None:
-    """Raise :class:`UnsupportedImageError` when the dataset holds no image pixels."""
+    """Refuse a dataset that holds no image pixels (before decoding).
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        A data set read with its pixel data (``stop_before_pixels=False``).
+    path : str or Path
+        The file, named in the error message.
+
+    Raises
+    ------
+    UnreadableFileError
+        When the dataset looks like an image (Rows and Columns, or an "Image Storage" SOP
+        class) but has no PixelData / FloatPixelData / DoubleFloatPixelData (a file
+        truncated before its pixels), or when Rows or Columns is missing, zero or not a
+        number.
+    UnsupportedImageError
+        When the dataset is not an image at all (e.g. a structured report).
+    """
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         if ("Rows" in ds and "Columns" in ds) or "Image Storage" in sop_class_name(ds):
             raise UnreadableFileError(
@@ -303,7 +422,25 @@ def check_pixels_present(ds: Dataset, path: str | Path) -> None:
 
 
 def check_budget(n_pixels: int, path: str | Path, budget: int | None = None) -> None:
-    """Refuse to allocate images above the pixel budget (before decoding)."""
+    """Refuse to allocate images above the pixel budget (before decoding).
+
+    Parameters
+    ----------
+    n_pixels : int
+        Pixels about to be allocated (e.g. :func:`claimed_pixels`, or its sum over a
+        series).
+    path : str or Path
+        The file or folder, named in the error message.
+    budget : int, optional
+        Pixel budget (see :func:`max_pixels`); ``None`` for the budget in force.
+
+    Raises
+    ------
+    PixelBudgetError
+        When ``n_pixels`` is above the budget (equal is allowed).
+    InvalidParameterError
+        When ``budget`` is ``None`` and ``CALCDETECT_MAX_PIXELS`` is invalid.
+    """
     limit = max_pixels(budget)
     if n_pixels > limit:
         raise PixelBudgetError(
@@ -314,7 +451,19 @@ def check_budget(n_pixels: int, path: str | Path, budget: int | None = None) -> 
 
 
 def claimed_pixels(ds: Dataset) -> int:
-    """Pixels the header claims: frames x rows x columns x samples."""
+    """Pixels the header claims: frames x rows x columns x samples.
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+
+    Returns
+    -------
+    int
+        ``NumberOfFrames * Rows * Columns * SamplesPerPixel`` (frames and samples count
+        at least 1; absent Rows or Columns count 0).  0 when Rows, Columns or
+        SamplesPerPixel is not a number.
+    """
     try:
         rows = int(ds.get("Rows") or 0)
         cols = int(ds.get("Columns") or 0)
@@ -325,7 +474,25 @@ def claimed_pixels(ds: Dataset) -> int:
 
 
 def check_decoder(ds: Dataset, path: str | Path) -> None:
-    """Raise :class:`MissingDecoderError` when the transfer syntax cannot be decoded here."""
+    """Refuse, before decoding, pixel data whose transfer syntax cannot be decoded here.
+
+    Datasets without a recorded transfer syntax, and UIDs pydicom does not recognise,
+    pass (decoding then reports any problem).
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+    path : str or Path
+        The file, named in the error message.
+
+    Raises
+    ------
+    MissingDecoderError
+        When pydicom supports the transfer syntax but no decoder plugin for it is
+        installed; the fix names the extra to install.
+    UnsupportedImageError
+        When pydicom has no pixel decoder for the transfer syntax at all.
+    """
     ts = transfer_syntax(ds)
     if ts is None:
         return
@@ -351,7 +518,32 @@ def check_decoder(ds: Dataset, path: str | Path) -> None:
 
 
 def read_dataset(path: str | Path, *, budget: int | None = None) -> Dataset:
-    """Read a whole DICOM image file after checking pixels, budget and decoder."""
+    """Read a whole DICOM image file after checking pixels, budget and decoder.
+
+    The pixels are not decoded here (see :func:`decode_pixels`).
+
+    Parameters
+    ----------
+    path : str or Path
+        The DICOM file.
+    budget : int, optional
+        Pixel budget (see :func:`max_pixels`).
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+        The data set including its (still encoded) pixel data.
+
+    Raises
+    ------
+    UnreadableFileError, PixelBudgetError, InvalidParameterError
+        As for :func:`read_header` and :func:`check_budget`.
+    UnsupportedImageError
+        No pixel data (:func:`check_pixels_present`) or no pydicom decoder for the
+        transfer syntax (:func:`check_decoder`).
+    MissingDecoderError
+        The decoder for the transfer syntax is not installed.
+    """
     ds = read_header(path, stop_before_pixels=False, budget=budget)
     check_pixels_present(ds, path)
     check_budget(claimed_pixels(ds), path, budget)
@@ -368,10 +560,32 @@ def decode_pixels(
     photometric handling).  With ``as_rgb`` YBR colour data is converted to RGB;
     otherwise samples are returned as stored.
 
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        A data set read with its pixel data (e.g. by :func:`read_dataset`).
+    path : str or Path
+        The file, named in error messages.
+    frame : int, optional
+        0-based index of the one frame to decode; ``None`` decodes all frames.
+    as_rgb : bool
+        Convert YBR colour samples to RGB.
+
+    Returns
+    -------
+    numpy.ndarray
+        As pydicom's ``pixel_array`` gives it: ``(rows, columns)`` for one frame of one
+        sample, ``(frames, rows, columns)`` for several frames, with a trailing samples
+        axis for colour data; the stored dtype.
+
     Raises
     ------
-    MissingDecoderError, UnreadableFileError
-        With a one-line reason (truncated data, decoder failure).
+    MissingDecoderError, UnsupportedImageError
+        The transfer syntax cannot be decoded here (:func:`check_decoder`).
+    UnreadableFileError
+        With a one-line reason: a codestream that disagrees with Rows/Columns or holds
+        too few frames (:func:`check_codestreams`), truncated data, too large to decode
+        in memory, or any decoder failure.
     """
     check_decoder(ds, path)
     check_codestreams(ds, path)
@@ -395,8 +609,20 @@ def decode_pixels(
 def codestream_size(frame: bytes) -> tuple[int, int] | None:
     """``(rows, columns)`` from the header of a JPEG, JPEG-LS or JPEG 2000 codestream.
 
-    Only the first marker segments are parsed (no decoding).  ``None`` when the header
-    cannot be parsed.
+    Only the first marker segments are parsed (no decoding).
+
+    Parameters
+    ----------
+    frame : bytes
+        The start of one frame's codestream (a J2K codestream, a JP2 file, or a JPEG /
+        JPEG-LS stream starting with SOI).
+
+    Returns
+    -------
+    tuple of int or None
+        ``(rows, columns)``; ``(0, 0)`` for a JPEG 2000 header whose image offset is not
+        below its size; ``None`` when the header cannot be parsed (other formats,
+        truncated or damaged headers).
     """
     offset = 0
     if frame[:8] == b"\x00\x00\x00\x0cjP  ":  # JP2 file format: find the jp2c box
@@ -435,12 +661,21 @@ def check_codestreams(ds: Dataset, path: str | Path) -> None:
 
     A damaged codestream can claim a far larger image than the DICOM header; decoders
     would then allocate and decode it (seconds and gigabytes) before failing.  Frames
-    whose header cannot be parsed are left to the decoder.
+    whose header cannot be parsed are left to the decoder.  Native (not encapsulated)
+    pixel data, and fragments that cannot be split into frames, are not checked.
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        A data set read with its pixel data.
+    path : str or Path
+        The file, named in the error message.
 
     Raises
     ------
     UnreadableFileError
-        A codestream's size differs from Rows x Columns.
+        A codestream's size differs from Rows x Columns, or the encapsulated pixel data
+        holds fewer frames than NumberOfFrames.
     """
     ts = transfer_syntax(ds)
     if ts is None or not getattr(ts, "is_encapsulated", False) or "PixelData" not in ds:
@@ -486,7 +721,23 @@ def _decode_via_dataset(ds: Dataset, frame: int | None, *, raw: bool) -> np.ndar
 
 
 def dicom_value(ds: Dataset, keyword: str, default: Any = None) -> Any:
-    """A header value as plain Python (lists for multi-valued), or ``default``."""
+    """A header value as plain Python (lists for multi-valued), or ``default``.
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+    keyword : str
+        DICOM keyword, e.g. ``"PixelSpacing"``.
+    default : Any
+        Returned when the element is absent, empty (``None``) or damaged.
+
+    Returns
+    -------
+    Any
+        DS values as ``float``, IS as ``int``, strings and numbers as they are, other
+        types (UIDs, person names, ...) as ``str``; a multi-value as a list of those.
+        Byte values (OB/OW/UN) give ``None``, not ``default``.
+    """
     try:
         value = ds.get(keyword, default)
     except Exception:  # damaged element
@@ -511,12 +762,42 @@ def _plain(value: Any) -> Any:
 
 
 def float_list(ds: Dataset, keyword: str, n: int) -> list[float] | None:
-    """A numeric multi-value of exactly ``n`` finite numbers, else ``None``."""
+    """A numeric multi-value of exactly ``n`` finite numbers, else ``None``.
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+    keyword : str
+        DICOM keyword, e.g. ``"PixelSpacing"`` (mm) or ``"ImagePositionPatient"``.
+    n : int
+        Required number of values.
+
+    Returns
+    -------
+    list of float or None
+        ``None`` when the element is absent, damaged, not numeric, non-finite or has
+        another number of values.
+    """
     return floats_of(dicom_value(ds, keyword), n)
 
 
 def floats_of(value: Any, n: int) -> list[float] | None:
-    """:func:`float_list` of a plain value (as :func:`dicom_value` returns it)."""
+    """:func:`float_list` of a plain value (as :func:`dicom_value` returns it).
+
+    Parameters
+    ----------
+    value : Any
+        A plain value or list of plain values (e.g. from :func:`dicom_value` or
+        :func:`fast_values`); a single value counts as a list of one.
+    n : int
+        Required number of values.
+
+    Returns
+    -------
+    list of float or None
+        ``None`` when ``value`` is ``None``, not numeric, non-finite or has another
+        number of values.
+    """
     if value is None:
         return None
     if not isinstance(value, list):
@@ -574,7 +855,24 @@ def fast_values(ds: Dataset, keywords: tuple[str, ...]) -> dict[str, Any]:
     the standard's patterns), read from the raw bytes without pydicom's conversion
     (a series scan spent half its time there).  Elements that are absent, already
     converted, empty or in any way unusual are left out: ask pydicom for those, which
-    then behaves (values, warnings, errors) exactly as without this shortcut."""
+    then behaves (values, warnings, errors) exactly as without this shortcut.
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        Typically read with ``touch_values=False`` (see :func:`read_header`), so its
+        elements are still raw.
+    keywords : tuple of str
+        DICOM keywords (a tuple: the tag lookup is cached per tuple); unknown keywords
+        are ignored.
+
+    Returns
+    -------
+    dict
+        Keyword -> value for the elements read here (``int`` for US and IS, ``float`` or
+        list of ``float`` for DS, ``str`` for UI and CS).  Empty when pydicom's raw value
+        conversion has been customised (hooks or ``config`` options).
+    """
     from pydicom.dataelem import RawDataElement
 
     out: dict[str, Any] = {}
@@ -626,6 +924,17 @@ def positive_spacing(values: list[float] | None) -> list[float] | None:
     Zero, negative, non-finite and absurd values (outside
     :data:`calcdetect.image.SPACING_RANGE_MM`, e.g. 1e-30 or 1e30) are no spacing: the
     caller then reports no mm at all instead of made-up ones.
+
+    Parameters
+    ----------
+    values : list of float or None
+        Pixel or slice spacings in mm (e.g. PixelSpacing from :func:`float_list`).
+
+    Returns
+    -------
+    list of float or None
+        ``values`` itself (same object) when all are plausible; ``None`` otherwise or
+        when ``values`` is ``None``.
     """
     if values is None:
         return None
@@ -637,7 +946,21 @@ def positive_spacing(values: list[float] | None) -> list[float] | None:
 
 
 def basic_metadata(ds: Dataset) -> dict[str, Any]:
-    """Non-identifying header fields worth carrying into reports and DICOM outputs."""
+    """Non-identifying header fields worth carrying into reports and DICOM outputs.
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+
+    Returns
+    -------
+    dict
+        Keyword -> plain value (see :func:`dicom_value`) of the fields present and not
+        empty among Modality, the study/series/SOP UIDs, description, body part,
+        manufacturer, photometric and bit depth, laterality and view, contrast, slice
+        thickness (mm), kVp and kernel; plus ``"TransferSyntaxUID"`` (``str``) when
+        recorded.  No patient name, ID or dates.
+    """
     keys = (
         "Modality", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
         "FrameOfReferenceUID", "SeriesDescription", "BodyPartExamined", "Manufacturer",

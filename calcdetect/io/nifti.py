@@ -21,13 +21,51 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def is_nifti(path: str | Path) -> bool:
-    """True for ``.nii`` and ``.nii.gz`` names."""
+    """True for ``.nii`` and ``.nii.gz`` names.
+
+    Parameters
+    ----------
+    path : str or Path
+        Only the name is looked at (case ignored); the file is not opened.
+
+    Returns
+    -------
+    bool
+    """
     name = Path(path).name.lower()
     return name.endswith(NIFTI_SUFFIXES)
 
 
 def load_nifti(path: str | Path, *, budget: int | None = None) -> Image:
-    """Load a 3D NIfTI CT volume as an :class:`Image` in HU with an LPS affine."""
+    """Load a 3D NIfTI CT volume as an :class:`Image` in HU with an LPS affine.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.nii`` or ``.nii.gz`` file.
+    budget : int, optional
+        Pixel budget (see :func:`calcdetect.io.dicom.max_pixels`).
+
+    Returns
+    -------
+    Image
+        ``modality="CT"``; ``pixels`` float32 ``(k, j, i)`` (the NIfTI axes reversed:
+        slice, row, column) with ``scl_slope``/``scl_inter`` applied, taken as HU;
+        ``spacing_mm`` the voxel size in mm in that order and ``affine`` (LPS, mm), both
+        ``None`` when the affine gives no plausible voxel size; a warning says the
+        modality is assumed.
+
+    Raises
+    ------
+    MissingDecoderError
+        nibabel is not installed.
+    UnreadableFileError
+        The file or its voxel data cannot be read.
+    UnsupportedImageError
+        The image is not 3D (a 4D volume with one volume counts as 3D).
+    PixelBudgetError
+        The volume is above the pixel budget.
+    """
     try:
         import nibabel as nib
     except ImportError:

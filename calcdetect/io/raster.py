@@ -19,7 +19,28 @@ RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 def read_raster(path: str | Path) -> np.ndarray:
-    """Read a raster file as stored: ``(rows, cols)`` grey or ``(rows, cols, 3)`` RGB."""
+    """Read a raster file as stored: ``(rows, cols)`` grey or ``(rows, cols, 3)`` RGB.
+
+    TIFF is read with tifffile when installed (first page only, dtype kept), else
+    with OpenCV like PNG, JPEG and BMP.  An alpha channel is dropped.
+
+    Parameters
+    ----------
+    path : str or Path
+        A PNG, JPEG, TIFF or BMP file (the suffix only chooses the TIFF reader).
+
+    Returns
+    -------
+    numpy.ndarray
+        C-contiguous, the file's dtype (e.g. uint8, uint16, float32 for TIFF), channels
+        in RGB order.
+
+    Raises
+    ------
+    UnreadableFileError
+        Missing, not a regular file, empty, damaged or truncated, or a layout other
+        than grey or RGB(A) (e.g. a two-channel image).
+    """
     path = Path(path)
     if not path.exists():
         raise UnreadableFileError("no such file", path=path, fix="check the path")
@@ -80,7 +101,19 @@ def _imdecode_quiet(cv2, data: np.ndarray) -> np.ndarray | None:
 
 
 def to_grey(rgb: np.ndarray) -> np.ndarray:
-    """ITU-R BT.601 luma of an RGB array, as float32."""
+    """ITU-R BT.601 luma of an RGB array, as float32.
+
+    Parameters
+    ----------
+    rgb : numpy.ndarray
+        Shape ``(..., 3)``, channels in RGB order, any numeric dtype.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``rgb.shape[:-1]``, float32, ``0.299 R + 0.587 G + 0.114 B`` in the input's
+        value range (not rescaled).
+    """
     rgb = rgb.astype(np.float32)
     return 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
 
@@ -92,11 +125,27 @@ def load_raster(
 
     Parameters
     ----------
-    path : path
+    path : str or Path
     modality : {"XRAY", "US"}
-        Raster files do not say what they show; CT must come as DICOM (HU).
+        Raster files do not say what they show; CT must come as DICOM (HU).  Case is
+        ignored.
     pixel_size_mm : float or (float, float), optional
         Physical pixel size (row, col) in mm.  Without it, mm fields are null.
+
+    Returns
+    -------
+    Image
+        2D float32 ``pixels`` (the stored values, or BT.601 luma of colour files),
+        ``color`` the RGB array when the file is 8-bit colour, ``spacing_mm`` from
+        ``pixel_size_mm`` (else ``None`` with a warning), ``metadata`` ``format`` and
+        ``dtype``.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``modality`` is ``None`` or ``"CT"``.
+    UnreadableFileError
+        As for :func:`read_raster`.
     """
     if modality is None:
         raise InvalidParameterError(

@@ -484,6 +484,26 @@ def load_ultrasound_frames(path: str | Path, *, budget: int | None = None) -> li
 
     Static overlays are found once from the whole cine and masked in every frame.
     A single-frame file gives a list of one.
+
+    Parameters
+    ----------
+    path : str or Path
+        Ultrasound image DICOM (single frame or cine).
+    budget : int, optional
+        Pixel budget (see :func:`calcdetect.io.dicom.max_pixels`).
+
+    Returns
+    -------
+    list of Image
+        One per frame, in frame order, each as :func:`load_ultrasound` returns a single
+        frame (``modality="US"``, grey pixels, ``valid_mask``, ``spacing_mm`` in mm from
+        the largest B-mode region or ``None``).
+
+    Raises
+    ------
+    CalcdetectError
+        Unreadable file, missing decoder, pixel budget exceeded, unusable palette (as
+        for :func:`load_ultrasound`).
     """
     ds, regions, warns, spacing, source, meta = _prepare(path, budget)
     n = number_of_frames(ds)

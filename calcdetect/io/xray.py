@@ -170,6 +170,22 @@ def orientation_geometry(ds: Dataset) -> dict[str, Any]:
     ``left_right_axis`` (1 when patient left/right runs along the columns, 0 along the
     rows, ``None`` when neither code names L or R, as on a lateral view) and
     ``increasing_index_is`` ("left" or "right" along that axis).
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        Header of a projection radiograph (CR, DX, MG, ...).
+
+    Returns
+    -------
+    dict
+        ``kind`` ("projection radiograph"); ``PatientOrientation`` (list of upper-case
+        codes, or ``None``); ``ImageLaterality``, ``Laterality``, ``ViewPosition``,
+        ``BodyPartExamined`` (upper-case, or ``None``); ``ViewCodeMeaning`` (from
+        ViewCodeSequence, or ``None``); ``col_direction``, ``row_direction``,
+        ``left_right_axis``, ``increasing_index_is`` as above; ``laterality``
+        ("left", "right", "both", "unpaired" or ``None``) from ImageLaterality, else
+        Laterality.
     """
     geo: dict[str, Any] = {"kind": "projection radiograph"}
     po = dicom_value(ds, "PatientOrientation")
