@@ -32,7 +32,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from .errors import CalcdetectError, InconsistentSeriesError, UnsupportedImageError
+from .errors import CalcdetectError, InconsistentSeriesError, InvalidParameterError, UnsupportedImageError
 from .image import Image
 from .outputs import write_bytes_atomic
 from .report import Finding, Report
@@ -919,11 +919,18 @@ def write_dataset(ds: Dataset, path: str | Path) -> Path:
     CalcdetectError
         The file cannot be written (permissions, full disk, a folder in the way); see
         :func:`calcdetect.outputs.write_bytes_atomic`.
-    ValueError
-        From pydicom, before anything is written, when the data set cannot be encoded
-        as a DICOM file (e.g. no transfer syntax); not raised for highdicom's objects.
+    InvalidParameterError
+        Before anything is written, when pydicom cannot encode the data set as a DICOM
+        file (e.g. no file meta / transfer syntax); never for highdicom's objects.
     """
-    return write_bytes_atomic(path, _to_bytes(ds))
+    try:
+        data = _to_bytes(ds)
+    except ValueError as exc:
+        raise InvalidParameterError(
+            f"cannot write {Path(path).name} as a DICOM file: {exc}",
+            fix="give a data set with its file_meta (TransferSyntaxUID), as build_sr / build_seg return",
+        ) from None
+    return write_bytes_atomic(path, data)
 
 
 def _read_seg(seg: Dataset | str | Path | None) -> Dataset | None:

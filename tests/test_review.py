@@ -219,3 +219,18 @@ def test_empty_dataframe_has_the_columns_of_a_full_one(spacing):
     full_cols = list(full.to_dataframe().columns)
     assert empty_cols and empty_cols == [c for c in full_cols if c in empty_cols]
     assert set(empty_cols) <= set(full_cols)
+
+
+def test_write_dataset_without_file_meta_is_a_calcdetect_error(tmp_path):
+    pytest.importorskip("highdicom")
+    from pydicom.dataset import Dataset
+
+    from calcdetect.dicom_out import write_dataset
+    from calcdetect.errors import InvalidParameterError
+
+    ds = Dataset()
+    ds.PatientName = "Test"
+    target = tmp_path / "out.dcm"
+    with pytest.raises(InvalidParameterError, match="out.dcm"):
+        write_dataset(ds, target)
+    assert not target.exists()

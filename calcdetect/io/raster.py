@@ -3,7 +3,7 @@
 Raster files carry no trustworthy physical size, so the pixel size comes from the user
 (``pixel_size_mm=`` / ``--pixel-size``) or stays unknown (mm fields null).  OpenCV reads
 PNG and JPEG (8 and 16 bit); TIFF goes through tifffile when installed (it keeps 16-bit
-and float data and multi-page stacks), else OpenCV.
+and float data; of a multi-page file only the first page is read), else OpenCV.
 """
 
 from __future__ import annotations
