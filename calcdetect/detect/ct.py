@@ -35,7 +35,7 @@ import numpy as np
 from ..distribution import describe_distribution, side_from_patient_x
 from ..errors import InvalidParameterError
 from ..image import Image
-from ..measure import filter_labels, label, regionprops_table, select
+from ..measure import _foreground, filter_labels, foreground, label, regionprops_table, select
 from ..report import Finding, Report
 from .anatomy import ANATOMY_PIXEL_MM, anatomy_factor, ct_anatomy_reduced
 
@@ -63,6 +63,7 @@ def calcium_scores(
     min_area_mm2: float = 1.0,
     reference_thickness_mm: float = 3.0,
     is_volume: bool = True,
+    foreground: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-label Agatston score and thresholded volume.
 
@@ -84,6 +85,8 @@ def calcium_scores(
         area-along-z integral; a single slice is scored as is (factor 1).
     is_volume : bool
         False for a single 2D slice.
+    foreground : ndarray of int, optional
+        Flat indices of the nonzero labels, ascending, when known (saves a scan).
 
     Returns
     -------
@@ -91,7 +94,7 @@ def calcium_scores(
     """
     nz = labels.shape[0]
     flat = labels.ravel()
-    idx = np.flatnonzero(flat != 0)  # nonzero of a bool array: several times faster
+    idx = _foreground(flat) if foreground is None else np.asarray(foreground)
     lab = flat[idx].astype(np.int64) - 1
     z = idx // (labels.shape[1] * labels.shape[2])
     key = lab * nz + z
@@ -222,7 +225,8 @@ def detect_ct(
 
     labels, n = label(candidates)
     del candidates  # free before the measurements (peak memory)
-    table = _measure(labels, hu, spacing3)
+    fg = foreground(labels)  # one scan of the label volume, shared by the steps below
+    table = _measure(labels, hu, spacing3, fg)
     # threshold-based geometry, used for the anatomy and noise filters
     cross_mm2 = table["max_slice_size"]
     eq_cross = np.sqrt(4.0 * cross_mm2 / np.pi)
@@ -297,17 +301,24 @@ def detect_ct(
     kept = np.flatnonzero(keep)
     # order findings by position (slice, row, col) for stable ids
     kept = kept[np.lexsort((table["centroid-2"][kept], table["centroid-1"][kept], table["centroid-0"][kept]))]
-    thr_labels, k = filter_labels(labels, table["label"][kept], in_place=True)  # saves a volume of memory
+    # in place: saves a volume of memory; fg: the kept labels' voxels
+    thr_labels, k, fg = filter_labels(labels, table["label"][kept], in_place=True, foreground=fg,
+                                      return_foreground=True)
     del labels
     thr_table = select(table, kept)
-    scores = calcium_scores(thr_labels, hu, spacing3, k, min_area_mm2=min_area_mm2, is_volume=is_volume)
+    scores = calcium_scores(thr_labels, hu, spacing3, k, min_area_mm2=min_area_mm2, is_volume=is_volume,
+                            foreground=fg)
 
     if size_method == "half-max" and k:
         # thr_labels is not needed after the scores: shrink it in place
         size_labels = _half_max_labels(thr_labels, hu, thr_table, anatomy.body, threshold_hu, in_place=True)
+        if size_labels is thr_labels:  # shrunk in place: its voxels are among fg
+            fg = fg[size_labels.reshape(-1)[fg] != 0]
+        else:
+            fg = None
     else:
         size_labels = thr_labels
-    size_table = _measure(size_labels, hu, spacing3) if k else thr_table
+    size_table = _measure(size_labels, hu, spacing3, fg) if k else thr_table
 
     findings = _findings(image, size_table, thr_table, scores, anatomy, k, is_volume, has_spacing,
                          spacing3, mass_calibration)
@@ -353,16 +364,19 @@ def _centre_voxels(table: dict[str, np.ndarray], shape: tuple[int, ...]) -> tupl
     return tuple(np.clip(np.rint(table[f"centroid-{a}"]).astype(int), 0, shape[a] - 1) for a in range(3))
 
 
-def _measure(labels: np.ndarray, hu: np.ndarray, spacing3: tuple[float, float, float]) -> dict[str, np.ndarray]:
+def _measure(labels: np.ndarray, hu: np.ndarray, spacing3: tuple[float, float, float],
+             fg: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """regionprops_table in the image's own dimensionality, columns in 3D index layout.
+    ``fg``: the flat indices of the nonzero labels, ascending, when known (a single
+    slice has the same flat indices in 2D).
 
     A single slice is measured as 2D (areas, circle-equivalent diameters, ellipse
     axes); its columns are then renamed to the (slice, row, col) layout used here, with
     slice index 0, one slice, and the cross-section equal to the area.
     """
     if labels.shape[0] > 1:
-        return regionprops_table(labels, hu, spacing=spacing3)
-    t2 = regionprops_table(labels[0], hu[0], spacing=spacing3[1:])
+        return regionprops_table(labels, hu, spacing=spacing3, foreground=fg)
+    t2 = regionprops_table(labels[0], hu[0], spacing=spacing3[1:], foreground=fg)
     n = t2["label"].size
     t3 = {k: v for k, v in t2.items() if not k.startswith(("centroid-", "bbox-"))}
     t3["centroid-0"] = np.zeros(n)
