@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 import synthetic  # noqa: E402
 
-STAGES = ("ct_anatomy_reduced", "label", "foreground", "regionprops_table", "noise_sigma", "_rim_stats", "_midline_bone",
+STAGES = ("ct_anatomy_reduced", "label", "foreground", "regionprops_table", "noise_sigma", "_rim_stats", "_rim_in_deep", "_midline_bone",
           "filter_labels", "calcium_scores", "_half_max_labels", "_findings", "describe_distribution")
 
 

@@ -235,8 +235,10 @@ def detect_ct(
     peak = table["intensity_max"]
 
     sigma = noise_sigma(hu, anatomy.body)
+    rim: dict = {}  # the rim voxels, kept for a second look at the deep core (_rim_in_deep)
     rim_dense_air, rim_mean, rim_deep = _rim_stats(labels, hu, anatomy.internal_air, anatomy.deep,
-                                                   table["label"], threshold_hu, _label_box(table, labels.shape))
+                                                   table["label"], threshold_hu, _label_box(table, labels.shape),
+                                                   rim=rim)
     # below the scoring area a focus must still stand out: 70 HU above the threshold,
     # or 10 noise SDs above its own rim (partial volume lowers small calcifications)
     noise = (cross_mm2 < min_area_mm2) & (peak < threshold_hu + 70.0) & (peak - rim_mean < 10.0 * sigma)
@@ -263,8 +265,7 @@ def detect_ct(
             # play, its slices' full-resolution core decides (rim fraction, centre test)
             # near the centre-in-core test, or with a rim fraction not far from its limit
             if _refine_deep(anatomy, table, np.flatnonzero(keep & ~skeleton), rim_deep, 0.4):
-                rim_deep = _rim_stats(labels, hu, anatomy.internal_air, anatomy.deep, table["label"],
-                                      threshold_hu, _label_box(table, labels.shape))[2]
+                rim_deep = _rim_in_deep(rim, anatomy.deep, table["label"])
         if region == "skin":
             # embedded in the deep core's tissue (a spinous-process tip between the
             # paraspinal muscles, costal cartilage under the rectus): not subcutaneous
@@ -482,7 +483,8 @@ def noise_sigma(hu: np.ndarray, body: np.ndarray, max_slices: int = 16) -> float
 
 def _rim_stats(
     labels: np.ndarray, hu: np.ndarray, internal_air: np.ndarray, deep: np.ndarray,
-    label_ids: np.ndarray, threshold: float, box: tuple[slice, slice] | None = None
+    label_ids: np.ndarray, threshold: float, box: tuple[slice, slice] | None = None,
+    rim: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per component: the fraction of its rim that is bone or internal air, the rim's
     mean HU (clipped to -200..200: the local soft-tissue background), and the fraction
@@ -494,7 +496,8 @@ def _rim_stats(
     mask or the valid region, or in a slice not searched).  Computed for all components at
     once from a maximum filter of the label image: 3 x 3 in a slice, 3 x 3 x 3 in a
     series (a spinous-process tip that is an island in one slice joins its vertebra in
-    the next).
+    the next).  ``rim``: a dict that receives the rim voxels (owners, flat indices,
+    counts) for :func:`_rim_in_deep`.
     """
     n = int(label_ids.max()) + 1 if label_ids.size else 1
     if n > 2 ** 24:  # float32 can no longer hold every label exactly
@@ -502,16 +505,27 @@ def _rim_stats(
 
         size = (3, 3, 3) if labels.shape[0] > 1 else (1, 3, 3)
         grown = ndi.maximum_filter(labels, size=size)
-        rim = (grown > 0) & (labels == 0)
-        owner, values, is_air, is_deep = grown[rim], hu[rim], internal_air[rim], deep[rim]
+        on_rim = (grown > 0) & (labels == 0)
+        owner, values, is_air, is_deep = grown[on_rim], hu[on_rim], internal_air[on_rim], deep[on_rim]
+        where = np.flatnonzero(on_rim) if rim is not None else None
     else:
-        owner, values, is_air, is_deep = _rim_owners(labels, hu, internal_air, deep, n, box)
+        owner, values, is_air, is_deep, where = _rim_owners(labels, hu, internal_air, deep, n, box,
+                                                            index=rim is not None)
     total = np.maximum(np.bincount(owner, minlength=n).astype(np.float64), 1)
+    if rim is not None:
+        rim.update(owner=owner, where=where, total=total, n=n)
     dense = np.bincount(owner, weights=(values >= threshold), minlength=n)
     air = np.bincount(owner, weights=is_air, minlength=n)
     mean = np.bincount(owner, weights=np.clip(values, -200, 200), minlength=n) / total
     in_deep = np.bincount(owner, weights=is_deep, minlength=n) / total
     return ((dense + air) / total)[label_ids], mean[label_ids], in_deep[label_ids]
+
+
+def _rim_in_deep(rim: dict, deep: np.ndarray, label_ids: np.ndarray) -> np.ndarray:
+    """The third result of :func:`_rim_stats` (the fraction of each rim inside the deep
+    core) again, for a changed ``deep``, from the rim voxels it kept in ``rim``."""
+    is_deep = deep.reshape(-1)[rim["where"]]
+    return (np.bincount(rim["owner"], weights=is_deep, minlength=rim["n"]) / rim["total"])[label_ids]
 
 
 def _refine_deep(anatomy, table: dict[str, np.ndarray], idx: np.ndarray, rim_deep: np.ndarray,
@@ -544,7 +558,7 @@ def _label_box(table: dict[str, np.ndarray], shape: tuple[int, ...]) -> tuple[sl
             slice(max(int(table["bbox-2"].min()) - 1, 0), min(int(table["bbox-5"].max()) + 1, nx)))
 
 
-def _rim_owners(labels, hu, internal_air, deep, n, box=None):
+def _rim_owners(labels, hu, internal_air, deep, n, box=None, index=False):
     """Rim voxels of the 3 x 3 (x 3) maximum filter of ``labels``, slice by slice.
 
     The same values as ``ndimage.maximum_filter`` (whose 'reflect' border equals
@@ -553,11 +567,14 @@ def _rim_owners(labels, hu, internal_air, deep, n, box=None):
     ``box`` (rows, cols; see :func:`_label_box`) limits the work to the part of each
     slice that holds the labels plus one pixel, outside which there is no rim.
     Returns the owner label, the HU, ``internal_air`` and ``deep`` of every rim voxel,
-    in raster order.
+    in raster order, and (``index``; else None) their flat indices in the whole volume.
     """
     import cv2
 
+    ny, nx = labels.shape[1:]
+    r0 = c0 = 0
     if box is not None:
+        r0, c0 = box[0].start or 0, box[1].start or 0
         labels, hu = labels[(slice(None),) + box], hu[(slice(None),) + box]
         internal_air, deep = internal_air[(slice(None),) + box], deep[(slice(None),) + box]
     dtype = np.uint16 if n <= 65536 else np.float32
@@ -567,7 +584,8 @@ def _rim_owners(labels, hu, internal_air, deep, n, box=None):
     def grow(z):
         return cv2.dilate(labels[z].astype(dtype), kernel)
 
-    owners, values, air, in_deep = [], [], [], []
+    bw = labels.shape[2]
+    owners, values, air, in_deep, where = [], [], [], [], []
     prev, cur = None, grow(0)
     for z in range(nz):
         nxt = grow(z + 1) if z + 1 < nz else None
@@ -582,10 +600,15 @@ def _rim_owners(labels, hu, internal_air, deep, n, box=None):
             values.append(hu[z][rim])
             air.append(internal_air[z][rim])
             in_deep.append(deep[z][rim])
+            if index:
+                rr, cc = np.divmod(np.flatnonzero(rim), bw)
+                where.append((z * ny + rr + r0) * nx + (cc + c0))
         prev, cur = cur, nxt
     if not owners:
-        return np.zeros(0, np.intp), np.zeros(0, np.float32), np.zeros(0, bool), np.zeros(0, bool)
-    return np.concatenate(owners), np.concatenate(values), np.concatenate(air), np.concatenate(in_deep)
+        return (np.zeros(0, np.intp), np.zeros(0, np.float32), np.zeros(0, bool), np.zeros(0, bool),
+                np.zeros(0, np.intp) if index else None)
+    return (np.concatenate(owners), np.concatenate(values), np.concatenate(air), np.concatenate(in_deep),
+            np.concatenate(where) if index else None)
 
 
 def _half_max_labels(
