@@ -320,3 +320,18 @@ def test_rim_in_deep_matches_a_fresh_rim_statistics(with_box):
     deep[2:5] = rng.random((3, 60, 70)) < 0.3
     fresh = _rim_stats(labels, hu, air, deep, table["label"], 130.0, box)
     assert np.array_equal(fresh[2], _rim_in_deep(rim, deep, table["label"]))
+
+
+def test_label_candidates_in_their_box_equals_labelling_the_volume():
+    from calcdetect.detect.ct import _label_candidates
+    from calcdetect.measure import label
+
+    rng = np.random.default_rng(7)
+    mask = np.zeros((6, 50, 64), bool)
+    mask[:, 7:41, 5:52] = rng.random((6, 34, 47)) < 0.2
+    ref, n_ref = label(mask)
+    out, n, fg = _label_candidates(mask)
+    assert n == n_ref > 10 and out.dtype == np.int32
+    assert np.array_equal(out, ref) and np.array_equal(fg, np.flatnonzero(ref))
+    out, n, fg = _label_candidates(np.zeros((3, 8, 9), bool))
+    assert n == 0 and not out.any() and fg.size == 0 and out.shape == (3, 8, 9)

@@ -223,9 +223,9 @@ def detect_ct(
                 "searched -- use region='soft-tissue' to search all soft tissue"
             )
 
-    labels, n = label(candidates)
+    # fg: the labelled voxels, shared by the steps below (no further scans of the volume)
+    labels, n, fg = _label_candidates(candidates)
     del candidates  # free before the measurements (peak memory)
-    fg = foreground(labels)  # one scan of the label volume, shared by the steps below
     table = _measure(labels, hu, spacing3, fg)
     # threshold-based geometry, used for the anatomy and noise filters
     cross_mm2 = table["max_slice_size"]
@@ -358,6 +358,29 @@ def detect_ct(
         spacing_source=image.spacing_source,
         labels=labels_out,
     )
+
+
+def _label_candidates(candidates: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """:func:`calcdetect.measure.label` of a (slices, rows, cols) mask, labelled only in
+    the rows and columns that hold candidates and written into a calloc'd int32 volume
+    (only the pages of labelled voxels are touched), and the flat indices of the
+    labelled voxels, ascending.  Cropping keeps the raster order of the voxels and
+    every component whole, so the labels are the same as on the whole volume."""
+    nz, ny, nx = candidates.shape
+    seen = candidates.any(axis=0)
+    rows, cols = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
+    out = np.zeros(candidates.shape, np.int32)
+    if rows.size == 0:
+        return out, 0, np.zeros(0, np.intp)
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    sub, n = label(np.ascontiguousarray(candidates[:, r0:r1, c0:c1]))
+    sub = sub.reshape(-1)
+    idx = foreground(sub)
+    zz, rest = np.divmod(idx, (r1 - r0) * (c1 - c0))
+    rr, cc = np.divmod(rest, c1 - c0)
+    fg = (zz * ny + (rr + r0)) * nx + (cc + c0)
+    out.reshape(-1)[fg] = sub[idx]
+    return out, n, fg
 
 
 def _centre_voxels(table: dict[str, np.ndarray], shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
