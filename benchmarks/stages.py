@@ -7,8 +7,10 @@ Usage (from the repository root)::
 
 Wraps the stages of :func:`calcdetect.detect.ct.detect_ct` with timers (anatomy, at the
 reduced working pixel unless ``--full-anatomy``,
-labelling, measurements, noise estimate, rim statistics, midline test, relabelling, scores, half-max sizing,
-findings, distribution) and prints the seconds of each.  ``--half-res`` also times
+labelling, the scan for the labelled voxels (``foreground``; inside the labelling since
+``_label_candidates``), measurements, noise estimate, rim statistics and their second
+look at the deep core, midline test, relabelling, scores, half-max sizing, findings,
+distribution) and prints the seconds of each.  ``--half-res`` also times
 ``ct_anatomy`` at full resolution on the volume subsampled 2x in-plane (the
 estimate that led to :func:`calcdetect.detect.anatomy.ct_anatomy_reduced`).
 """
@@ -31,7 +33,7 @@ import numpy as np  # noqa: E402
 
 import synthetic  # noqa: E402
 
-STAGES = ("ct_anatomy_reduced", "label", "regionprops_table", "noise_sigma", "_rim_stats", "_midline_bone",
+STAGES = ("ct_anatomy_reduced", "label", "foreground", "regionprops_table", "noise_sigma", "_rim_stats", "_rim_in_deep", "_midline_bone",
           "filter_labels", "calcium_scores", "_half_max_labels", "_findings", "describe_distribution")
 
 

@@ -87,6 +87,12 @@ def _foreground(flat: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def foreground(labels: np.ndarray) -> np.ndarray:
+    """Flat (C-order) indices of the nonzero voxels of a label image, ascending: one scan
+    that :func:`regionprops_table` and :func:`filter_labels` can share."""
+    return _foreground(np.asarray(labels).ravel())
+
+
 def _runs(sorted_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Start offsets and label values of the runs in a sorted label vector."""
     if sorted_labels.size == 0:
@@ -101,6 +107,7 @@ def regionprops_table(
     intensity: np.ndarray | None = None,
     *,
     spacing: Sequence[float] | None = None,
+    foreground: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Measure every labelled component at once.
 
@@ -112,6 +119,10 @@ def regionprops_table(
         Image of the same shape for intensity statistics.
     spacing : sequence of float, optional
         Physical size of a pixel along each axis.  Defaults to 1 (pixel units).
+    foreground : ndarray of int, optional
+        The flat (C-order) indices of every nonzero label, ascending, when the caller
+        has them already (:func:`foreground`, ``filter_labels(..., return_foreground=True)``):
+        saves a scan of the whole label image.
 
     Returns
     -------
@@ -139,7 +150,7 @@ def regionprops_table(
         raise InvalidParameterError("intensity image and labels differ in shape")
 
     flat = labels.ravel()
-    idx = _foreground(flat)
+    idx = _foreground(flat) if foreground is None else np.asarray(foreground)
     lab = flat[idx]
     order = np.argsort(lab, kind="stable")
     idx = idx[order]
@@ -211,7 +222,8 @@ def regionprops_table(
     return out
 
 
-def filter_labels(labels: np.ndarray, keep: np.ndarray, *, in_place: bool = False) -> tuple[np.ndarray, int]:
+def filter_labels(labels: np.ndarray, keep: np.ndarray, *, in_place: bool = False,
+                  foreground: np.ndarray | None = None, return_foreground: bool = False):
     """Keep only the listed label values and renumber them 1..k in the given order.
 
     Parameters
@@ -223,6 +235,12 @@ def filter_labels(labels: np.ndarray, keep: np.ndarray, *, in_place: bool = Fals
     in_place : bool
         Relabel ``labels`` itself (an int32 C-contiguous volume) instead of a copy: for
         callers that no longer need the old labels, it saves a volume of memory.
+    foreground : ndarray of int, optional
+        Flat indices of every nonzero label, ascending (:func:`foreground`), when the
+        caller has them: saves the scans of the whole image (a label image of
+        non-negative values, as :func:`label` gives).
+    return_foreground : bool
+        Also return the flat indices of the nonzero voxels of the result, ascending.
 
     Returns
     -------
@@ -230,23 +248,38 @@ def filter_labels(labels: np.ndarray, keep: np.ndarray, *, in_place: bool = Fals
         Relabelled image.
     k : int
         Number of labels kept.
+    foreground : ndarray of int
+        Only with ``return_foreground``.
     """
     keep = np.asarray(keep, dtype=np.int64)
     labels = np.asarray(labels)
-    top = int(labels.max()) if labels.size else 0
+    flat = labels.reshape(-1)
+    if foreground is not None:
+        idx = np.asarray(foreground)
+        top = int(flat[idx].max()) if idx.size else 0
+    else:
+        idx = None
+        top = int(labels.max()) if labels.size else 0
     lut = np.zeros(max(top, int(keep.max()) if keep.size else 0) + 1, dtype=np.int32)
     lut[keep] = np.arange(1, keep.size + 1, dtype=np.int32)
     if lut[0] != 0 or labels.ndim < 3:
-        return lut[labels], int(keep.size)
+        out = lut[labels]
+        if return_foreground:
+            return out, int(keep.size), _foreground(out.reshape(-1))
+        return out, int(keep.size)
     # volumes: relabel the (sparse) foreground only, in place or into calloc'd memory
     # whose untouched pages cost neither time nor memory
-    flat = labels.reshape(-1)
-    idx = _foreground(flat)
+    if idx is None:
+        idx = _foreground(flat)
+    new = lut[flat[idx]]
     if in_place and labels.dtype == np.int32 and labels.flags.c_contiguous:
-        flat[idx] = lut[flat[idx]]
-        return labels, int(keep.size)
-    out = np.zeros(labels.shape, np.int32)
-    out.reshape(-1)[idx] = lut[flat[idx]]
+        flat[idx] = new
+        out = labels
+    else:
+        out = np.zeros(labels.shape, np.int32)
+        out.reshape(-1)[idx] = new
+    if return_foreground:
+        return out, int(keep.size), idx[new != 0]
     return out, int(keep.size)
 
 

@@ -296,3 +296,42 @@ def test_touching_air_on_its_box_matches_the_whole_crop():
         touching[lab[(cv2.dilate(tissue, _disk(1)) > 0) & inner]] = True
         touching[0] = False
         assert np.array_equal(_touching_air(inner, tissue), touching[lab]), trial
+
+
+@pytest.mark.parametrize("with_box", [False, True])
+def test_rim_in_deep_matches_a_fresh_rim_statistics(with_box):
+    """The deep-core rim fraction recomputed from the kept rim voxels (after the deep
+    core of some slices was refined) equals that of a full new _rim_stats."""
+    from calcdetect.detect.ct import _label_box, _measure, _rim_in_deep, _rim_stats
+    from calcdetect.measure import label
+
+    rng = np.random.default_rng(5)
+    hu = rng.normal(0.0, 150.0, (9, 60, 70)).astype(np.float32)
+    hu[:, :4] = 0.0  # no labels near the top rows: a box smaller than the slice
+    labels, n = label(hu >= 200.0)
+    assert n > 5
+    table = _measure(labels, hu, (1.0, 0.7, 0.7))
+    box = _label_box(table, labels.shape) if with_box else None
+    air = rng.random(hu.shape) < 0.1
+    deep = rng.random(hu.shape) < 0.5
+    rim: dict = {}
+    first = _rim_stats(labels, hu, air, deep, table["label"], 130.0, box, rim=rim)
+    assert np.array_equal(first[2], _rim_in_deep(rim, deep, table["label"]))
+    deep[2:5] = rng.random((3, 60, 70)) < 0.3
+    fresh = _rim_stats(labels, hu, air, deep, table["label"], 130.0, box)
+    assert np.array_equal(fresh[2], _rim_in_deep(rim, deep, table["label"]))
+
+
+def test_label_candidates_in_their_box_equals_labelling_the_volume():
+    from calcdetect.detect.ct import _label_candidates
+    from calcdetect.measure import label
+
+    rng = np.random.default_rng(7)
+    mask = np.zeros((6, 50, 64), bool)
+    mask[:, 7:41, 5:52] = rng.random((6, 34, 47)) < 0.2
+    ref, n_ref = label(mask)
+    out, n, fg = _label_candidates(mask)
+    assert n == n_ref > 10 and out.dtype == np.int32
+    assert np.array_equal(out, ref) and np.array_equal(fg, np.flatnonzero(ref))
+    out, n, fg = _label_candidates(np.zeros((3, 8, 9), bool))
+    assert n == 0 and not out.any() and fg.size == 0 and out.shape == (3, 8, 9)

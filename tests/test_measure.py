@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from calcdetect.measure import filter_labels, label, regionprops_table
+from calcdetect.measure import filter_labels, foreground, label, regionprops_table
 
 
 def disk(shape, centre, radius):
@@ -75,3 +75,25 @@ def test_empty_and_relabel():
     out, k = filter_labels(lab, np.array([7, 3]))
     assert k == 2
     np.testing.assert_array_equal(out, [[0, 2, 2], [0, 0, 1]])
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_shared_foreground_gives_the_same_results(in_place):
+    rng = np.random.default_rng(3)
+    vol = rng.normal(size=(12, 40, 50))
+    labels, n = label(vol > 1.2)
+    assert n > 10
+    fg = foreground(labels)
+    assert np.array_equal(fg, np.flatnonzero(labels))
+    for a, b in zip(regionprops_table(labels, vol, spacing=(2.0, 0.5, 0.7)).items(),
+                    regionprops_table(labels, vol, spacing=(2.0, 0.5, 0.7), foreground=fg).items()):
+        assert a[0] == b[0] and np.array_equal(a[1], b[1])
+    keep = np.array([7, 2, n, 5])
+    ref, k_ref = filter_labels(labels.copy(), keep)
+    out, k, kept_fg = filter_labels(labels.copy(), keep, in_place=in_place, foreground=fg,
+                                    return_foreground=True)
+    assert k == k_ref == 4 and out.dtype == ref.dtype and np.array_equal(out, ref)
+    assert np.array_equal(kept_fg, np.flatnonzero(ref))
+    # 2D and a kept 0 take the lookup path, foreground still returned
+    out2, k2, fg2 = filter_labels(labels[3], np.array([0, 2]), return_foreground=True)
+    assert np.array_equal(fg2, np.flatnonzero(out2))

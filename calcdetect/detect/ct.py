@@ -35,7 +35,7 @@ import numpy as np
 from ..distribution import describe_distribution, side_from_patient_x
 from ..errors import InvalidParameterError
 from ..image import Image
-from ..measure import filter_labels, label, regionprops_table, select
+from ..measure import _foreground, filter_labels, foreground, label, regionprops_table, select
 from ..report import Finding, Report
 from .anatomy import ANATOMY_PIXEL_MM, anatomy_factor, ct_anatomy_reduced
 
@@ -63,6 +63,7 @@ def calcium_scores(
     min_area_mm2: float = 1.0,
     reference_thickness_mm: float = 3.0,
     is_volume: bool = True,
+    foreground: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-label Agatston score and thresholded volume.
 
@@ -84,6 +85,8 @@ def calcium_scores(
         area-along-z integral; a single slice is scored as is (factor 1).
     is_volume : bool
         False for a single 2D slice.
+    foreground : ndarray of int, optional
+        Flat indices of the nonzero labels, ascending, when known (saves a scan).
 
     Returns
     -------
@@ -91,7 +94,7 @@ def calcium_scores(
     """
     nz = labels.shape[0]
     flat = labels.ravel()
-    idx = np.flatnonzero(flat != 0)  # nonzero of a bool array: several times faster
+    idx = _foreground(flat) if foreground is None else np.asarray(foreground)
     lab = flat[idx].astype(np.int64) - 1
     z = idx // (labels.shape[1] * labels.shape[2])
     key = lab * nz + z
@@ -220,9 +223,10 @@ def detect_ct(
                 "searched -- use region='soft-tissue' to search all soft tissue"
             )
 
-    labels, n = label(candidates)
+    # fg: the labelled voxels, shared by the steps below (no further scans of the volume)
+    labels, n, fg = _label_candidates(candidates)
     del candidates  # free before the measurements (peak memory)
-    table = _measure(labels, hu, spacing3)
+    table = _measure(labels, hu, spacing3, fg)
     # threshold-based geometry, used for the anatomy and noise filters
     cross_mm2 = table["max_slice_size"]
     eq_cross = np.sqrt(4.0 * cross_mm2 / np.pi)
@@ -231,8 +235,10 @@ def detect_ct(
     peak = table["intensity_max"]
 
     sigma = noise_sigma(hu, anatomy.body)
+    rim: dict = {}  # the rim voxels, kept for a second look at the deep core (_rim_in_deep)
     rim_dense_air, rim_mean, rim_deep = _rim_stats(labels, hu, anatomy.internal_air, anatomy.deep,
-                                                   table["label"], threshold_hu, _label_box(table, labels.shape))
+                                                   table["label"], threshold_hu, _label_box(table, labels.shape),
+                                                   rim=rim)
     # below the scoring area a focus must still stand out: 70 HU above the threshold,
     # or 10 noise SDs above its own rim (partial volume lowers small calcifications)
     noise = (cross_mm2 < min_area_mm2) & (peak < threshold_hu + 70.0) & (peak - rim_mean < 10.0 * sigma)
@@ -259,8 +265,7 @@ def detect_ct(
             # play, its slices' full-resolution core decides (rim fraction, centre test)
             # near the centre-in-core test, or with a rim fraction not far from its limit
             if _refine_deep(anatomy, table, np.flatnonzero(keep & ~skeleton), rim_deep, 0.4):
-                rim_deep = _rim_stats(labels, hu, anatomy.internal_air, anatomy.deep, table["label"],
-                                      threshold_hu, _label_box(table, labels.shape))[2]
+                rim_deep = _rim_in_deep(rim, anatomy.deep, table["label"])
         if region == "skin":
             # embedded in the deep core's tissue (a spinous-process tip between the
             # paraspinal muscles, costal cartilage under the rectus): not subcutaneous
@@ -297,17 +302,24 @@ def detect_ct(
     kept = np.flatnonzero(keep)
     # order findings by position (slice, row, col) for stable ids
     kept = kept[np.lexsort((table["centroid-2"][kept], table["centroid-1"][kept], table["centroid-0"][kept]))]
-    thr_labels, k = filter_labels(labels, table["label"][kept], in_place=True)  # saves a volume of memory
+    # in place: saves a volume of memory; fg: the kept labels' voxels
+    thr_labels, k, fg = filter_labels(labels, table["label"][kept], in_place=True, foreground=fg,
+                                      return_foreground=True)
     del labels
     thr_table = select(table, kept)
-    scores = calcium_scores(thr_labels, hu, spacing3, k, min_area_mm2=min_area_mm2, is_volume=is_volume)
+    scores = calcium_scores(thr_labels, hu, spacing3, k, min_area_mm2=min_area_mm2, is_volume=is_volume,
+                            foreground=fg)
 
     if size_method == "half-max" and k:
         # thr_labels is not needed after the scores: shrink it in place
         size_labels = _half_max_labels(thr_labels, hu, thr_table, anatomy.body, threshold_hu, in_place=True)
+        if size_labels is thr_labels:  # shrunk in place: its voxels are among fg
+            fg = fg[size_labels.reshape(-1)[fg] != 0]
+        else:
+            fg = None
     else:
         size_labels = thr_labels
-    size_table = _measure(size_labels, hu, spacing3) if k else thr_table
+    size_table = _measure(size_labels, hu, spacing3, fg) if k else thr_table
 
     findings = _findings(image, size_table, thr_table, scores, anatomy, k, is_volume, has_spacing,
                          spacing3, mass_calibration)
@@ -348,21 +360,47 @@ def detect_ct(
     )
 
 
+def _label_candidates(candidates: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """:func:`calcdetect.measure.label` of a (slices, rows, cols) mask, labelled only in
+    the rows and columns that hold candidates and written into a calloc'd int32 volume
+    (only the pages of labelled voxels are touched), and the flat indices of the
+    labelled voxels, ascending.  Cropping keeps the raster order of the voxels and
+    every component whole, so the labels are the same as on the whole volume."""
+    nz, ny, nx = candidates.shape
+    seen = candidates.any(axis=0)
+    rows, cols = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
+    out = np.zeros(candidates.shape, np.int32)
+    if rows.size == 0:
+        return out, 0, np.zeros(0, np.intp)
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    sub, n = label(np.ascontiguousarray(candidates[:, r0:r1, c0:c1]))
+    sub = sub.reshape(-1)
+    idx = foreground(sub)
+    zz, rest = np.divmod(idx, (r1 - r0) * (c1 - c0))
+    rr, cc = np.divmod(rest, c1 - c0)
+    fg = (zz * ny + (rr + r0)) * nx + (cc + c0)
+    out.reshape(-1)[fg] = sub[idx]
+    return out, n, fg
+
+
 def _centre_voxels(table: dict[str, np.ndarray], shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
     """The voxel (slice, row, col) holding each component's centroid, inside ``shape``."""
     return tuple(np.clip(np.rint(table[f"centroid-{a}"]).astype(int), 0, shape[a] - 1) for a in range(3))
 
 
-def _measure(labels: np.ndarray, hu: np.ndarray, spacing3: tuple[float, float, float]) -> dict[str, np.ndarray]:
+def _measure(labels: np.ndarray, hu: np.ndarray, spacing3: tuple[float, float, float],
+             fg: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """regionprops_table in the image's own dimensionality, columns in 3D index layout.
+    ``fg``: the flat indices of the nonzero labels, ascending, when known (a single
+    slice has the same flat indices in 2D).
 
     A single slice is measured as 2D (areas, circle-equivalent diameters, ellipse
     axes); its columns are then renamed to the (slice, row, col) layout used here, with
     slice index 0, one slice, and the cross-section equal to the area.
     """
     if labels.shape[0] > 1:
-        return regionprops_table(labels, hu, spacing=spacing3)
-    t2 = regionprops_table(labels[0], hu[0], spacing=spacing3[1:])
+        return regionprops_table(labels, hu, spacing=spacing3, foreground=fg)
+    t2 = regionprops_table(labels[0], hu[0], spacing=spacing3[1:], foreground=fg)
     n = t2["label"].size
     t3 = {k: v for k, v in t2.items() if not k.startswith(("centroid-", "bbox-"))}
     t3["centroid-0"] = np.zeros(n)
@@ -468,7 +506,8 @@ def noise_sigma(hu: np.ndarray, body: np.ndarray, max_slices: int = 16) -> float
 
 def _rim_stats(
     labels: np.ndarray, hu: np.ndarray, internal_air: np.ndarray, deep: np.ndarray,
-    label_ids: np.ndarray, threshold: float, box: tuple[slice, slice] | None = None
+    label_ids: np.ndarray, threshold: float, box: tuple[slice, slice] | None = None,
+    rim: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per component: the fraction of its rim that is bone or internal air, the rim's
     mean HU (clipped to -200..200: the local soft-tissue background), and the fraction
@@ -480,7 +519,8 @@ def _rim_stats(
     mask or the valid region, or in a slice not searched).  Computed for all components at
     once from a maximum filter of the label image: 3 x 3 in a slice, 3 x 3 x 3 in a
     series (a spinous-process tip that is an island in one slice joins its vertebra in
-    the next).
+    the next).  ``rim``: a dict that receives the rim voxels (owners, flat indices,
+    counts) for :func:`_rim_in_deep`.
     """
     n = int(label_ids.max()) + 1 if label_ids.size else 1
     if n > 2 ** 24:  # float32 can no longer hold every label exactly
@@ -488,16 +528,27 @@ def _rim_stats(
 
         size = (3, 3, 3) if labels.shape[0] > 1 else (1, 3, 3)
         grown = ndi.maximum_filter(labels, size=size)
-        rim = (grown > 0) & (labels == 0)
-        owner, values, is_air, is_deep = grown[rim], hu[rim], internal_air[rim], deep[rim]
+        on_rim = (grown > 0) & (labels == 0)
+        owner, values, is_air, is_deep = grown[on_rim], hu[on_rim], internal_air[on_rim], deep[on_rim]
+        where = np.flatnonzero(on_rim) if rim is not None else None
     else:
-        owner, values, is_air, is_deep = _rim_owners(labels, hu, internal_air, deep, n, box)
+        owner, values, is_air, is_deep, where = _rim_owners(labels, hu, internal_air, deep, n, box,
+                                                            index=rim is not None)
     total = np.maximum(np.bincount(owner, minlength=n).astype(np.float64), 1)
+    if rim is not None:
+        rim.update(owner=owner, where=where, total=total, n=n)
     dense = np.bincount(owner, weights=(values >= threshold), minlength=n)
     air = np.bincount(owner, weights=is_air, minlength=n)
     mean = np.bincount(owner, weights=np.clip(values, -200, 200), minlength=n) / total
     in_deep = np.bincount(owner, weights=is_deep, minlength=n) / total
     return ((dense + air) / total)[label_ids], mean[label_ids], in_deep[label_ids]
+
+
+def _rim_in_deep(rim: dict, deep: np.ndarray, label_ids: np.ndarray) -> np.ndarray:
+    """The third result of :func:`_rim_stats` (the fraction of each rim inside the deep
+    core) again, for a changed ``deep``, from the rim voxels it kept in ``rim``."""
+    is_deep = deep.reshape(-1)[rim["where"]]
+    return (np.bincount(rim["owner"], weights=is_deep, minlength=rim["n"]) / rim["total"])[label_ids]
 
 
 def _refine_deep(anatomy, table: dict[str, np.ndarray], idx: np.ndarray, rim_deep: np.ndarray,
@@ -530,7 +581,7 @@ def _label_box(table: dict[str, np.ndarray], shape: tuple[int, ...]) -> tuple[sl
             slice(max(int(table["bbox-2"].min()) - 1, 0), min(int(table["bbox-5"].max()) + 1, nx)))
 
 
-def _rim_owners(labels, hu, internal_air, deep, n, box=None):
+def _rim_owners(labels, hu, internal_air, deep, n, box=None, index=False):
     """Rim voxels of the 3 x 3 (x 3) maximum filter of ``labels``, slice by slice.
 
     The same values as ``ndimage.maximum_filter`` (whose 'reflect' border equals
@@ -539,11 +590,14 @@ def _rim_owners(labels, hu, internal_air, deep, n, box=None):
     ``box`` (rows, cols; see :func:`_label_box`) limits the work to the part of each
     slice that holds the labels plus one pixel, outside which there is no rim.
     Returns the owner label, the HU, ``internal_air`` and ``deep`` of every rim voxel,
-    in raster order.
+    in raster order, and (``index``; else None) their flat indices in the whole volume.
     """
     import cv2
 
+    ny, nx = labels.shape[1:]
+    r0 = c0 = 0
     if box is not None:
+        r0, c0 = box[0].start or 0, box[1].start or 0
         labels, hu = labels[(slice(None),) + box], hu[(slice(None),) + box]
         internal_air, deep = internal_air[(slice(None),) + box], deep[(slice(None),) + box]
     dtype = np.uint16 if n <= 65536 else np.float32
@@ -553,7 +607,8 @@ def _rim_owners(labels, hu, internal_air, deep, n, box=None):
     def grow(z):
         return cv2.dilate(labels[z].astype(dtype), kernel)
 
-    owners, values, air, in_deep = [], [], [], []
+    bw = labels.shape[2]
+    owners, values, air, in_deep, where = [], [], [], [], []
     prev, cur = None, grow(0)
     for z in range(nz):
         nxt = grow(z + 1) if z + 1 < nz else None
@@ -568,10 +623,15 @@ def _rim_owners(labels, hu, internal_air, deep, n, box=None):
             values.append(hu[z][rim])
             air.append(internal_air[z][rim])
             in_deep.append(deep[z][rim])
+            if index:
+                rr, cc = np.divmod(np.flatnonzero(rim), bw)
+                where.append((z * ny + rr + r0) * nx + (cc + c0))
         prev, cur = cur, nxt
     if not owners:
-        return np.zeros(0, np.intp), np.zeros(0, np.float32), np.zeros(0, bool), np.zeros(0, bool)
-    return np.concatenate(owners), np.concatenate(values), np.concatenate(air), np.concatenate(in_deep)
+        return (np.zeros(0, np.intp), np.zeros(0, np.float32), np.zeros(0, bool), np.zeros(0, bool),
+                np.zeros(0, np.intp) if index else None)
+    return (np.concatenate(owners), np.concatenate(values), np.concatenate(air), np.concatenate(in_deep),
+            np.concatenate(where) if index else None)
 
 
 def _half_max_labels(
