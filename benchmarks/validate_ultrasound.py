@@ -162,6 +162,16 @@ def beam_space(image):
     return out
 
 
+def score(foci, decoys, findings, spacing):
+    """Match ``findings`` to the inserted foci and, separately, to the decoys (bright spots
+    without shadow).  Returns the two :class:`~calcdetect.validation.MatchResult` and the
+    number of false findings (matched to neither)."""
+    mf = match_findings(foci, findings, spacing)
+    md = match_findings(decoys, findings, spacing)
+    used = {j for _, j in mf.matched} | {j for _, j in md.matched}
+    return mf, md, sum(1 for j in range(len(findings)) if j not in used)
+
+
 def run_trials(trials: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     per_case = []
@@ -184,15 +194,12 @@ def run_trials(trials: int, seed: int = 0) -> dict:
             rep = detect_ultrasound(img)
             foci = [s for s in spots if s["kind"] == "focus"]
             dec = [s for s in spots if s["kind"] == "decoy"]
-            spacing = img.spacing_mm
-            mf = match_findings(foci, rep.findings, spacing)
-            md = match_findings(dec, rep.findings, spacing)
-            matched_f = {j for _, j in mf.matched} | {j for _, j in md.matched}
+            mf, md, n_false = score(foci, dec, rep.findings, img.spacing_mm)
             c["foci"] += len(foci)
             c["found"] += mf.found
             c["decoys"] += len(dec)
             c["decoys_reported"] += md.found
-            c["false"] += sum(1 for j in range(rep.count) if j not in matched_f)
+            c["false"] += n_false
             c["images"] += 1
             c["size_errors_mm"] += mf.size_errors_mm
         per_case.append(c)
@@ -272,14 +279,12 @@ def run_arcs(trials: int, seed: int = 1) -> dict:
             rep = detect_ultrasound(img)
             f = [t for t in truths if t["shadow"]]
             d_ = [t for t in truths if not t["shadow"]]
-            mf = match_findings(f, rep.findings, img.spacing_mm)
-            md = match_findings(d_, rep.findings, img.spacing_mm)
-            used = {j for _, j in mf.matched} | {j for _, j in md.matched}
+            mf, md, n_false = score(f, d_, rep.findings, img.spacing_mm)
             found += mf.found
             foci += len(f)
             dec += len(d_)
             dec_rep += md.found
-            false += sum(1 for j in range(rep.count) if j not in used)
+            false += n_false
             imgs += 1
             for i, j in mf.matched:
                 fx = rep.findings[j].extra
@@ -302,14 +307,12 @@ def run_phantoms(seeds: int = 5) -> dict:
             rep = detect_ultrasound(img)
             f = [t for t in truth if t["shadow"]]
             d = [t for t in truth if not t["shadow"]]
-            mf = match_findings(f, rep.findings, img.spacing_mm)
-            md = match_findings(d, rep.findings, img.spacing_mm)
-            used = {j for _, j in mf.matched} | {j for _, j in md.matched}
+            mf, md, n_false = score(f, d, rep.findings, img.spacing_mm)
             found += mf.found
             foci += len(f)
             dec += len(d)
             dec_rep += md.found
-            false += sum(1 for j in range(rep.count) if j not in used)
+            false += n_false
             errs += mf.size_errors_mm
         out[geom] = {"images": seeds, "foci": foci, "found": found, "decoys": dec, "decoys_reported": dec_rep,
                      "false": false, "median_abs_size_error_mm": float(np.median(np.abs(errs))) if errs else None}
