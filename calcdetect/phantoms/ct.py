@@ -313,9 +313,9 @@ def write_dicom_series(image: Image, folder: str | Path, *, slice_thickness_mm: 
     ImagePositionPatient per slice from the affine, ImageOrientationPatient, PixelSpacing
     and SliceThickness.  Returns the written paths (one file per slice).
     """
-    import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import CTImageStorage, generate_uid
+
+    from ._dicom import new_dataset, set_grey_pixels, write
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -329,18 +329,8 @@ def write_dicom_series(image: Image, folder: str | Path, *, slice_thickness_mm: 
     thick = slice_thickness_mm or image.metadata.get("SliceThickness") or (sp[0] if image.ndim == 3 else 1.0)
     paths = []
     for k in range(vol.shape[0]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        path = folder / f"slice_{k:04d}.dcm"
-        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.Modality = "CT"
-        ds.PatientName = "Phantom^CT"
-        ds.PatientID = "PHANTOM"
+        ds = new_dataset(CTImageStorage, "CT", "Phantom^CT", study_uid=study, series_uid=series)
+        ds.FrameOfReferenceUID = frame
         ds.SeriesDescription = series_description
         ds.SeriesNumber = 1
         ds.InstanceNumber = k + 1
@@ -348,14 +338,7 @@ def write_dicom_series(image: Image, folder: str | Path, *, slice_thickness_mm: 
         ds.ImageOrientationPatient = [float(round(v, 6)) for v in iop]
         ds.PixelSpacing = [float(sp_rc[0]), float(sp_rc[1])]
         ds.SliceThickness = float(thick)
-        ds.Rows, ds.Columns = vol.shape[1], vol.shape[2]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
-        stored = np.clip(np.rint(vol[k] + 1024), -32768, 32767).astype(np.int16)
-        ds.PixelData = stored.tobytes()
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    del pydicom
+        set_grey_pixels(ds, np.clip(np.rint(vol[k] + 1024), -32768, 32767).astype(np.int16))
+        paths.append(write(ds, folder / f"slice_{k:04d}.dcm"))
     return paths

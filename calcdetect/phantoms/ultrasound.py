@@ -456,36 +456,17 @@ def write_ultrasound_dicom(image: Image, path: str | Path) -> Path:
     -------
     Path
     """
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
+    from pydicom.dataset import Dataset
+    from pydicom.uid import UltrasoundImageStorage
 
-    from ..outputs import write_bytes_atomic
+    from ._dicom import new_dataset, set_grey_pixels, write
 
     sp = image.require_spacing("writing a US DICOM with regions")
     if image.ndim != 2:
         raise InvalidParameterError("write_ultrasound_dicom writes one 2D frame")
     px = np.clip(np.rint(image.pixels), 0, 255).astype(np.uint8)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UltrasoundImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = UltrasoundImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "US"
-    ds.PatientName = "Phantom^Ultrasound"
-    ds.PatientID = "PHANTOM"
-    ds.Rows, ds.Columns = px.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 8
-    ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
+    ds = new_dataset(UltrasoundImageStorage, "US", "Phantom^Ultrasound")
+    set_grey_pixels(ds, px)
     regions = image.geometry.get("regions") or [
         {"box": (0, 0, px.shape[1] - 1, px.shape[0] - 1), "spacing_mm": tuple(sp)}]
     items = []
@@ -506,11 +487,4 @@ def write_ultrasound_dicom(image: Image, path: str | Path) -> Path:
         it.PhysicalDeltaY = float(rs[0]) / 10.0
         items.append(it)
     ds.SequenceOfUltrasoundRegions = items
-    ds.PixelData = px.tobytes()
-    import io
-
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    path = Path(path)
-    write_bytes_atomic(path, buf.getvalue())
-    return path
+    return write(ds, path)

@@ -398,9 +398,7 @@ def write_radiograph_dicom(
     -------
     Path
     """
-    import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from ._dicom import new_dataset, set_grey_pixels, write
 
     path = Path(path)
     bits = 12 if monochrome1 else 16
@@ -408,31 +406,14 @@ def write_radiograph_dicom(
     arr = np.clip(np.rint(image.pixels), 0, top).astype(np.uint16)
     if monochrome1:
         arr = (top - arr).astype(np.uint16)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR Image Storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "CR"
-    ds.PatientName = "PHANTOM^XRAY"
-    ds.PatientID = "PHANTOM"
+    ds = new_dataset("1.2.840.10008.5.1.4.1.1.1", "CR", "PHANTOM^XRAY")  # CR Image Storage
     ds.BodyPartExamined = "EXTREMITY"
     ds.ViewPosition = view_position
     po = patient_orientation or image.geometry.get("PatientOrientation") or ["R", "F"]
     ds.PatientOrientation = list(po)
     if laterality:
         ds.ImageLaterality = laterality
-    ds.Rows, ds.Columns = arr.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits
-    ds.HighBit = bits - 1
-    ds.PixelRepresentation = 0
+    set_grey_pixels(ds, arr, bits_stored=bits, photometric="MONOCHROME1" if monochrome1 else "MONOCHROME2")
     if image.spacing_mm is not None:
         m = float(magnification) if magnification else 1.0
         ds.ImagerPixelSpacing = [f"{image.spacing_mm[0] * m:.6g}", f"{image.spacing_mm[1] * m:.6g}"]
@@ -440,16 +421,4 @@ def write_radiograph_dicom(
             ds.EstimatedRadiographicMagnificationFactor = f"{float(magnification):.6g}"
     if pixel_spacing is not None:
         ds.PixelSpacing = [f"{float(v):.3f}" for v in pixel_spacing]
-    ds.PixelData = arr.tobytes()
-    ds.is_little_endian = True
-    ds.is_implicit_VR = False
-    pydicom.dcmwrite(path, ds, enforce_file_format=True) if _has_enforce() else ds.save_as(path, write_like_original=False)
-    return path
-
-
-def _has_enforce() -> bool:
-    import inspect
-
-    import pydicom
-
-    return "enforce_file_format" in inspect.signature(pydicom.dcmwrite).parameters
+    return write(ds, path)
