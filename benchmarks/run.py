@@ -180,18 +180,6 @@ def _us_detect_hook(inp: dict[str, Any]) -> int:
     return total
 
 
-def _detector_available(modality: str) -> str | None:
-    """None when ``calcdetect.detect`` runs on a tiny image of this modality, else why not."""
-    import calcdetect
-
-    shape = (64, 64)
-    try:
-        calcdetect.detect(calcdetect.Image(np.zeros(shape, np.float32), (0.2, 0.2), modality))
-    except Exception as exc:  # noqa: BLE001 - any failure means "not in this build"
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-    return None
-
-
 LOOP_3D = ("calcdetect", "skimage", "scipy", "cc3d", "sitk")
 LOOP_2D = LOOP_3D + ("opencv",)
 
@@ -223,7 +211,6 @@ def benches(quick: bool) -> list[Bench]:
         tools={"calcdetect": _detect, "skimage": _skimage_script,
                "cc3d": lambda inp: peers.loop_cc3d(inp["hu"], THRESHOLD_HU, inp["spacing"])},
     ))
-    xray_missing = _detector_available("XRAY")
     for n in rg_sizes:
         b = Bench(
             id=f"xray-loop-{n}x{n}", group="xray-loop",
@@ -231,13 +218,8 @@ def benches(quick: bool) -> list[Bench]:
             build=lambda n=n: {"hu": synthetic.synthetic_radiograph(n), "spacing": (0.14, 0.14)},
             tools=_loop_tools(LOOP_2D, thr=synthetic.RADIOGRAPH_THRESHOLD), memory=False,
         )
-        if xray_missing is None:
-            b.tools["calcdetect-detect"] = _xray_detect_hook
-        else:
-            b.notes.append(f"TODO: calcdetect.detect on XRAY not available in this build ({xray_missing}); "
-                           "only the bare segmentation loop is timed")
+        b.tools["calcdetect-detect"] = _xray_detect_hook
         out.append(b)
-    us_missing = _detector_available("US")
     b = Bench(
         id=f"us-loop-{us_frames}x{us_shape[0]}x{us_shape[1]}", group="us-loop",
         describe={"kind": "synthetic ultrasound frames", "frames": us_frames, "shape": list(us_shape),
@@ -246,11 +228,7 @@ def benches(quick: bool) -> list[Bench]:
                        "spacing": (0.1, 0.1)},
         tools=_frames_tools(LOOP_2D, synthetic.US_THRESHOLD), frames=us_frames, memory=False,
     )
-    if us_missing is None:
-        b.tools["calcdetect-detect"] = _us_detect_hook
-    else:
-        b.notes.append(f"TODO: calcdetect.detect on US not available in this build ({us_missing}); "
-                       "only the bare segmentation loop is timed")
+    b.tools["calcdetect-detect"] = _us_detect_hook
     out.append(b)
     out.append(Bench(
         id=f"load-series-{load_slices}x{size}x{size}", group="load",
