@@ -58,6 +58,11 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
                    help="ultrasound cine: frame index to analyse (default: middle), or 'all'")
 
 
+#: The CT detector's command-line options: (flag, argparse dest, detect_ct keyword).
+_CT_OPTIONS = (("--region", "region", "region"), ("--threshold", "threshold", "threshold_hu"),
+               ("--mass-calibration", "mass_calibration", "mass_calibration"))
+
+
 def detector_options(args: argparse.Namespace, modality: str) -> dict:
     """Translate CLI options into ``detect()`` keyword arguments for a modality.
 
@@ -73,15 +78,9 @@ def detector_options(args: argparse.Namespace, modality: str) -> dict:
     -------
     dict
     """
-    opts: dict = {}
-    if modality == "CT":
-        if args.region is not None:
-            opts["region"] = args.region
-        if args.threshold is not None:
-            opts["threshold_hu"] = args.threshold
-        if args.mass_calibration is not None:
-            opts["mass_calibration"] = args.mass_calibration
-    return opts
+    if modality != "CT":
+        return {}
+    return {key: getattr(args, dest) for _, dest, key in _CT_OPTIONS if getattr(args, dest) is not None}
 
 
 def ignored_options(args: argparse.Namespace, modality: str) -> list[str]:
@@ -102,8 +101,7 @@ def ignored_options(args: argparse.Namespace, modality: str) -> list[str]:
     """
     given = []
     if modality != "CT":
-        given += [flag for flag, value in (("--region", args.region), ("--threshold", args.threshold),
-                                           ("--mass-calibration", args.mass_calibration)) if value is not None]
+        given += [flag for flag, dest, _ in _CT_OPTIONS if getattr(args, dest) is not None]
     if modality != "US" and args.frames is not None:
         given.append("--frames")
     return given
