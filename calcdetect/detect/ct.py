@@ -37,7 +37,7 @@ from ..errors import InvalidParameterError
 from ..image import Image
 from ..measure import _foreground, filter_labels, foreground, label, regionprops_table, select
 from ..report import Finding, Report
-from .anatomy import ANATOMY_PIXEL_MM, anatomy_factor, ct_anatomy_reduced
+from .anatomy import ANATOMY_PIXEL_MM, _box, anatomy_factor, ct_anatomy_reduced
 
 REGIONS = ("skin", "soft-tissue", "all")
 
@@ -367,12 +367,11 @@ def _label_candidates(candidates: np.ndarray) -> tuple[np.ndarray, int, np.ndarr
     labelled voxels, ascending.  Cropping keeps the raster order of the voxels and
     every component whole, so the labels are the same as on the whole volume."""
     nz, ny, nx = candidates.shape
-    seen = candidates.any(axis=0)
-    rows, cols = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
+    box = _box(candidates.any(axis=0), 0)
     out = np.zeros(candidates.shape, np.int32)
-    if rows.size == 0:
+    if box is None:
         return out, 0, np.zeros(0, np.intp)
-    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    (r0, r1), (c0, c1) = (box[0].start, box[0].stop), (box[1].start, box[1].stop)
     sub, n = label(np.ascontiguousarray(candidates[:, r0:r1, c0:c1]))
     sub = sub.reshape(-1)
     idx = foreground(sub)
