@@ -63,6 +63,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from calcdetect.detect.xray import candidate_features  # noqa: E402
 from validate_xray import IMAGES, MARKER_BOX, body_and_range  # noqa: E402
 
 #: Development seeds and contrasts (fraction of the body signal range per mm of diameter).
@@ -174,14 +175,11 @@ def collect(seeds=DEV_SEEDS, contrasts=DEV_CONTRASTS, trials=TRIALS, jobs=2, dum
 # ---------------------------------------------------------------------------- features, fit
 
 def feature_matrix(rows: list[dict]) -> np.ndarray:
-    """Raw features in ``CLASSIFIER_W`` order (the transform of ``candidate_confidence``)."""
+    """Raw features in ``CLASSIFIER_W`` order (the detector's ``candidate_features``)."""
     if not rows:
         return np.zeros((0, len(FEATURES)))
-    g = {k: np.array([r[k] for r in rows], float) for k in ("score", "cnr", "edge_mm", "solidity",
-                                                          "iso_ratio", "diameter_mm")}
-    return np.stack([np.log(np.maximum(g["score"], 1.0)), np.log(np.maximum(g["cnr"], 0.3)),
-                     np.log(np.clip(g["edge_mm"], 0.01, 10.0)), g["solidity"], g["iso_ratio"],
-                     np.log(np.maximum(g["diameter_mm"], 0.3))], axis=-1)
+    names = ("score", "cnr", "edge_mm", "solidity", "iso_ratio", "diameter_mm")
+    return candidate_features(*(np.array([r[k] for r in rows], float) for k in names))
 
 
 def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1.0) -> tuple[np.ndarray, float]:

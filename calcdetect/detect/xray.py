@@ -105,9 +105,10 @@ CLASSIFIER_CUT = 0.5
 EDGE_OVERRIDE_CUT = 2.0
 
 
-def candidate_confidence(score, cnr, edge_mm, solidity, iso_ratio, diameter_mm) -> np.ndarray:
-    """Logit of the second-stage classifier (see ``CLASSIFIER_W``); vectorised."""
-    f = np.stack([
+def candidate_features(score, cnr, edge_mm, solidity, iso_ratio, diameter_mm) -> np.ndarray:
+    """The second-stage classifier's features, in ``CLASSIFIER_W`` order (last axis);
+    vectorised.  ``benchmarks/fit_xray_classifier.py`` fits on the same transform."""
+    return np.stack([
         np.log(np.maximum(np.asarray(score, float), 1.0)),
         np.log(np.maximum(np.asarray(cnr, float), 0.3)),
         np.log(np.clip(np.asarray(edge_mm, float), 0.01, 10.0)),
@@ -115,6 +116,11 @@ def candidate_confidence(score, cnr, edge_mm, solidity, iso_ratio, diameter_mm) 
         np.asarray(iso_ratio, float),
         np.log(np.maximum(np.asarray(diameter_mm, float), 0.3)),
     ], axis=-1)
+
+
+def candidate_confidence(score, cnr, edge_mm, solidity, iso_ratio, diameter_mm) -> np.ndarray:
+    """Logit of the second-stage classifier (see ``CLASSIFIER_W``); vectorised."""
+    f = candidate_features(score, cnr, edge_mm, solidity, iso_ratio, diameter_mm)
     return f @ np.asarray(CLASSIFIER_W) + CLASSIFIER_B
 
 
