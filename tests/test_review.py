@@ -234,3 +234,16 @@ def test_write_dataset_without_file_meta_is_a_calcdetect_error(tmp_path):
     with pytest.raises(InvalidParameterError, match="out.dcm"):
         write_dataset(ds, target)
     assert not target.exists()
+
+
+def test_sop_class_name_of_an_empty_uid_is_unknown():
+    from pydicom.dataset import Dataset
+
+    from calcdetect.io.dicom import sop_class_name
+
+    ds = Dataset()
+    assert sop_class_name(ds) == "unknown SOP class"
+    ds.SOPClassUID = ""  # present but empty (anonymised exports): the message said "image ()"
+    assert sop_class_name(ds) == "unknown SOP class"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    assert sop_class_name(ds) == "CT Image Storage"

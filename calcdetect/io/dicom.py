@@ -325,10 +325,10 @@ def sop_class_name(ds: Dataset) -> str:
     str
         The SOP class name pydicom knows (e.g. ``"CT Image Storage"``), the UID itself
         for a UID pydicom does not know, or ``"unknown SOP class"`` when SOPClassUID is
-        absent.
+        absent or empty.
     """
     uid = ds.get("SOPClassUID")
-    if uid is None:
+    if not uid:
         return "unknown SOP class"
     try:
         name = uid.name
