@@ -113,37 +113,26 @@ def _write_series(n_slices: int, size: int) -> Callable[[], dict[str, Any]]:
     """Write a synthetic CT series (uncompressed, one file per slice) to a temp folder."""
 
     def build() -> dict[str, Any]:
-        from pydicom.dataset import Dataset, FileMetaDataset
-        from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+        from pydicom.uid import CTImageStorage, generate_uid
+
+        from calcdetect.phantoms._dicom import new_dataset, set_grey_pixels, write
 
         ph = synthetic.synthetic_ct(n_slices, size)
         folder = Path(tempfile.mkdtemp(prefix="calcdetect-bench-series-"))
         series, study, frame = generate_uid(), generate_uid(), generate_uid()
         dz, dy, dx = ph.spacing_mm
         for k in range(n_slices):
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = CTImageStorage
-            meta.MediaStorageSOPInstanceUID = generate_uid()
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds = Dataset()
-            ds.file_meta = meta
-            ds.SOPClassUID = CTImageStorage
-            ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-            ds.Modality = "CT"
-            ds.PatientName, ds.PatientID = "Bench^Phantom", "BENCH"
-            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+            ds = new_dataset(CTImageStorage, "CT", "Bench^Phantom", study_uid=study, series_uid=series)
+            ds.FrameOfReferenceUID = frame
             ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
             ds.ImagePositionPatient = [-200.0, -200.0, float(k * dz)]
             ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
             ds.PixelSpacing = [dy, dx]
             ds.SliceThickness = dz
-            ds.Rows, ds.Columns = size, size
-            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
             ds.RescaleIntercept, ds.RescaleSlope = 0, 1
-            ds.PixelData = np.ascontiguousarray(ph.hu[k]).tobytes()
+            set_grey_pixels(ds, np.ascontiguousarray(ph.hu[k], dtype=np.int16))
             # file order differs from slice order, as on a real disk
-            ds.save_as(folder / f"IM{(k * 7919) % n_slices:05d}.dcm", enforce_file_format=True)
+            write(ds, folder / f"IM{(k * 7919) % n_slices:05d}.dcm")
         return {"folder": folder, "n_slices": n_slices}
 
     return build
