@@ -20,6 +20,46 @@ from scipy import ndimage as ndi
 
 from .errors import InvalidParameterError
 
+try:  # NumPy 2 (private, stable since NumPy 1.20; see sparse_zeros)
+    from numpy._core.multiarray import _set_madvise_hugepage
+except ImportError:  # pragma: no cover - NumPy 1.x
+    try:
+        from numpy.core.multiarray import _set_madvise_hugepage
+    except ImportError:
+        _set_madvise_hugepage = None
+
+
+def sparse_zeros(shape: Sequence[int], dtype=np.int32) -> np.ndarray:
+    """A zero-filled array meant to be written sparsely (a few labelled voxels).
+
+    ``np.zeros`` of a large array is calloc'd memory whose pages are only made real
+    when first written, so a sparse volume costs time and memory only for the pages it
+    touches.  NumPy asks the kernel for transparent huge pages on every array of 4 MB
+    and more (``madvise(MADV_HUGEPAGE)``); with them, one voxel written makes the
+    kernel zero a whole 2 MB page instead of 4 kB, and a label volume with scattered
+    voxels is zeroed in full.  This allocation is made without that request (NumPy's
+    switch is process-wide, so it is turned off for this one call only; another
+    thread allocating at that instant at most misses a performance hint).  Measured on
+    the 300 x 512 x 512 CT detect benchmark: 3.9 s with huge pages, 1.9 s without.
+
+    Parameters
+    ----------
+    shape : sequence of int
+    dtype : data-type
+
+    Returns
+    -------
+    ndarray
+        Zeros of ``shape`` and ``dtype``.
+    """
+    if _set_madvise_hugepage is None:  # pragma: no cover - a NumPy without the switch
+        return np.zeros(shape, dtype)
+    previous = _set_madvise_hugepage(False)
+    try:
+        return np.zeros(shape, dtype)
+    finally:
+        _set_madvise_hugepage(previous)
+
 
 def label(mask: np.ndarray, *, connectivity: int | None = None) -> tuple[np.ndarray, int]:
     """Label the connected components of a boolean mask.
@@ -276,7 +316,7 @@ def filter_labels(labels: np.ndarray, keep: np.ndarray, *, in_place: bool = Fals
         flat[idx] = new
         out = labels
     else:
-        out = np.zeros(labels.shape, np.int32)
+        out = sparse_zeros(labels.shape, np.int32)
         out.reshape(-1)[idx] = new
     if return_foreground:
         return out, int(keep.size), idx[new != 0]

@@ -335,3 +335,52 @@ def test_label_candidates_in_their_box_equals_labelling_the_volume():
     assert np.array_equal(out, ref) and np.array_equal(fg, np.flatnonzero(ref))
     out, n, fg = _label_candidates(np.zeros((3, 8, 9), bool))
     assert n == 0 and not out.any() and fg.size == 0 and out.shape == (3, 8, 9)
+
+
+def test_block_map_reads_like_the_expanded_volume():
+    """BlockMap (the reduced anatomy's maps) gives, for every kind of index the detector
+    uses, exactly what indexing the block-repeated full-resolution volume gives."""
+    from calcdetect.detect.anatomy import BlockMap
+
+    rng = np.random.default_rng(3)
+    coarse = rng.random((4, 6, 5)) > 0.5
+    f, shape = 3, (4, 17, 14)  # the last block row and column are cut
+    full = np.repeat(np.repeat(coarse, f, axis=1), f, axis=2)[:, :17, :14]
+    m = BlockMap(coarse, f, shape)
+    assert np.array_equal(np.asarray(m), full) and m.shape == shape
+    z, y, x = (rng.integers(0, n, 50) for n in shape)
+    keys = [2, -1, (1, slice(2, 11), slice(4, 13)), (slice(1, 3), slice(0, 17), slice(13, 14)),
+            (np.array([0, 3]),), (3, slice(None), 5), (slice(None), slice(None, None, 2)),
+            (z, y, x), (2, y, x), (slice(0, 0),)]
+    for key in keys:
+        assert np.array_equal(m[key], full[key]), key
+    for k in range(shape[0]):
+        rows, cols = np.nonzero(full[k])
+        assert m.box(k) == (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    assert BlockMap(np.zeros((1, 2, 2), bool), 2, (1, 4, 4)).box(0) is None
+    # a slice replaced by a full-resolution plane is read from that plane everywhere
+    plane = rng.random(shape[1:]) > 0.5
+    m[2] = plane
+    full[2] = plane
+    for key in keys:
+        assert np.array_equal(m[key], full[key]), key
+    rows, cols = np.nonzero(plane)
+    assert m.box(2) == (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    with pytest.raises(IndexError):
+        m[0, y, slice(None)]
+    with pytest.raises(ValueError):
+        m[0] = np.zeros((3, 3), bool)
+
+
+def test_sparse_zeros_leaves_numpys_huge_page_switch_as_it_was():
+    from calcdetect.measure import _set_madvise_hugepage, sparse_zeros
+
+    a = sparse_zeros((3, 4, 5), np.int32)
+    assert a.dtype == np.int32 and a.shape == (3, 4, 5) and not a.any()
+    if _set_madvise_hugepage is not None:
+        before = _set_madvise_hugepage(True)
+        try:
+            sparse_zeros((8, 1024, 1024), bool)
+            assert _set_madvise_hugepage(True) is True
+        finally:
+            _set_madvise_hugepage(before)

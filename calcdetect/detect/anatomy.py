@@ -54,11 +54,11 @@ class Anatomy:
     :meth:`depth_at` and :meth:`skin_missing` give the same values either way.
     """
 
-    body: np.ndarray          # bool
-    deep: np.ndarray          # bool, subset of body
+    body: np.ndarray          # bool (a BlockMap from ct_anatomy_reduced)
+    deep: np.ndarray          # bool, subset of body (idem)
     depth_mm: np.ndarray | None  # float32, 0 outside the body, NaN where no skin is visible
     fov: np.ndarray | None    # bool, inside the reconstruction field of view (None with depth_map=False)
-    internal_air: np.ndarray  # bool, air inside the body (cavities, lung, bowel gas)
+    internal_air: np.ndarray  # bool, air inside the body (cavities, lung, bowel gas) (idem)
     no_skin: np.ndarray | None = None  # bool per slice: body but no outside air (depth NaN)
     air_edges: list | None = None  # per slice, outside-air pixels next to tissue (when depth_mm is None)
     spacing_rc: tuple[float, float] = (1.0, 1.0)
@@ -456,6 +456,128 @@ def _keep_large_parts(mask: np.ndarray, min_area_px: float) -> np.ndarray:
     return _select(keep, labels)
 
 
+class BlockMap:
+    """A boolean ``(slices, rows, cols)`` map stored at ``factor`` x coarser in-plane
+    pixels and read at full resolution, as if each coarse pixel were repeated over its
+    ``factor`` x ``factor`` block (the blocks cut at the last row and column).
+
+    Never expanded as a whole: a full volume of bool costs more to write (page faults)
+    than the coarse anatomy costs to compute, and the detector reads the maps only at a
+    few voxels, slices and boxes.  Indexing follows NumPy for what the detector uses:
+    ``m[k]`` (one full-resolution slice), ``m[z, y, x]`` with integer arrays
+    (one value per voxel), and any mix of integers, slices and (on the first axis only)
+    integer arrays, e.g. ``m[k, r0:r1, c0:c1]`` or ``m[[3, 9]]``.  ``m[k] = plane``
+    replaces one slice by a full-resolution plane (the detector's exact slices);
+    ``np.asarray(m)`` expands the whole volume (tests, debugging).
+
+    Parameters
+    ----------
+    coarse : ndarray of bool
+        ``(slices, ceil(rows / factor), ceil(cols / factor))``.
+    factor : int
+        In-plane block size.
+    shape : tuple of int
+        The full-resolution shape.
+    """
+
+    dtype = np.dtype(bool)
+    ndim = 3
+
+    def __init__(self, coarse: np.ndarray, factor: int, shape: tuple[int, int, int]) -> None:
+        self.coarse = coarse
+        self.factor = int(factor)
+        self.shape = tuple(int(s) for s in shape)
+        self._planes: dict[int, np.ndarray] = {}  # full-resolution replacements
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def plane(self, k: int) -> np.ndarray:
+        """Slice ``k`` at full resolution (a new array, or the replacement plane)."""
+        k = range(self.shape[0])[k]
+        if k in self._planes:
+            return self._planes[k]
+        f, (_, h, w) = self.factor, self.shape
+        src = self.coarse[k]
+        big = cv2.resize(src.view(np.uint8), (src.shape[1] * f, src.shape[0] * f),
+                         interpolation=cv2.INTER_NEAREST_EXACT)
+        return big[:h, :w].view(bool)
+
+    def box(self, k: int, margin: int = 0) -> tuple[slice, slice] | None:
+        """Rows and columns (full resolution) holding slice ``k``'s true pixels, plus
+        ``margin``; None when the slice has none."""
+        if k in self._planes:
+            return _box(self._planes[k], margin)
+        b = _box(self.coarse[k], 0)
+        if b is None:
+            return None
+        f, (_, h, w) = self.factor, self.shape
+        return (slice(max(b[0].start * f - margin, 0), min(b[0].stop * f + margin, h)),
+                slice(max(b[1].start * f - margin, 0), min(b[1].stop * f + margin, w)))
+
+    def _region(self, k: int, rows: slice, cols: slice) -> np.ndarray:
+        """Full-resolution ``plane(k)[rows, cols]`` for unit-step slices, upsampling only
+        the coarse blocks under the region."""
+        f, (_, h, w) = self.factor, self.shape
+        r0, r1, _ = rows.indices(h)
+        c0, c1, _ = cols.indices(w)
+        if k in self._planes:
+            return self._planes[k][r0:r1, c0:c1]
+        if r1 <= r0 or c1 <= c0:
+            return np.zeros((max(r1 - r0, 0), max(c1 - c0, 0)), bool)
+        br0, br1, bc0, bc1 = r0 // f, (r1 - 1) // f + 1, c0 // f, (c1 - 1) // f + 1
+        big = cv2.resize(self.coarse[k, br0:br1, bc0:bc1].view(np.uint8), ((bc1 - bc0) * f, (br1 - br0) * f),
+                         interpolation=cv2.INTER_NEAREST_EXACT)
+        return big[r0 - br0 * f:r1 - br0 * f, c0 - bc0 * f:c1 - bc0 * f].view(bool)
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self.plane(int(key))
+        key = key if isinstance(key, tuple) else (key,)
+        if len(key) > 3:
+            raise IndexError("too many indices for a 3D map")
+        key = key + (slice(None),) * (3 - len(key))
+        f = self.factor
+        arrays = [not isinstance(k, slice) and np.ndim(k) > 0 for k in key]
+        if arrays[1] and arrays[2] and not isinstance(key[0], slice):  # one value per voxel
+            z, y, x = np.broadcast_arrays(*(np.asarray(k, dtype=np.intp) for k in key))
+            z, y, x = (np.where(a < 0, a + n, a) for a, n in zip((z, y, x), self.shape))
+            out = self.coarse[z, y // f, x // f]
+            for k in self._planes.keys() & set(np.unique(z).tolist()):
+                sel = z == k
+                out[sel] = self._planes[k][y[sel], x[sel]]
+            return out
+        if any(arrays[1:]):
+            raise IndexError("BlockMap: integer arrays are supported on the slice axis, or on all three axes")
+        zs = np.arange(self.shape[0])[key[0]]
+        rows, cols = key[1], key[2]
+        unit = all(isinstance(s, slice) and s.step in (None, 1) for s in (rows, cols))
+
+        def one(k: int) -> np.ndarray:
+            return self._region(k, rows, cols) if unit else self.plane(k)[rows, cols]
+
+        if np.ndim(zs) == 0:
+            return one(int(zs))
+        if zs.size == 0:
+            return np.zeros((0,) + self.plane(0)[rows, cols].shape, bool) if self.shape[0] else np.zeros((0, 0, 0), bool)
+        return np.stack([one(int(k)) for k in zs])
+
+    def __setitem__(self, key, value) -> None:
+        if not isinstance(key, (int, np.integer)):
+            raise IndexError("BlockMap: only a whole slice can be replaced (m[k] = plane)")
+        k = range(self.shape[0])[int(key)]
+        plane = np.asarray(value, dtype=bool)
+        if plane.shape != self.shape[1:]:
+            raise ValueError(f"plane shape {plane.shape} differs from the slice shape {self.shape[1:]}")
+        self._planes[k] = plane.copy()
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.zeros(self.shape, bool)
+        for k in range(self.shape[0]):
+            out[k] = self.plane(k)
+        return out if dtype is None else out.astype(dtype)
+
+
 def ct_anatomy(
     hu: np.ndarray,
     spacing_rc: tuple[float, float],
@@ -652,12 +774,15 @@ def anatomy_factor(spacing_rc: tuple[float, float], pixel_mm: float = ANATOMY_PI
 def ct_anatomy_reduced(hu: np.ndarray, spacing_rc: tuple[float, float], factor: int, *,
                        valid: np.ndarray | None = None, **kwargs) -> Anatomy:
     """:func:`ct_anatomy` (``depth_map=False``) at ``factor`` x coarser in-plane pixels,
-    returned at full resolution.
+    read at full resolution.
 
     Each slice is reduced by the block mean of ``factor`` x ``factor`` pixels (OpenCV
     ``INTER_AREA``; the border replicated up to a multiple of the factor), a block is
-    valid when all its pixels are, the maps are computed on the coarse slices and
-    brought back by repeating each coarse pixel over its block.  Depths
+    valid when all its pixels are, and the maps are computed on the coarse slices.
+    They are returned as :class:`BlockMap` objects, which read them at full resolution
+    as if each coarse pixel were repeated over its block, without ever writing the
+    full-resolution volumes (three such bool volumes cost more in page faults than the
+    coarse anatomy itself).  Depths
     (:meth:`Anatomy.depth_at`) are exact distances, at full resolution, to the
     repeated outside-air mask: the air edges hold every full-resolution pixel of the
     coarse edge blocks.
@@ -684,29 +809,10 @@ def ct_anatomy_reduced(hu: np.ndarray, spacing_rc: tuple[float, float], factor: 
     small = ct_anatomy(coarse, tuple(f * float(s) for s in spacing_rc), valid=vcoarse,
                        depth_map=False, **kwargs)
     del coarse
-    # calloc'd: only the box holding each slice's map is written (untouched pages cost
-    # neither time nor memory)
-    body = np.zeros(hu.shape, bool)
-    deep = np.zeros(hu.shape, bool)
-    internal_air = np.zeros(hu.shape, bool)
-
-    def up(src: np.ndarray, dst: np.ndarray) -> None:
-        rows = np.flatnonzero(src.any(axis=1))
-        if rows.size == 0:
-            return
-        cols = np.flatnonzero(src.any(axis=0))
-        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        big = cv2.resize(src[r0:r1, c0:c1].view(np.uint8), ((c1 - c0) * f, (r1 - r0) * f),
-                         interpolation=cv2.INTER_NEAREST_EXACT)
-        y1, x1 = min(r1 * f, h), min(c1 * f, w)
-        dst[r0 * f:y1, c0 * f:x1] = big[:y1 - r0 * f, :x1 - c0 * f].view(bool)
-
-    def expand(k: int) -> None:
-        up(small.body[k], body[k])
-        up(small.deep[k], deep[k])
-        up(small.internal_air[k], internal_air[k])
-
-    _each_slice(expand, nz)
+    # the maps stay coarse: read at full resolution through BlockMap, never expanded
+    body = BlockMap(small.body, f, hu.shape)
+    deep = BlockMap(small.deep, f, hu.shape)
+    internal_air = BlockMap(small.internal_air, f, hu.shape)
     oy, ox = np.mgrid[0:f, 0:f]
     oy, ox = oy.ravel(), ox.ravel()
     edges: list = [None] * nz

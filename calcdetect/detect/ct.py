@@ -35,9 +35,9 @@ import numpy as np
 from ..distribution import describe_distribution, side_from_patient_x
 from ..errors import InvalidParameterError
 from ..image import Image
-from ..measure import _foreground, filter_labels, foreground, label, regionprops_table, select
+from ..measure import _foreground, filter_labels, foreground, label, regionprops_table, select, sparse_zeros
 from ..report import Finding, Report
-from .anatomy import ANATOMY_PIXEL_MM, _box, anatomy_factor, ct_anatomy_reduced
+from .anatomy import ANATOMY_PIXEL_MM, BlockMap, _box, _each_slice, anatomy_factor, ct_anatomy_reduced
 
 REGIONS = ("skin", "soft-tissue", "all")
 
@@ -209,10 +209,7 @@ def detect_ct(
     factor = 1 if anatomy_pixel_mm is None else anatomy_factor(spacing3[1:], anatomy_pixel_mm)
     anatomy = ct_anatomy_reduced(hu, spacing3[1:], factor, valid=valid, lesion_hu=threshold_hu,
                                  max_lesion_mm=max_lesion_mm)
-    candidates = hu >= threshold_hu
-    candidates &= anatomy.body  # in place: no full-volume temporaries
-    if valid is not None:
-        candidates &= valid
+    candidates = _candidate_mask(hu, threshold_hu, anatomy.body, valid)
     if region == "skin":
         no_skin = anatomy.skin_missing()
         if no_skin.any():
@@ -360,6 +357,32 @@ def detect_ct(
     )
 
 
+def _candidate_mask(hu: np.ndarray, threshold: float, body, valid: np.ndarray | None) -> np.ndarray:
+    """``(hu >= threshold) & body & valid`` for a (slices, rows, cols) volume, computed
+    slice by slice inside each slice's body box and written into a calloc'd volume:
+    the pages outside the body boxes are never touched, and ``body`` (an array or an
+    :class:`~calcdetect.detect.anatomy.BlockMap`) is read one box at a time."""
+    out = sparse_zeros(hu.shape, bool)
+    if isinstance(body, BlockMap):
+        box_of = body.box
+    else:
+        def box_of(k: int) -> tuple[slice, slice] | None:
+            return _box(body[k], 0)
+
+    def one(k: int) -> None:
+        b = box_of(k)
+        if b is None:
+            return
+        sub = out[k][b]
+        np.greater_equal(hu[k][b], threshold, out=sub)
+        sub &= body[(k,) + b]
+        if valid is not None:
+            sub &= valid[k][b]
+
+    _each_slice(one, hu.shape[0])
+    return out
+
+
 def _label_candidates(candidates: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
     """:func:`calcdetect.measure.label` of a (slices, rows, cols) mask, labelled only in
     the rows and columns that hold candidates and written into a calloc'd int32 volume
@@ -368,7 +391,7 @@ def _label_candidates(candidates: np.ndarray) -> tuple[np.ndarray, int, np.ndarr
     every component whole, so the labels are the same as on the whole volume."""
     nz, ny, nx = candidates.shape
     box = _box(candidates.any(axis=0), 0)
-    out = np.zeros(candidates.shape, np.int32)
+    out = sparse_zeros(candidates.shape, np.int32)
     if box is None:
         return out, 0, np.zeros(0, np.intp)
     (r0, r1), (c0, c1) = (box[0].start, box[0].stop), (box[1].start, box[1].stop)
@@ -546,7 +569,7 @@ def _rim_stats(
 def _rim_in_deep(rim: dict, deep: np.ndarray, label_ids: np.ndarray) -> np.ndarray:
     """The third result of :func:`_rim_stats` (the fraction of each rim inside the deep
     core) again, for a changed ``deep``, from the rim voxels it kept in ``rim``."""
-    is_deep = deep.reshape(-1)[rim["where"]]
+    is_deep = deep[np.unravel_index(rim["where"], deep.shape)]
     return (np.bincount(rim["owner"], weights=is_deep, minlength=rim["n"]) / rim["total"])[label_ids]
 
 
@@ -598,7 +621,7 @@ def _rim_owners(labels, hu, internal_air, deep, n, box=None, index=False):
     if box is not None:
         r0, c0 = box[0].start or 0, box[1].start or 0
         labels, hu = labels[(slice(None),) + box], hu[(slice(None),) + box]
-        internal_air, deep = internal_air[(slice(None),) + box], deep[(slice(None),) + box]
+    win = () if box is None else tuple(box)  # the maps are read one slice's box at a time
     dtype = np.uint16 if n <= 65536 else np.float32
     kernel = np.ones((3, 3), np.uint8)
     nz = labels.shape[0]
@@ -620,8 +643,8 @@ def _rim_owners(labels, hu, internal_air, deep, n, box=None, index=False):
         if rim.any():
             owners.append(g[rim].astype(np.intp))
             values.append(hu[z][rim])
-            air.append(internal_air[z][rim])
-            in_deep.append(deep[z][rim])
+            air.append(internal_air[(z,) + win][rim])
+            in_deep.append(deep[(z,) + win][rim])
             if index:
                 rr, cc = np.divmod(np.flatnonzero(rim), bw)
                 where.append((z * ny + rr + r0) * nx + (cc + c0))
@@ -677,7 +700,7 @@ def _half_max_labels(
             view = labels[sl]
             view[(view == lab) & (hu[sl] < level)] = 0
         return labels
-    out = np.zeros(labels.shape, labels.dtype)  # calloc: untouched pages cost neither time nor memory
+    out = sparse_zeros(labels.shape, labels.dtype)  # calloc: untouched pages cost neither time nor memory
     for lab, (sl, level) in enumerate(levels, start=1):
         out[sl][(labels[sl] == lab) & (hu[sl] >= level)] = lab
     return out
