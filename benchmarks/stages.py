@@ -7,9 +7,9 @@ Usage (from the repository root)::
 
 Wraps the stages of :func:`calcdetect.detect.ct.detect_ct` with timers (anatomy, at the
 reduced working pixel unless ``--full-anatomy``,
-labelling, the scan for the labelled voxels (``foreground``; inside the labelling since
-``_label_candidates``), measurements, noise estimate, rim statistics and their second
-look at the deep core, midline test, relabelling, scores, half-max sizing, findings,
+the candidate mask, labelling (with the scan for the labelled voxels), measurements,
+noise estimate, rim statistics, the full-resolution deep core near foci and the rim's
+second look at it, midline test, relabelling, scores, half-max sizing, findings,
 distribution) and prints the seconds of each.  ``--half-res`` also times
 ``ct_anatomy`` at full resolution on the volume subsampled 2x in-plane (the
 estimate that led to :func:`calcdetect.detect.anatomy.ct_anatomy_reduced`).
@@ -33,8 +33,9 @@ import numpy as np  # noqa: E402
 
 import synthetic  # noqa: E402
 
-STAGES = ("ct_anatomy_reduced", "label", "foreground", "regionprops_table", "noise_sigma", "_rim_stats", "_rim_in_deep", "_midline_bone",
-          "filter_labels", "calcium_scores", "_half_max_labels", "_findings", "describe_distribution")
+STAGES = ("ct_anatomy_reduced", "_candidate_mask", "_label_candidates", "regionprops_table", "noise_sigma",
+          "_rim_stats", "_refine_deep", "_rim_in_deep", "_midline_bone", "filter_labels", "calcium_scores",
+          "_half_max_labels", "_findings", "describe_distribution")
 
 
 def main(argv: list[str] | None = None) -> int:

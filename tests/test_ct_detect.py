@@ -384,3 +384,32 @@ def test_sparse_zeros_leaves_numpys_huge_page_switch_as_it_was():
             assert _set_madvise_hugepage(True) is True
         finally:
             _set_madvise_hugepage(before)
+
+
+@pytest.mark.parametrize("case", [0, 1])
+def test_midline_test_on_coarse_maps_is_the_same(case):
+    """The midline rule read on the coarse planes (components of the coarse maps, areas
+    weighted by block size) decides exactly as on the expanded full-resolution maps, for
+    foci at every depth and distance from the midline, with one slice replaced by a
+    full-resolution plane."""
+    import dataclasses
+    import importlib
+
+    from calcdetect.detect.anatomy import ct_anatomy_reduced
+
+    ct = importlib.import_module("calcdetect.detect.ct")
+    hu, spacing = _anatomy_volumes()[case]
+    hu = np.concatenate([hu, hu[:, ::-1]])  # two slices (the second one flipped)
+    red = ct_anatomy_reduced(hu, spacing, 3)
+    red.deep[1] = np.asarray(red.deep[1]) & (np.arange(hu.shape[2]) % 7 != 0)[None, :]  # a replaced slice
+    full = dataclasses.replace(red, body=np.asarray(red.body), deep=np.asarray(red.deep),
+                               internal_air=np.asarray(red.internal_air))
+    z, y, x = np.nonzero(np.asarray(red.body))
+    pick = np.random.default_rng(case).choice(z.size, 300, replace=False)
+    table = {"label": np.arange(1, 301), "centroid-0": z[pick].astype(float),
+             "centroid-1": y[pick].astype(float), "centroid-2": x[pick].astype(float)}
+    sp3 = (1.0,) + tuple(spacing)
+    a, b = ct._midline_test(red, table, sp3), ct._midline_test(full, table, sp3)
+    for u, v in zip(a, b):
+        assert np.array_equal(u, v, equal_nan=True)
+    assert a[0].any() and np.isfinite(a[1]).any()  # the rule was exercised

@@ -91,21 +91,22 @@ class Anatomy:
         return out
 
 
-def _slice_workers(nz: int) -> int:
+def _slice_workers(nz: int, per_worker: int = 8) -> int:
     """Threads for the slice loop: the usable cores (``CALCDETECT_THREADS`` overrides),
-    at most one per 8 slices."""
+    at most one per ``per_worker`` slices."""
     env = os.environ.get("CALCDETECT_THREADS")
     try:
         n = int(env) if env else len(os.sched_getaffinity(0))
     except (ValueError, AttributeError):
         n = os.cpu_count() or 1
-    return max(1, min(n, 8, nz // 8))
+    return max(1, min(n, 8, nz // max(per_worker, 1)))
 
 
-def _each_slice(fn, nz: int) -> None:
+def _each_slice(fn, nz: int, per_worker: int = 8) -> None:
     """Call ``fn(k)`` for every slice index, on :func:`_slice_workers` threads (OpenCV and
-    NumPy release the GIL, so the slices overlap)."""
-    workers = _slice_workers(nz)
+    NumPy release the GIL, so the slices overlap).  ``per_worker``: the fewest slices
+    worth a thread (8 for the cheap per-slice steps; 1 for whole-slice anatomies)."""
+    workers = _slice_workers(nz, per_worker)
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(fn, range(nz)))
@@ -502,6 +503,21 @@ class BlockMap:
         big = cv2.resize(src.view(np.uint8), (src.shape[1] * f, src.shape[0] * f),
                          interpolation=cv2.INTER_NEAREST_EXACT)
         return big[:h, :w].view(bool)
+
+    def coarse_plane(self, k: int) -> np.ndarray | None:
+        """Slice ``k`` at the coarse resolution, or None when it was replaced by a
+        full-resolution plane."""
+        k = range(self.shape[0])[k]
+        return None if k in self._planes else self.coarse[k]
+
+    def block_areas(self) -> np.ndarray:
+        """Full-resolution pixels in each coarse pixel of a slice (``factor ** 2``, less
+        in the cut last row and column), float64 ``(ceil(rows / f), ceil(cols / f))``."""
+        f, (_, h, w) = self.factor, self.shape
+        hc, wc = self.coarse.shape[1:]
+        rows = np.minimum(f, h - f * np.arange(hc)).astype(np.float64)
+        cols = np.minimum(f, w - f * np.arange(wc)).astype(np.float64)
+        return np.outer(rows, cols)
 
     def box(self, k: int, margin: int = 0) -> tuple[slice, slice] | None:
         """Rows and columns (full resolution) holding slice ``k``'s true pixels, plus

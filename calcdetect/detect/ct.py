@@ -492,17 +492,43 @@ def _midline_test(anatomy, table: dict, spacing3) -> tuple[np.ndarray, np.ndarra
     dist = np.full(n, np.inf)
     cz, cy, cx = _centre_voxels(table, anatomy.body.shape)
     depth = anatomy.depth_at(cz, cy, cx)
+    coarse = isinstance(anatomy.deep, BlockMap) and isinstance(anatomy.body, BlockMap)
+    areas = anatomy.deep.block_areas() if coarse else None
     for z in np.unique(cz[depth >= MIDLINE_BONE_DEPTH_MM]):
-        k, core, stats, _ = cv2.connectedComponentsWithStats(anatomy.deep[z].astype(np.uint8), connectivity=8)
-        if k <= 1:
-            continue
-        big = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-        left, width = stats[big, cv2.CC_STAT_LEFT], stats[big, cv2.CC_STAT_WIDTH]
-        mid = left + (width - 1) / 2.0
-        _, parts = cv2.connectedComponents(anatomy.body[z].astype(np.uint8), connectivity=8)
-        trunk = parts[core == big]
-        trunk_label = int(np.bincount(trunk[trunk > 0]).argmax()) if (trunk > 0).any() else -1
-        sel = (cz == z) & (depth >= MIDLINE_BONE_DEPTH_MM) & (parts[cy, cx] == trunk_label)
+        z = int(z)
+        deep_c = anatomy.deep.coarse_plane(z) if coarse else None
+        body_c = anatomy.body.coarse_plane(z) if coarse else None
+        if deep_c is not None and body_c is not None:
+            # on the coarse planes: 8-connected components of a block-repeated map are
+            # the coarse ones, numbered in the same order; areas and the trunk vote are
+            # weighted by each block's full-resolution pixels, the extent scaled back
+            f, w = anatomy.deep.factor, anatomy.deep.shape[2]
+            k, core, stats, _ = cv2.connectedComponentsWithStats(deep_c.view(np.uint8), connectivity=8)
+            if k <= 1:
+                continue
+            area = np.bincount(core.reshape(-1), weights=areas.reshape(-1), minlength=k)
+            big = 1 + int(np.argmax(area[1:]))
+            left = int(stats[big, cv2.CC_STAT_LEFT]) * f
+            right = min((int(stats[big, cv2.CC_STAT_LEFT]) + int(stats[big, cv2.CC_STAT_WIDTH])) * f, w) - 1
+            mid = left + (right - left) / 2.0
+            _, parts = cv2.connectedComponents(body_c.view(np.uint8), connectivity=8)
+            in_big = core == big
+            trunk, weight = parts[in_big], areas[in_big]
+            inside = trunk > 0
+            trunk_label = int(np.bincount(trunk[inside], weights=weight[inside]).argmax()) if inside.any() else -1
+            part_of = parts[cy // f, cx // f]
+        else:
+            k, core, stats, _ = cv2.connectedComponentsWithStats(anatomy.deep[z].astype(np.uint8), connectivity=8)
+            if k <= 1:
+                continue
+            big = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+            left, width = stats[big, cv2.CC_STAT_LEFT], stats[big, cv2.CC_STAT_WIDTH]
+            mid = left + (width - 1) / 2.0
+            _, parts = cv2.connectedComponents(anatomy.body[z].astype(np.uint8), connectivity=8)
+            trunk = parts[core == big]
+            trunk_label = int(np.bincount(trunk[trunk > 0]).argmax()) if (trunk > 0).any() else -1
+            part_of = parts[cy, cx]
+        sel = (cz == z) & (depth >= MIDLINE_BONE_DEPTH_MM) & (part_of == trunk_label)
         dist[sel] = np.abs(table["centroid-2"][sel] - mid) * spacing3[2]
         out |= sel & (np.abs(table["centroid-2"] - mid) * spacing3[2] <= MIDLINE_BONE_MM)
     return out, dist, depth
@@ -516,10 +542,16 @@ def noise_sigma(hu: np.ndarray, body: np.ndarray, max_slices: int = 16) -> float
     ``1.4826 * MAD(differences) / sqrt(2)``, insensitive to edges and lesions.
     """
     idx = np.unique(np.linspace(0, hu.shape[0] - 1, min(max_slices, hu.shape[0])).astype(int))
-    h, b = hu[idx], body[idx]
-    a, c = h[:, :, 1:], h[:, :, :-1]
-    ok = b[:, :, 1:] & b[:, :, :-1] & (a > -200) & (a < 150) & (c > -200) & (c < 150)
-    d = (a - c)[ok]
+    parts = []
+    for k in idx:  # each slice's body box holds all its pairs (the median ignores their order)
+        box = body.box(int(k)) if isinstance(body, BlockMap) else _box(body[k], 0)
+        if box is None:
+            continue
+        h, b = hu[k][box], body[(int(k),) + box]
+        a, c = h[:, 1:], h[:, :-1]
+        ok = b[:, 1:] & b[:, :-1] & (a > -200) & (a < 150) & (c > -200) & (c < 150)
+        parts.append((a - c)[ok])
+    d = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     if d.size < 100:
         return 10.0
     mad = float(np.median(np.abs(d - np.median(d))))
@@ -588,7 +620,10 @@ def _refine_deep(anatomy, table: dict[str, np.ndarray], idx: np.ndarray, rim_dee
         win = anatomy.deep[cz[i], max(cy[i] - m, 0):cy[i] + m + 1, max(cx[i] - m, 0):cx[i] + m + 1]
         if (win.any() and not win.all()) or abs(rim_deep[i] - rim_limit) <= 0.15:
             slices.update(range(z0, z1))
-    for z in sorted(slices):
+    order = sorted(slices)
+    # each exact slice is a whole full-resolution anatomy: compute them side by side
+    _each_slice(lambda i: anatomy.exact_slice(order[i]), len(order), per_worker=1)
+    for z in order:
         anatomy.deep[z] = anatomy.exact_slice(z).deep[0]
     return len(slices)
 
