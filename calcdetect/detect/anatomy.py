@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -222,8 +223,8 @@ def _outside_air(background: np.ndarray, plane: np.ndarray, outside_air_hu: floa
     n, labels = cv2.connectedComponents(background.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
     if n <= 1:
         return None if extra else np.zeros(background.shape, bool)
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    edge = edge[edge > 0]
+    border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    edge = np.flatnonzero(np.bincount(border, minlength=n)[1:]) + 1  # ascending, as np.unique
     keep = np.zeros(n, bool)
     below = plane < outside_air_hu
     exact = bool(np.isnan(plane).any())  # NaN: keep np.median's semantics
@@ -389,6 +390,24 @@ def _depth_points(edge: tuple[np.ndarray, np.ndarray], y: np.ndarray, x: np.ndar
     return _depth_from_sq(k, px)
 
 
+@functools.lru_cache(maxsize=32)
+def _depth_kernel(px: float, limit_mm: float) -> tuple[int, np.ndarray] | None:
+    """Radius and disk of offsets of :func:`_deeper_than` (the same for every slice of a
+    volume, so computed once), or None when the padding would not hold the disk."""
+    ks = np.arange(0, int(np.ceil((limit_mm / px + 2.0) ** 2)) + 2)
+    above = np.flatnonzero(_depth_from_sq(ks, px) > limit_mm)
+    if above.size == 0:
+        return None
+    kk = int(above[0])
+    r = int(np.floor(np.sqrt(max(kk - 1, 0)))) + 1
+    if r > _pad_px(px):
+        return None
+    oy, ox = np.mgrid[-r:r + 1, -r:r + 1]
+    kernel = ((oy ** 2 + ox ** 2) < kk).astype(np.uint8)
+    kernel.setflags(write=False)
+    return r, kernel
+
+
 def _deeper_than(not_air: np.ndarray, win: tuple[slice, slice], px: float, limit_mm: float) -> np.ndarray | None:
     """``depth > limit_mm`` on the window ``win`` of a slice, as the depth map would say
     it, without the distance transform: depth is a non-decreasing function of the squared
@@ -396,17 +415,10 @@ def _deeper_than(not_air: np.ndarray, win: tuple[slice, slice], px: float, limit
     the smallest such K, that is when no air pixel lies at a squared distance below K:
     an erosion of the (replicate-padded) not-air mask by that disk of offsets.
     Returns None when the padding would not hold the disk (then use the map)."""
-    ks = np.arange(0, int(np.ceil((limit_mm / px + 2.0) ** 2)) + 2)
-    above = np.flatnonzero(_depth_from_sq(ks, px) > limit_mm)
-    pad = _pad_px(px)
-    if above.size == 0:
+    found = _depth_kernel(px, limit_mm)
+    if found is None:
         return None
-    kk = int(above[0])
-    r = int(np.floor(np.sqrt(max(kk - 1, 0)))) + 1
-    if r > pad:
-        return None
-    oy, ox = np.mgrid[-r:r + 1, -r:r + 1]
-    kernel = ((oy ** 2 + ox ** 2) < kk).astype(np.uint8)
+    r, kernel = found
     padded = cv2.copyMakeBorder(not_air, r, r, r, r, cv2.BORDER_REPLICATE)
     rs, cs = win
     sub = padded[rs.start:rs.stop + 2 * r, cs.start:cs.stop + 2 * r]
