@@ -315,3 +315,34 @@ def test_quick_header_scan_equals_the_full_pydicom_scan():
             for keyword in ct._QUICK_KEYWORDS:
                 assert same(dicom_value(full[1], keyword), dicom_value(fast[1], keyword)), (path.name, keyword)
     assert quick >= 20  # the quick walk did read most of them
+
+
+def test_series_skips_the_finite_scan_only_when_no_rescale_can_overflow(tmp_path, monkeypatch):
+    """A series of integer slices whose rescale cannot overflow float32 is known finite
+    without a second pass; one whose rescale does overflow still gets the Image's NaN/inf
+    warning and fill, as before."""
+    import warnings
+
+    from calcdetect import image as image_module
+    from calcdetect.io.ct import _finite_hu
+
+    assert _finite_hu(np.dtype("<i2"), 1.0, -1024.0) and _finite_hu(np.dtype("<u2"), 1e33, -1e37)
+    assert not _finite_hu(np.dtype("<i2"), 1e35, 0.0) and not _finite_hu(np.dtype("<f4"), 1.0, 0.0)
+    image, _ = ct_phantom((16, 16), (0.8, 0.8), n_slices=3, n_nodules=0)
+    scans = []
+    real_scan = image_module._all_finite
+    monkeypatch.setattr(image_module, "_all_finite", lambda p: scans.append(p.shape) or real_scan(p))
+    for slope, overflow in ((1.0, False), (1e35, True)):
+        folder = tmp_path / f"s{slope:g}"
+        for p in write_dicom_series(image, folder):
+            ds = pydicom.dcmread(p)
+            ds.RescaleSlope, ds.RescaleIntercept = slope, 0
+            ds.PixelData = np.repeat(np.array([1, 30000], np.int16), 128).tobytes()  # 30000 overflows
+            ds.save_as(p)
+        scans.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # numpy's overflow warning
+            loaded = calcdetect.load(folder)
+        assert scans == ([(3, 16, 16)] if overflow else [])
+        assert any("NaN or infinite" in w for w in loaded.warnings) == overflow
+        assert np.isfinite(loaded.pixels).all()

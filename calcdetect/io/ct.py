@@ -22,7 +22,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from ..errors import CalcdetectError, InconsistentSeriesError, UnreadableFileError
-from ..image import Image, affine_from_dicom
+from ..image import Image, affine_from_dicom, known_finite
 from .dicom import (
     basic_metadata,
     check_budget,
@@ -904,7 +904,10 @@ def _load_ct_series(folder, series_uid, budget, files, prefault: list[_Prefault]
             np.add(pixels, np.float32(intercept), out=out)
         else:
             out[...] = pixels
+        if not _finite_hu(pixels.dtype, slope, intercept) and not np.isfinite(out).all():
+            nonfinite.append(i)  # the Image warns and fills them, reading the whole volume
 
+    nonfinite: list[int] = []
     with ThreadPoolExecutor(_workers()) as pool:
         list(pool.map(read_plane, range(len(ordered))))
     if scanned:  # the scan kept only some elements: metadata comes from the whole header
@@ -912,17 +915,31 @@ def _load_ct_series(folder, series_uid, budget, files, prefault: list[_Prefault]
     meta = basic_metadata(first)
     meta["SOPInstanceUIDs"] = [s.sop for s in ordered]
     meta["files"] = [s.path for s in ordered]
-    return Image(
-        pixels=volume,
-        spacing_mm=geometry["spacing"],
-        modality="CT",
-        affine=geometry["affine"],
-        source=str(folder),
-        metadata=meta,
-        warnings=warns + geo_warns,
-        spacing_source=geometry["spacing_source"],
-        geometry=_step_only(geometry),
-    )
+    # every slice finite (almost always known without reading it): no second pass
+    with known_finite(volume if not nonfinite else None):
+        return Image(
+            pixels=volume,
+            spacing_mm=geometry["spacing"],
+            modality="CT",
+            affine=geometry["affine"],
+            source=str(folder),
+            metadata=meta,
+            warnings=warns + geo_warns,
+            spacing_source=geometry["spacing_source"],
+            geometry=_step_only(geometry),
+        )
+
+
+def _finite_hu(dtype: np.dtype, slope: float, intercept: float) -> bool:
+    """True when every stored value of this integer ``dtype`` gives a finite float32
+    ``value * slope + intercept`` (``slope`` and ``intercept`` finite, as
+    :func:`_rescale` guarantees): the largest magnitude stays far below float32's
+    3.4e38 even after rounding.  ``False`` for floats and for rescales that might
+    overflow: the caller then looks at the values."""
+    if dtype.kind not in "iu":
+        return False
+    info = np.iinfo(dtype)
+    return abs(slope) * max(-int(info.min), int(info.max)) + abs(intercept) < 1e38
 
 
 _UNCOMPRESSED_LE = {"1.2.840.10008.1.2": False, "1.2.840.10008.1.2.1": True}  # UID -> explicit VR
