@@ -24,6 +24,9 @@ from pydicom.dataset import Dataset
 from ..errors import CalcdetectError, InconsistentSeriesError, UnreadableFileError
 from ..image import Image, affine_from_dicom, known_finite
 from .dicom import (
+    NO_FAST_VALUE,
+    _fast_defaults,
+    _fast_specs,
     basic_metadata,
     check_budget,
     check_decoder,
@@ -31,6 +34,7 @@ from .dicom import (
     claimed_pixels,
     decode_pixels,
     dicom_value,
+    fast_value,
     fast_values,
     float_list,
     floats_of,
@@ -468,10 +472,17 @@ def _quick_header(path: Path) -> Dataset | None:
     A series scan parsed every element of every header with pydicom; this walks the
     elements and keeps a few (a third of the time).  Values are converted later by
     pydicom (or :func:`~calcdetect.io.dicom.fast_values`) from the very same bytes."""
+    quick = _quick_scan(path)
+    return None if quick is None else quick[0]
+
+
+def _quick_scan(path: Path) -> tuple[Dataset, dict[str, Any], set[int]] | None:
+    """:func:`_quick_header`, with the :func:`~calcdetect.io.dicom.fast_values` of its
+    :data:`_SCAN_KEYWORDS` (read from the elements as they are found instead of looked up
+    in the Dataset afterwards) and the tags of the elements it holds."""
     global _VRS
     from pydicom.dataelem import RawDataElement
-    from pydicom.tag import Tag
-    from pydicom.uid import UID
+    from pydicom.tag import BaseTag
 
     if not _VRS[0]:
         _VRS = _vr_sets()
@@ -495,10 +506,10 @@ def _quick_header(path: Path) -> Dataset | None:
         pos = start + length
     if not ts:
         return None
-    uid = UID(ts)
-    if not uid.is_transfer_syntax or not uid.is_little_endian or uid.is_deflated:
+    syntax = _quick_syntax(ts)
+    if syntax is None:
         return None
-    implicit = uid.is_implicit_VR
+    uid, implicit = syntax
     wanted = _quick_tags()
     found: dict = {}
     last = -1
@@ -530,16 +541,37 @@ def _quick_header(path: Path) -> Dataset | None:
             return None
         if tag in wanted:
             vr = None if implicit else data[pos + 4:pos + 6].decode()
-            found[tag] = RawDataElement(Tag(tag), vr, length, data[start:start + length], start,
+            found[tag] = RawDataElement(BaseTag(tag), vr, length, data[start:start + length], start,
                                         implicit, True)
         else:
             found[tag] = None
         pos = start + length
     if not found:  # pydicom refuses an empty data set
         return None
-    ds = Dataset({t: e for t, e in found.items() if e is not None and t in wanted})
-    ds.file_meta = _quick_file_meta(str(uid))
-    return ds
+    elements = {t: e for t, e in found.items() if e is not None and t in wanted}
+    ds = Dataset(elements)
+    ds.file_meta = _quick_file_meta(uid)
+    facts: dict[str, Any] = {}
+    if _fast_defaults():  # the same values fast_values(ds, _SCAN_KEYWORDS) reads
+        for keyword, tag, vr in _fast_specs(_SCAN_KEYWORDS):
+            raw = elements.get(tag)
+            if raw is not None:
+                value = fast_value(raw, vr)
+                if value is not NO_FAST_VALUE:
+                    facts[keyword] = value
+    return ds, facts, set(elements)
+
+
+@functools.lru_cache(maxsize=32)
+def _quick_syntax(ts: str) -> tuple[str, bool] | None:
+    """``(transfer syntax UID, implicit VR)`` when the quick walk can read this syntax
+    (a known little-endian one, not deflated), else ``None``."""
+    from pydicom.uid import UID
+
+    uid = UID(ts)
+    if not uid.is_transfer_syntax or not uid.is_little_endian or uid.is_deflated:
+        return None
+    return str(uid), uid.is_implicit_VR
 
 
 @functools.lru_cache(maxsize=32)
@@ -572,14 +604,18 @@ def _scan_one(path: Path, quick: bool = False) -> tuple[Path, Dataset | None, di
     the others, so a damaged one still makes the file unreadable.  ``quick``: only the
     :data:`_QUICK_KEYWORDS` elements when :func:`_quick_header` can read them."""
     try:
-        ds = _quick_header(path) if quick else None
-        if ds is None:
+        scanned = _quick_scan(path) if quick else None
+        present = None
+        if scanned is None:
             ds = read_header(path, stop_before_pixels=True, touch_values=False)
+        else:
+            ds, facts, present = scanned
         try:
-            facts = fast_values(ds, _SCAN_KEYWORDS)
-            for keyword in _SCAN_KEYWORDS:
-                if keyword not in facts:
-                    ds.get(keyword)
+            if present is None:
+                facts = fast_values(ds, _SCAN_KEYWORDS)
+            for keyword, tag, _ in _fast_specs(_SCAN_KEYWORDS):
+                if keyword not in facts and (present is None or tag in present):
+                    ds.get(keyword)  # converted by pydicom: a damaged value is an error here
         except Exception as exc:  # noqa: BLE001 - the same mapping as read_header's
             raise UnreadableFileError(
                 f"DICOM header is damaged or truncated ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})",
