@@ -553,13 +553,20 @@ def _quick_scan(path: Path) -> tuple[Dataset, dict[str, Any], set[int]] | None:
     ds.file_meta = _quick_file_meta(uid)
     facts: dict[str, Any] = {}
     if _fast_defaults():  # the same values fast_values(ds, _SCAN_KEYWORDS) reads
-        for keyword, tag, vr in _fast_specs(_SCAN_KEYWORDS):
+        for keyword, tag, vr in _scan_specs():
             raw = elements.get(tag)
             if raw is not None:
                 value = fast_value(raw, vr)
                 if value is not NO_FAST_VALUE:
                     facts[keyword] = value
     return ds, facts, set(elements)
+
+
+@functools.lru_cache(maxsize=1)
+def _scan_specs() -> tuple[tuple[str, int, str], ...]:
+    """``(keyword, tag as a plain int, dictionary VR)`` of :data:`_SCAN_KEYWORDS` (plain
+    ints: looking a pydicom ``BaseTag`` up in a dict of ints calls its Python ``__eq__``)."""
+    return tuple((keyword, int(tag), vr) for keyword, tag, vr in _fast_specs(_SCAN_KEYWORDS))
 
 
 @functools.lru_cache(maxsize=32)
@@ -613,7 +620,7 @@ def _scan_one(path: Path, quick: bool = False) -> tuple[Path, Dataset | None, di
         try:
             if present is None:
                 facts = fast_values(ds, _SCAN_KEYWORDS)
-            for keyword, tag, _ in _fast_specs(_SCAN_KEYWORDS):
+            for keyword, tag, _ in _scan_specs():
                 if keyword not in facts and (present is None or tag in present):
                     ds.get(keyword)  # converted by pydicom: a damaged value is an error here
         except Exception as exc:  # noqa: BLE001 - the same mapping as read_header's
