@@ -346,3 +346,25 @@ def test_series_skips_the_finite_scan_only_when_no_rescale_can_overflow(tmp_path
         assert scans == ([(3, 16, 16)] if overflow else [])
         assert any("NaN or infinite" in w for w in loaded.warnings) == overflow
         assert np.isfinite(loaded.pixels).all()
+
+
+def test_series_load_restores_the_garbage_collector(tmp_path):
+    """The collector is paused during a series load and left as it was: on after a load,
+    after a failed load, and off if the caller had turned it off."""
+    import gc
+
+    image, _ = ct_phantom((16, 16), (0.8, 0.8), n_slices=3, n_nodules=0)
+    write_dicom_series(image, tmp_path / "s")
+    (tmp_path / "empty").mkdir()
+    was = gc.isenabled()
+    try:
+        gc.enable()
+        calcdetect.load(tmp_path / "s")
+        with pytest.raises(calcdetect.CalcdetectError):
+            calcdetect.load(tmp_path / "empty")
+        assert gc.isenabled()
+        gc.disable()
+        calcdetect.load(tmp_path / "s")
+        assert not gc.isenabled()
+    finally:
+        (gc.enable if was else gc.disable)()
