@@ -15,7 +15,6 @@ import os
 import struct
 import threading
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -706,23 +705,33 @@ def _scan_folder(folder: str | Path, on_first: Callable[[dict[str, Any], int], N
         dict[str, list[tuple[Path, Dataset]]], list[CalcdetectError], dict[str, dict[str, Any]]]:
     """:func:`scan_folder`, plus each file's fast values (see :func:`_scan_one`) by
     ``str(path)``.  ``on_first(fast values, number of files)`` is called once, with the
-    first header read, while the others are still being read."""
+    first header read without error (by whichever reader thread reads it), while the
+    others are still being read."""
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
     series: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
     errors: list[CalcdetectError] = []
     facts: dict[str, dict[str, Any]] = {}
-    with ThreadPoolExecutor(_scan_workers()) as pool:
-        for path, ds, values, err in pool.map(lambda p: _scan_one(p, quick), files):
-            if err is not None:
-                if "not a DICOM file" not in err.reason:
-                    errors.append(err)
-                continue
-            if on_first is not None:
-                on_first(values, len(files))
-                on_first = None
-            series[series_key(ds, values)].append((path, ds))
-            facts[str(path)] = values
+    scanned: list[Any] = [None] * len(files)
+    first = [on_first]
+    lock = threading.Lock()
+
+    def scan(i: int) -> None:
+        scanned[i] = result = _scan_one(files[i], quick)
+        if first[0] is not None and result[3] is None:
+            with lock:
+                call, first[0] = first[0], None
+            if call is not None:
+                call(result[2], len(files))
+
+    _parallel_each(scan, len(files), _scan_workers())
+    for path, ds, values, err in scanned:
+        if err is not None:
+            if "not a DICOM file" not in err.reason:
+                errors.append(err)
+            continue
+        series[series_key(ds, values)].append((path, ds))
+        facts[str(path)] = values
     return dict(series), errors, facts
 
 
