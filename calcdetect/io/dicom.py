@@ -806,7 +806,7 @@ def floats_of(value: Any, n: int) -> list[float] | None:
         values = [float(v) for v in value]
     except (TypeError, ValueError):
         return None
-    if len(values) != n or not all(np.isfinite(values)):
+    if len(values) != n or not all(math.isfinite(v) for v in values):
         return None
     return values
 
