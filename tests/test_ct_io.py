@@ -368,3 +368,40 @@ def test_series_load_restores_the_garbage_collector(tmp_path):
         assert not gc.isenabled()
     finally:
         (gc.enable if was else gc.disable)()
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_parallel_each_raises_like_an_executor_map(workers):
+    """The series threads raise what ThreadPoolExecutor.map would: the lowest failing
+    index's exception, after every earlier index ran; an interrupt too."""
+    import threading
+    import time
+
+    from calcdetect.io.ct import _parallel_each
+
+    ran, lock = set(), threading.Lock()
+
+    def fn(i):
+        time.sleep(0.001 * (i % 3))
+        with lock:
+            ran.add(i)
+        if i in (7, 12, 30):
+            raise ValueError(i)
+
+    with pytest.raises(ValueError) as err:
+        _parallel_each(fn, 40, workers)
+    assert err.value.args == (7,) and set(range(8)) <= ran
+    ran.clear()
+    _parallel_each(lambda i: ran.add(i), 25, workers)
+    assert ran == set(range(25))
+
+    def interrupted(i):
+        ran.add(i)
+        if i == 9:
+            raise KeyboardInterrupt
+
+    ran.clear()
+    with pytest.raises(KeyboardInterrupt):
+        _parallel_each(interrupted, 20, workers)
+    assert set(range(10)) <= ran
+    _parallel_each(lambda i: None, 0, workers)
