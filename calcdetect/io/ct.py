@@ -765,7 +765,8 @@ def _scan_folder(folder: str | Path, on_first: Callable[[dict[str, Any], int], N
 class _Prefault:
     """A float32 volume whose memory pages a background thread touches while the
     headers are still being parsed (which holds the GIL and one core): the kernel's
-    page faults and zeroing, a fifth of a series load, then cost no wall time.
+    page faults and zeroing (about a third of a series load's CPU time on this VM)
+    then cost no wall time.
 
     The touching stops when the volume is taken: the reader threads fault the pages
     still untouched as they fill them.  Waiting for the whole volume instead cost up
@@ -904,7 +905,7 @@ def _gc_paused() -> Iterator[None]:
     """Python's cyclic garbage collector off for the block, then back on if it was on.
 
     A series load makes ~20 000 short-lived container objects (headers, their elements,
-    futures), none of them in reference cycles; they triggered ~29 collections per
+    slice records), none of them in reference cycles; they triggered ~29 collections per
     300-slice load, and every few loads a full one that walks every object of the
     process (45-80 ms in a benchmark process, more in a large application).  Loads in
     several threads share one pause: the last to finish turns the collector back on."""
