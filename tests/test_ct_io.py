@@ -315,3 +315,93 @@ def test_quick_header_scan_equals_the_full_pydicom_scan():
             for keyword in ct._QUICK_KEYWORDS:
                 assert same(dicom_value(full[1], keyword), dicom_value(fast[1], keyword)), (path.name, keyword)
     assert quick >= 20  # the quick walk did read most of them
+
+
+def test_series_skips_the_finite_scan_only_when_no_rescale_can_overflow(tmp_path, monkeypatch):
+    """A series of integer slices whose rescale cannot overflow float32 is known finite
+    without a second pass; one whose rescale does overflow still gets the Image's NaN/inf
+    warning and fill, as before."""
+    import warnings
+
+    from calcdetect import image as image_module
+    from calcdetect.io.ct import _finite_hu
+
+    assert _finite_hu(np.dtype("<i2"), 1.0, -1024.0) and _finite_hu(np.dtype("<u2"), 1e33, -1e37)
+    assert not _finite_hu(np.dtype("<i2"), 1e35, 0.0) and not _finite_hu(np.dtype("<f4"), 1.0, 0.0)
+    image, _ = ct_phantom((16, 16), (0.8, 0.8), n_slices=3, n_nodules=0)
+    scans = []
+    real_scan = image_module._all_finite
+    monkeypatch.setattr(image_module, "_all_finite", lambda p: scans.append(p.shape) or real_scan(p))
+    for slope, overflow in ((1.0, False), (1e35, True)):
+        folder = tmp_path / f"s{slope:g}"
+        for p in write_dicom_series(image, folder):
+            ds = pydicom.dcmread(p)
+            ds.RescaleSlope, ds.RescaleIntercept = slope, 0
+            ds.PixelData = np.repeat(np.array([1, 30000], np.int16), 128).tobytes()  # 30000 overflows
+            ds.save_as(p)
+        scans.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # numpy's overflow warning
+            loaded = calcdetect.load(folder)
+        assert scans == ([(3, 16, 16)] if overflow else [])
+        assert any("NaN or infinite" in w for w in loaded.warnings) == overflow
+        assert np.isfinite(loaded.pixels).all()
+
+
+def test_series_load_restores_the_garbage_collector(tmp_path):
+    """The collector is paused during a series load and left as it was: on after a load,
+    after a failed load, and off if the caller had turned it off."""
+    import gc
+
+    image, _ = ct_phantom((16, 16), (0.8, 0.8), n_slices=3, n_nodules=0)
+    write_dicom_series(image, tmp_path / "s")
+    (tmp_path / "empty").mkdir()
+    was = gc.isenabled()
+    try:
+        gc.enable()
+        calcdetect.load(tmp_path / "s")
+        with pytest.raises(calcdetect.CalcdetectError):
+            calcdetect.load(tmp_path / "empty")
+        assert gc.isenabled()
+        gc.disable()
+        calcdetect.load(tmp_path / "s")
+        assert not gc.isenabled()
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_parallel_each_raises_like_an_executor_map(workers):
+    """The series threads raise what ThreadPoolExecutor.map would: the lowest failing
+    index's exception, after every earlier index ran; an interrupt too."""
+    import threading
+    import time
+
+    from calcdetect.io.ct import _parallel_each
+
+    ran, lock = set(), threading.Lock()
+
+    def fn(i):
+        time.sleep(0.001 * (i % 3))
+        with lock:
+            ran.add(i)
+        if i in (7, 12, 30):
+            raise ValueError(i)
+
+    with pytest.raises(ValueError) as err:
+        _parallel_each(fn, 40, workers)
+    assert err.value.args == (7,) and set(range(8)) <= ran
+    ran.clear()
+    _parallel_each(lambda i: ran.add(i), 25, workers)
+    assert ran == set(range(25))
+
+    def interrupted(i):
+        ran.add(i)
+        if i == 9:
+            raise KeyboardInterrupt
+
+    ran.clear()
+    with pytest.raises(KeyboardInterrupt):
+        _parallel_each(interrupted, 20, workers)
+    assert set(range(10)) <= ran
+    _parallel_each(lambda i: None, 0, workers)

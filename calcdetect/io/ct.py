@@ -9,21 +9,25 @@ spacing comes from the positions along the slice normal, never from SliceThickne
 from __future__ import annotations
 
 import functools
+import gc
 import mmap
 import os
 import struct
 import threading
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
 
 from ..errors import CalcdetectError, InconsistentSeriesError, UnreadableFileError
-from ..image import Image, affine_from_dicom
+from ..image import Image, affine_from_dicom, known_finite
 from .dicom import (
+    NO_FAST_VALUE,
+    _fast_defaults,
+    _fast_specs,
     basic_metadata,
     check_budget,
     check_decoder,
@@ -31,6 +35,7 @@ from .dicom import (
     claimed_pixels,
     decode_pixels,
     dicom_value,
+    fast_value,
     fast_values,
     float_list,
     floats_of,
@@ -389,6 +394,7 @@ _SCAN_KEYWORDS = (
 #: those it reads, those series_key and describe_series read, and the character set.
 _QUICK_KEYWORDS = _SCAN_KEYWORDS + ("SpecificCharacterSet",)
 _QUICK_HEAD_BYTES = 1 << 16  # headers larger than this are left to pydicom
+_QUICK_FIRST_BYTES = 1 << 13  # read first; the rest of _QUICK_HEAD_BYTES only if needed
 
 
 def _vr_sets() -> tuple[frozenset[bytes], frozenset[bytes]]:
@@ -468,19 +474,40 @@ def _quick_header(path: Path) -> Dataset | None:
     A series scan parsed every element of every header with pydicom; this walks the
     elements and keeps a few (a third of the time).  Values are converted later by
     pydicom (or :func:`~calcdetect.io.dicom.fast_values`) from the very same bytes."""
+    quick = _quick_scan(path)
+    return None if quick is None else quick[0]
+
+
+def _quick_scan(path: Path) -> tuple[Dataset, dict[str, Any], set[int]] | None:
+    """:func:`_quick_header`, with the :func:`~calcdetect.io.dicom.fast_values` of its
+    :data:`_SCAN_KEYWORDS` (read from the elements as they are found instead of looked up
+    in the Dataset afterwards) and the tags of the elements it holds.
+
+    The walk first reads 8 KiB (headers are usually about 1 KiB) and only when it fails
+    on those reads up to :data:`_QUICK_HEAD_BYTES` and walks again: the same result as
+    walking 64 KiB at once, since a walk that succeeds never looks past the pixel data's
+    element header."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(_QUICK_FIRST_BYTES)
+            result = _quick_walk(data)
+            if result is None and len(data) == _QUICK_FIRST_BYTES:
+                data += fh.read(_QUICK_HEAD_BYTES - _QUICK_FIRST_BYTES)
+                result = _quick_walk(data)
+    except OSError:
+        return None
+    return result
+
+
+def _quick_walk(data: bytes) -> tuple[Dataset, dict[str, Any], set[int]] | None:
+    """:func:`_quick_scan` of the first bytes of a file."""
     global _VRS
     from pydicom.dataelem import RawDataElement
-    from pydicom.tag import Tag
-    from pydicom.uid import UID
+    from pydicom.tag import BaseTag
 
     if not _VRS[0]:
         _VRS = _vr_sets()
     all_vrs, long_vrs = _VRS
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(_QUICK_HEAD_BYTES)
-    except OSError:
-        return None
     if len(data) < 144 or data[128:132] != b"DICM":
         return None
     # file meta: explicit VR little endian, group 0002
@@ -495,10 +522,10 @@ def _quick_header(path: Path) -> Dataset | None:
         pos = start + length
     if not ts:
         return None
-    uid = UID(ts)
-    if not uid.is_transfer_syntax or not uid.is_little_endian or uid.is_deflated:
+    syntax = _quick_syntax(ts)
+    if syntax is None:
         return None
-    implicit = uid.is_implicit_VR
+    uid, implicit = syntax
     wanted = _quick_tags()
     found: dict = {}
     last = -1
@@ -530,16 +557,44 @@ def _quick_header(path: Path) -> Dataset | None:
             return None
         if tag in wanted:
             vr = None if implicit else data[pos + 4:pos + 6].decode()
-            found[tag] = RawDataElement(Tag(tag), vr, length, data[start:start + length], start,
+            found[tag] = RawDataElement(BaseTag(tag), vr, length, data[start:start + length], start,
                                         implicit, True)
         else:
             found[tag] = None
         pos = start + length
     if not found:  # pydicom refuses an empty data set
         return None
-    ds = Dataset({t: e for t, e in found.items() if e is not None and t in wanted})
-    ds.file_meta = _quick_file_meta(str(uid))
-    return ds
+    elements = {t: e for t, e in found.items() if e is not None and t in wanted}
+    ds = Dataset(elements)
+    ds.file_meta = _quick_file_meta(uid)
+    facts: dict[str, Any] = {}
+    if _fast_defaults():  # the same values fast_values(ds, _SCAN_KEYWORDS) reads
+        for keyword, tag, vr in _scan_specs():
+            raw = elements.get(tag)
+            if raw is not None:
+                value = fast_value(raw, vr)
+                if value is not NO_FAST_VALUE:
+                    facts[keyword] = value
+    return ds, facts, set(elements)
+
+
+@functools.lru_cache(maxsize=1)
+def _scan_specs() -> tuple[tuple[str, int, str], ...]:
+    """``(keyword, tag as a plain int, dictionary VR)`` of :data:`_SCAN_KEYWORDS` (plain
+    ints: looking a pydicom ``BaseTag`` up in a dict of ints calls its Python ``__eq__``)."""
+    return tuple((keyword, int(tag), vr) for keyword, tag, vr in _fast_specs(_SCAN_KEYWORDS))
+
+
+@functools.lru_cache(maxsize=32)
+def _quick_syntax(ts: str) -> tuple[str, bool] | None:
+    """``(transfer syntax UID, implicit VR)`` when the quick walk can read this syntax
+    (a known little-endian one, not deflated), else ``None``."""
+    from pydicom.uid import UID
+
+    uid = UID(ts)
+    if not uid.is_transfer_syntax or not uid.is_little_endian or uid.is_deflated:
+        return None
+    return str(uid), uid.is_implicit_VR
 
 
 @functools.lru_cache(maxsize=32)
@@ -572,14 +627,18 @@ def _scan_one(path: Path, quick: bool = False) -> tuple[Path, Dataset | None, di
     the others, so a damaged one still makes the file unreadable.  ``quick``: only the
     :data:`_QUICK_KEYWORDS` elements when :func:`_quick_header` can read them."""
     try:
-        ds = _quick_header(path) if quick else None
-        if ds is None:
+        scanned = _quick_scan(path) if quick else None
+        present = None
+        if scanned is None:
             ds = read_header(path, stop_before_pixels=True, touch_values=False)
+        else:
+            ds, facts, present = scanned
         try:
-            facts = fast_values(ds, _SCAN_KEYWORDS)
-            for keyword in _SCAN_KEYWORDS:
-                if keyword not in facts:
-                    ds.get(keyword)
+            if present is None:
+                facts = fast_values(ds, _SCAN_KEYWORDS)
+            for keyword, tag, _ in _scan_specs():
+                if keyword not in facts and (present is None or tag in present):
+                    ds.get(keyword)  # converted by pydicom: a damaged value is an error here
         except Exception as exc:  # noqa: BLE001 - the same mapping as read_header's
             raise UnreadableFileError(
                 f"DICOM header is damaged or truncated ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})",
@@ -589,6 +648,46 @@ def _scan_one(path: Path, quick: bool = False) -> tuple[Path, Dataset | None, di
         return path, ds, facts, None
     except CalcdetectError as exc:
         return path, None, {}, exc
+
+
+def _parallel_each(fn: Callable[[int], None], n: int, workers: int) -> None:
+    """``fn(0)``, ..., ``fn(n - 1)`` in ``workers`` threads (the calling one included),
+    each taking the next index as it finishes one.
+
+    Raises what ``list(ThreadPoolExecutor(workers).map(fn, range(n)))`` raises: the
+    exception of the lowest index that raised.  Indices are handed out in increasing
+    order; after one raised, later indices are no longer started, and every earlier one
+    still runs.  A ``KeyboardInterrupt`` or ``SystemExit`` takes precedence (and stops
+    the threads as soon as their current index is done, except for earlier indices).
+
+    One task per thread instead of one future per index: on a 300-slice series the
+    futures' locks and wake-ups cost more than the work they handed out."""
+    order = iter(range(n))  # shared: next() on it is atomic under the GIL
+    errors: dict[int, BaseException] = {}
+    failed = [n]  # an index that raised (any one: only later indices are skipped)
+
+    def work() -> None:
+        for i in order:
+            if i > failed[0]:
+                return  # cannot change which exception is raised
+            try:
+                fn(i)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, in index order
+                errors[i] = exc
+                if i < failed[0]:
+                    failed[0] = i
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(min(workers, n) - 1)]
+    for t in threads:
+        t.start()
+    try:
+        work()
+    finally:
+        for t in threads:
+            t.join()
+    if errors:
+        fatal = [e for e in errors.values() if not isinstance(e, Exception)]
+        raise fatal[0] if fatal else errors[min(errors)]
 
 
 def _workers() -> int:
@@ -633,32 +732,48 @@ def _scan_folder(folder: str | Path, on_first: Callable[[dict[str, Any], int], N
         dict[str, list[tuple[Path, Dataset]]], list[CalcdetectError], dict[str, dict[str, Any]]]:
     """:func:`scan_folder`, plus each file's fast values (see :func:`_scan_one`) by
     ``str(path)``.  ``on_first(fast values, number of files)`` is called once, with the
-    first header read, while the others are still being read."""
+    first header read without error (by whichever reader thread reads it), while the
+    others are still being read."""
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
     series: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
     errors: list[CalcdetectError] = []
     facts: dict[str, dict[str, Any]] = {}
-    with ThreadPoolExecutor(_scan_workers()) as pool:
-        for path, ds, values, err in pool.map(lambda p: _scan_one(p, quick), files):
-            if err is not None:
-                if "not a DICOM file" not in err.reason:
-                    errors.append(err)
-                continue
-            if on_first is not None:
-                on_first(values, len(files))
-                on_first = None
-            series[series_key(ds, values)].append((path, ds))
-            facts[str(path)] = values
+    scanned: list[Any] = [None] * len(files)
+    first = [on_first]
+    lock = threading.Lock()
+
+    def scan(i: int) -> None:
+        scanned[i] = result = _scan_one(files[i], quick)
+        if first[0] is not None and result[3] is None:
+            with lock:
+                call, first[0] = first[0], None
+            if call is not None:
+                call(result[2], len(files))
+
+    _parallel_each(scan, len(files), _scan_workers())
+    for path, ds, values, err in scanned:
+        if err is not None:
+            if "not a DICOM file" not in err.reason:
+                errors.append(err)
+            continue
+        series[series_key(ds, values)].append((path, ds))
+        facts[str(path)] = values
     return dict(series), errors, facts
 
 
 class _Prefault:
     """A float32 volume whose memory pages a background thread touches while the
     headers are still being parsed (which holds the GIL and one core): the kernel's
-    page faults and zeroing, a fifth of a series load, then cost no wall time."""
+    page faults and zeroing (about a third of a series load's CPU time on this VM)
+    then cost no wall time.
 
-    _CHUNK = 1 << 22  # elements touched between checks of ``stop``
+    The touching stops when the volume is taken: the reader threads fault the pages
+    still untouched as they fill them.  Waiting for the whole volume instead cost up
+    to 0.3 s on a busy machine, where this thread gets little CPU and needs the GIL
+    between chunks."""
+
+    _CHUNK = 1 << 21  # elements (8 MB) touched between checks of ``stop``
 
     def __init__(self, shape: tuple[int, int, int]) -> None:
         self.array: np.ndarray | None = np.empty(shape, np.float32)
@@ -676,12 +791,13 @@ class _Prefault:
 
     def take(self, shape: tuple[int, ...]) -> np.ndarray | None:
         """The volume when it has this shape (every slice is then overwritten), else
-        ``None``; the background thread has finished either way."""
+        ``None``; the background thread has stopped either way (after the chunk it is
+        touching)."""
         array, self.array = self.array, None
-        if array is None or array.shape != tuple(shape):
-            self.stop = True
-            array = None
+        self.stop = True
         self.thread.join()
+        if array is None or array.shape != tuple(shape):
+            return None
         return array
 
 
@@ -773,10 +889,38 @@ def load_ct_series(
     """
     prefault: list[_Prefault] = []
     try:
-        return _load_ct_series(folder, series_uid, budget, files, prefault)
+        with _gc_paused():
+            return _load_ct_series(folder, series_uid, budget, files, prefault)
     finally:
         for p in prefault:
             p.take(())
+
+
+_GC_LOCK = threading.Lock()
+_GC_PAUSES = [0, False]  # loads under way, whether the first one disabled the collector
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the block, then back on if it was on.
+
+    A series load makes ~20 000 short-lived container objects (headers, their elements,
+    slice records), none of them in reference cycles; they triggered ~29 collections per
+    300-slice load, and every few loads a full one that walks every object of the
+    process (45-80 ms in a benchmark process, more in a large application).  Loads in
+    several threads share one pause: the last to finish turns the collector back on."""
+    with _GC_LOCK:
+        if _GC_PAUSES[0] == 0:
+            _GC_PAUSES[1] = gc.isenabled()
+            gc.disable()
+        _GC_PAUSES[0] += 1
+    try:
+        yield
+    finally:
+        with _GC_LOCK:
+            _GC_PAUSES[0] -= 1
+            if _GC_PAUSES[0] == 0 and _GC_PAUSES[1]:
+                gc.enable()
 
 
 def _load_ct_series(folder, series_uid, budget, files, prefault: list[_Prefault]) -> Image:
@@ -904,25 +1048,41 @@ def _load_ct_series(folder, series_uid, budget, files, prefault: list[_Prefault]
             np.add(pixels, np.float32(intercept), out=out)
         else:
             out[...] = pixels
+        if not _finite_hu(pixels.dtype, slope, intercept) and not np.isfinite(out).all():
+            nonfinite.append(i)  # the Image warns and fills them, reading the whole volume
 
-    with ThreadPoolExecutor(_workers()) as pool:
-        list(pool.map(read_plane, range(len(ordered))))
+    nonfinite: list[int] = []
+    _parallel_each(read_plane, len(ordered), _workers())
     if scanned:  # the scan kept only some elements: metadata comes from the whole header
         first = read_header(files[0][0], stop_before_pixels=True, touch_values=False)
     meta = basic_metadata(first)
     meta["SOPInstanceUIDs"] = [s.sop for s in ordered]
     meta["files"] = [s.path for s in ordered]
-    return Image(
-        pixels=volume,
-        spacing_mm=geometry["spacing"],
-        modality="CT",
-        affine=geometry["affine"],
-        source=str(folder),
-        metadata=meta,
-        warnings=warns + geo_warns,
-        spacing_source=geometry["spacing_source"],
-        geometry=_step_only(geometry),
-    )
+    # every slice finite (almost always known without reading it): no second pass
+    with known_finite(volume if not nonfinite else None):
+        return Image(
+            pixels=volume,
+            spacing_mm=geometry["spacing"],
+            modality="CT",
+            affine=geometry["affine"],
+            source=str(folder),
+            metadata=meta,
+            warnings=warns + geo_warns,
+            spacing_source=geometry["spacing_source"],
+            geometry=_step_only(geometry),
+        )
+
+
+def _finite_hu(dtype: np.dtype, slope: float, intercept: float) -> bool:
+    """True when every stored value of this integer ``dtype`` gives a finite float32
+    ``value * slope + intercept`` (``slope`` and ``intercept`` finite, as
+    :func:`_rescale` guarantees): the largest magnitude stays far below float32's
+    3.4e38 even after rounding.  ``False`` for floats and for rescales that might
+    overflow: the caller then looks at the values."""
+    if dtype.kind not in "iu":
+        return False
+    info = np.iinfo(dtype)
+    return abs(slope) * max(-int(info.min), int(info.max)) + abs(intercept) < 1e38
 
 
 _UNCOMPRESSED_LE = {"1.2.840.10008.1.2": False, "1.2.840.10008.1.2.1": True}  # UID -> explicit VR

@@ -806,7 +806,7 @@ def floats_of(value: Any, n: int) -> list[float] | None:
         values = [float(v) for v in value]
     except (TypeError, ValueError):
         return None
-    if len(values) != n or not all(np.isfinite(values)):
+    if len(values) != n or not all(math.isfinite(v) for v in values):
         return None
     return values
 
@@ -883,39 +883,67 @@ def fast_values(ds: Dataset, keywords: tuple[str, ...]) -> dict[str, Any]:
             raw = ds.get_item(tag, keep_deferred=True)
         except Exception:  # noqa: BLE001 - leave it to pydicom
             continue
-        if not isinstance(raw, RawDataElement) or not raw.is_little_endian or not raw.value:
-            continue
-        if raw.VR is not None and raw.VR != vr:
-            continue
-        data = raw.value
-        if vr == "US":
-            if len(data) == 2:
-                out[keyword] = int.from_bytes(data, "little")
-            continue
-        pattern = _FAST_PATTERNS.get(vr)
-        if pattern is None or len(data) != raw.length:
-            continue
-        try:
-            text = data.decode("ascii")
-        except UnicodeDecodeError:
-            continue
-        text = text.rstrip("\0 ")
-        parts = text.split("\\")
-        if len(parts) > 1 and not _FAST_MULTI[vr]:
-            continue
-        limit = _FAST_MAX_LENGTH[vr]
-        if not all(len(v) <= limit and pattern.fullmatch(v) for v in parts):
-            continue
-        if vr == "DS":
-            values = [float(v) for v in parts]
-            if not all(math.isfinite(v) for v in values):
-                continue
-            out[keyword] = values if len(values) > 1 else values[0]
-        elif vr == "IS":
-            out[keyword] = int(parts[0])
-        else:
-            out[keyword] = parts[0]
+        if isinstance(raw, RawDataElement):
+            value = fast_value(raw, vr)
+            if value is not NO_FAST_VALUE:
+                out[keyword] = value
     return out
+
+
+#: What :func:`fast_value` returns for an element it leaves to pydicom.
+NO_FAST_VALUE = object()
+
+
+def fast_value(raw: Any, vr: str) -> Any:
+    """The plain value of one raw element as :func:`fast_values` reads it, or
+    :data:`NO_FAST_VALUE` when it must be left to pydicom (big endian, empty, another VR,
+    an unusual spelling).  The caller checks :func:`fast_values`' other condition:
+    pydicom's raw value conversion is not customised.
+
+    Parameters
+    ----------
+    raw : pydicom.dataelem.RawDataElement
+        The element, not yet converted.
+    vr : str
+        The VR of its tag in the DICOM dictionary.
+
+    Returns
+    -------
+    Any
+        ``int`` for US and IS, ``float`` or list of ``float`` for DS, ``str`` for UI
+        and CS; :data:`NO_FAST_VALUE` otherwise.
+    """
+    if not raw.is_little_endian or not raw.value:
+        return NO_FAST_VALUE
+    if raw.VR is not None and raw.VR != vr:
+        return NO_FAST_VALUE
+    data = raw.value
+    if vr == "US":
+        return int.from_bytes(data, "little") if len(data) == 2 else NO_FAST_VALUE
+    pattern = _FAST_PATTERNS.get(vr)
+    if pattern is None or len(data) != raw.length:
+        return NO_FAST_VALUE
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        return NO_FAST_VALUE
+    text = text.rstrip("\0 ")
+    parts = text.split("\\")
+    if len(parts) > 1 and not _FAST_MULTI[vr]:
+        return NO_FAST_VALUE
+    limit = _FAST_MAX_LENGTH[vr]
+    for v in parts:  # a loop, not all(<generator>): this runs ~20 times per file of a scan
+        if len(v) > limit or not pattern.fullmatch(v):
+            return NO_FAST_VALUE
+    if vr == "DS":
+        values = [float(v) for v in parts]
+        for v in values:
+            if not math.isfinite(v):
+                return NO_FAST_VALUE
+        return values if len(values) > 1 else values[0]
+    if vr == "IS":
+        return int(parts[0])
+    return parts[0]
 
 
 def positive_spacing(values: list[float] | None) -> list[float] | None:
