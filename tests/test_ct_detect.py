@@ -413,3 +413,60 @@ def test_midline_test_on_coarse_maps_is_the_same(case):
     for u, v in zip(a, b):
         assert np.array_equal(u, v, equal_nan=True)
     assert a[0].any() and np.isfinite(a[1]).any()  # the rule was exercised
+
+
+def test_process_switch_is_restored_after_overlapping_blocks_in_threads():
+    """The first block in saves the setting, the last one out restores it, whatever the
+    order in which overlapping blocks of several threads end; OpenCV's thread count is
+    back after a threaded detect."""
+    import threading
+
+    import cv2
+
+    from calcdetect._switches import OPENCV_SINGLE_THREADED, ProcessSwitch
+
+    state = {"v": "user"}
+    switch = ProcessSwitch(lambda: state["v"], lambda v: state.update(v=v), "held")
+    inside, release = threading.Barrier(3), [threading.Event() for _ in range(2)]
+    seen = []
+
+    def worker(i):
+        with switch.held():
+            inside.wait()
+            release[i].wait()
+            seen.append(state["v"])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    inside.wait()
+    assert state["v"] == "held"
+    release[0].set()  # the first block in leaves first: the other still holds
+    threads[0].join()
+    assert state["v"] == "held"
+    release[1].set()
+    threads[1].join()
+    assert state["v"] == "user" and seen == ["held", "held"]
+
+    before = cv2.getNumThreads()
+    image, _ = ct_phantom(n_slices=20, diameters_mm=[3.0], seed=2)
+    with OPENCV_SINGLE_THREADED.held():
+        assert cv2.getNumThreads() == 1
+    calcdetect.detect(image)
+    assert cv2.getNumThreads() == before
+
+
+def test_depth_map_equals_depth_at_on_the_threaded_path():
+    """On a volume large enough for the slice threads (16 slices), the depth map still
+    equals the exact depths of the detector's path (OpenCV's precise distance transform
+    rounds differently with its pool at one thread, so the map path keeps the pool)."""
+    from calcdetect.detect.anatomy import ct_anatomy
+
+    hu, spacing = _anatomy_volumes()[0]
+    hu = np.repeat(hu, 16, axis=0)
+    full = ct_anatomy(hu, spacing)
+    lazy = ct_anatomy(hu, spacing, depth_map=False)
+    z, y, x = np.nonzero(full.body)
+    pick = np.random.default_rng(1).choice(z.size, 5000)
+    z, y, x = z[pick], y[pick], x[pick]
+    assert np.array_equal(full.depth_mm[z, y, x], lazy.depth_at(z, y, x), equal_nan=True)

@@ -9,19 +9,18 @@ spacing comes from the positions along the slice normal, never from SliceThickne
 from __future__ import annotations
 
 import functools
-import gc
 import mmap
 import os
 import struct
 import threading
 from collections import defaultdict
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
 
+from .._switches import GC_PAUSED
 from ..errors import CalcdetectError, InconsistentSeriesError, UnreadableFileError
 from ..image import Image, affine_from_dicom, known_finite
 from .dicom import (
@@ -889,38 +888,11 @@ def load_ct_series(
     """
     prefault: list[_Prefault] = []
     try:
-        with _gc_paused():
+        with GC_PAUSED.held():  # ~20 000 short-lived container objects, ~29 collections a load
             return _load_ct_series(folder, series_uid, budget, files, prefault)
     finally:
         for p in prefault:
             p.take(())
-
-
-_GC_LOCK = threading.Lock()
-_GC_PAUSES = [0, False]  # loads under way, whether the first one disabled the collector
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off for the block, then back on if it was on.
-
-    A series load makes ~20 000 short-lived container objects (headers, their elements,
-    slice records), none of them in reference cycles; they triggered ~29 collections per
-    300-slice load, and every few loads a full one that walks every object of the
-    process (45-80 ms in a benchmark process, more in a large application).  Loads in
-    several threads share one pause: the last to finish turns the collector back on."""
-    with _GC_LOCK:
-        if _GC_PAUSES[0] == 0:
-            _GC_PAUSES[1] = gc.isenabled()
-            gc.disable()
-        _GC_PAUSES[0] += 1
-    try:
-        yield
-    finally:
-        with _GC_LOCK:
-            _GC_PAUSES[0] -= 1
-            if _GC_PAUSES[0] == 0 and _GC_PAUSES[1]:
-                gc.enable()
 
 
 def _load_ct_series(folder, series_uid, budget, files, prefault: list[_Prefault]) -> Image:
