@@ -130,6 +130,9 @@ def test_duplicate_slices_are_dropped_with_a_warning(tmp_path):
     ds.save_as(tmp_path / "s" / "dup.dcm")
     loaded = calcdetect.load(tmp_path / "s")
     assert loaded.shape[0] == 4 and any("duplicate" in w for w in loaded.warnings)
+    # the warning names the dropped file and the one it duplicates
+    warning = next(w for w in loaded.warnings if "duplicate" in w)
+    assert "dup.dcm" in warning and paths[1].name in warning and "same position as" in warning
 
 
 def test_folder_with_two_series_says_which_and_how(tmp_path):

@@ -331,8 +331,14 @@ def _assemble(slices: list[_Slice], planes: list[np.ndarray] | None, source: str
     # duplicates: same position (within 1/100 mm)
     dup = np.concatenate([[False], np.diff(dist) < 1e-2])
     if dup.any():
+        # name the dropped files and the ones they duplicate (the first few of each)
+        pairs = [(Path(str(slices[ordered_idx[k]].path)).name, Path(str(slices[ordered_idx[k - 1]].path)).name)
+                 for k in np.flatnonzero(dup)]
+        shown = ", ".join(f"{a} (same position as {b})" for a, b in pairs[:5])
+        more = f" and {len(pairs) - 5} more" if len(pairs) > 5 else ""
         warns.append(
-            f"{int(dup.sum())} slice(s) duplicate the position of another slice and were dropped"
+            f"{int(dup.sum())} slice(s) duplicate the position of another slice and were dropped: "
+            f"{shown}{more}"
         )
         ordered_idx = [i for i, d in zip(ordered_idx, dup) if not d]
         dist = dist[~dup]
