@@ -470,3 +470,45 @@ def test_depth_map_equals_depth_at_on_the_threaded_path():
     pick = np.random.default_rng(1).choice(z.size, 5000)
     z, y, x = z[pick], y[pick], x[pick]
     assert np.array_equal(full.depth_mm[z, y, x], lazy.depth_at(z, y, x), equal_nan=True)
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_refine_deep_window_test_equals_the_full_resolution_window(factor):
+    """_refine_deep's coarse 5 x 5 filter answers 'deep and not-deep pixels within two
+    coarse pixels of the centre' exactly as the full-resolution window would, for
+    centres everywhere (borders included); the slices it replaces are those."""
+    import importlib
+
+    from calcdetect.detect.anatomy import ct_anatomy_reduced
+
+    ct = importlib.import_module("calcdetect.detect.ct")
+    hu, spacing = _anatomy_volumes()[0]
+    hu = np.concatenate([hu, hu[:, ::-1], hu[:, :, ::-1]] * 3)  # 9 slices
+    nz = hu.shape[0]
+    full = np.asarray(ct_anatomy_reduced(hu, spacing, factor).deep)
+    m = 2 * factor
+    partial = 0
+    for seed in range(12):
+        red = ct_anatomy_reduced(hu, spacing, factor)
+        rng = np.random.default_rng(seed)
+        n = 4
+        z = rng.integers(0, nz, n)
+        y, x = rng.integers(0, hu.shape[1], n), rng.integers(0, hu.shape[2], n)
+        if seed % 3 == 0:  # centres on the deep core's edge, where the windows are mixed
+            ez, ey, ex = np.nonzero(full & ~np.roll(full, 1, axis=2))
+            pick = rng.integers(0, ez.size, n)
+            z, y, x = ez[pick], ey[pick], ex[pick]
+        table = {"label": np.arange(1, n + 1), "centroid-0": z.astype(float), "centroid-1": y.astype(float),
+                 "centroid-2": x.astype(float), "bbox-0": z, "bbox-3": z + 1}
+        rim = np.zeros(n)  # far from the limit: only the window decides
+        expect = set()
+        for i in range(n):
+            win = full[z[i], max(y[i] - m, 0):y[i] + m + 1, max(x[i] - m, 0):x[i] + m + 1]
+            if win.any() and not win.all():
+                expect.update(range(max(z[i] - 1, 0), min(z[i] + 2, nz)))
+        replaced = []
+        red.exact_slice = lambda k: replaced.append(k) or type("A", (), {"deep": full[k:k + 1]})()
+        assert ct._refine_deep(red, table, np.arange(n), rim, 0.4) == len(expect)
+        assert set(replaced) == expect
+        partial += 0 < len(expect) < nz
+    assert partial >= 2  # the test saw both answers

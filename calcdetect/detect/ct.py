@@ -348,7 +348,8 @@ def detect_ct(
             "region": region, "threshold_hu": threshold_hu, "min_area_mm2": min_area_mm2,
             "max_lesion_mm": max_lesion_mm, "metal_hu": metal_hu, "size_method": size_method,
             "mass_calibration": mass_calibration, "roi_mask": mask is not None,
-            "components_total": n, "components_skeleton": int(skeleton.sum()),
+            # set aside as skeleton, not counting those already set aside as noise or metal
+            "components_total": n, "components_skeleton": int((skeleton & ~noise & ~metal).sum()),
             "components_noise": int(noise.sum()), "components_metal": int(metal.sum()),
             "contrast_min_peak_hu": contrast_min_peak_hu, "components_faint_contrast": int(faint.sum()),
         },
@@ -451,33 +452,38 @@ def _is_axial(image: Image) -> bool:
 
 
 def _midline_bone(image: Image, anatomy, table: dict, spacing3, has_spacing: bool,
-                  refine: np.ndarray | None = None) -> np.ndarray:
+                  asked: np.ndarray | None = None) -> np.ndarray:
     """Components near the trunk's midline and deep enough to be sternum, xiphoid or a
     spinous process (axial slices only).  The midline is the centre of the left-right
     extent of the largest deep core (the trunk's muscles and organs: unlike the body
     outline, it does not merge with an arm resting against the trunk), and a focus must
     lie in the body part that holds that core.
 
-    With maps at reduced resolution (``anatomy.factor`` > 1), a component of ``refine``
-    (those whose answer still matters; default all) within two coarse pixels of either
-    limit is decided again on its slice's full-resolution anatomy."""
+    Only the components ``asked`` (those whose answer still matters; default all) are
+    tested, the others are False: on a cluttered scan most components are set aside
+    before this test.  With maps at reduced resolution (``anatomy.factor`` > 1), a
+    component within two coarse pixels of either limit is decided again on its slice's
+    full-resolution anatomy."""
     n = table["label"].size
     out = np.zeros(n, bool)
-    if not n or not has_spacing or not _is_axial(image):
+    asked = np.ones(n, bool) if asked is None else np.asarray(asked, bool)
+    if not asked.any() or not has_spacing or not _is_axial(image):
         return out
-    asked = np.ones(n, bool) if refine is None else refine
-    out, dist, depth = _midline_test(anatomy, table, spacing3)
-    if getattr(anatomy, "factor", 1) > 1 and anatomy.exact_slice is not None and asked.any():
+    which = np.flatnonzero(asked)
+    part = select(table, which)
+    got, dist, depth = _midline_test(anatomy, part, spacing3)
+    if getattr(anatomy, "factor", 1) > 1 and anatomy.exact_slice is not None:
         # depths are exact already (Anatomy.depth_at); the midline comes from the coarse
         # deep core, so a focus this close to the limit is decided on the full maps
         tol = 2.0 * anatomy.factor * float(np.mean(spacing3[1:]))
-        near = asked & (depth >= MIDLINE_BONE_DEPTH_MM) & (np.abs(dist - MIDLINE_BONE_MM) <= tol)
-        cz = _centre_voxels(table, anatomy.body.shape)[0]
+        near = (depth >= MIDLINE_BONE_DEPTH_MM) & (np.abs(dist - MIDLINE_BONE_MM) <= tol)
+        cz = _centre_voxels(part, anatomy.body.shape)[0]
         for z in np.unique(cz[near]):
             sel = near & (cz == z)
-            one = {k: v[sel] for k, v in table.items()}
+            one = {k: v[sel] for k, v in part.items()}
             one["centroid-0"] = np.zeros(int(sel.sum()))
-            out[sel] = _midline_test(anatomy.exact_slice(int(z)), one, spacing3)[0]
+            got[sel] = _midline_test(anatomy.exact_slice(int(z)), one, spacing3)[0]
+    out[which] = got
     return out
 
 
@@ -611,15 +617,37 @@ def _refine_deep(anatomy, table: dict[str, np.ndarray], idx: np.ndarray, rim_dee
     (``anatomy.exact_slice``): those of the components ``idx`` whose centre has deep and
     not-deep pixels within two coarse pixels, or whose rim fraction in the core is
     within 0.15 of ``rim_limit``.  Returns how many slices were replaced."""
+    import cv2
+
     nz, ny, nx = anatomy.deep.shape
-    m = 2 * anatomy.factor
-    cz, cy, cx = _centre_voxels(table, anatomy.deep.shape)
+    f = anatomy.factor
+    m = 2 * f
+    idx = np.asarray(idx, dtype=np.intp)
+    cz, cy, cx = (a[idx] for a in _centre_voxels(table, anatomy.deep.shape))
+    # deep and not-deep pixels in the window of +-m full-resolution pixels around the
+    # centre: on the coarse plane that window is the 5 x 5 coarse pixels around
+    # (cy // f, cx // f) (m = 2f), clipped at the border as the window is, so a 5 x 5
+    # maximum and minimum filter (OpenCV's default border ignores the outside) answer
+    # it for every component of a slice at once
+    mixed = np.zeros(idx.size, bool)
+    coarse = isinstance(anatomy.deep, BlockMap)
+    square = np.ones((5, 5), np.uint8)
+    for z in np.unique(cz):
+        on = np.flatnonzero(cz == z)
+        plane = anatomy.deep.coarse_plane(int(z)) if coarse else None
+        if plane is None:  # a full-resolution plane: the window itself
+            for j in on:
+                win = anatomy.deep[int(z), max(cy[j] - m, 0):cy[j] + m + 1, max(cx[j] - m, 0):cx[j] + m + 1]
+                mixed[j] = bool(win.any() and not win.all())
+            continue
+        u = plane.view(np.uint8)
+        hi, lo = cv2.dilate(u, square), cv2.erode(u, square)
+        yc, xc = cy[on] // f, cx[on] // f
+        mixed[on] = (hi[yc, xc] > 0) & (lo[yc, xc] == 0)
     slices: set[int] = set()
-    for i in idx:
-        z0, z1 = max(int(table["bbox-0"][i]) - 1, 0), min(int(table["bbox-3"][i]) + 1, nz)
-        win = anatomy.deep[cz[i], max(cy[i] - m, 0):cy[i] + m + 1, max(cx[i] - m, 0):cx[i] + m + 1]
-        if (win.any() and not win.all()) or abs(rim_deep[i] - rim_limit) <= 0.15:
-            slices.update(range(z0, z1))
+    for j in np.flatnonzero(mixed | (np.abs(rim_deep[idx] - rim_limit) <= 0.15)):
+        i = idx[j]
+        slices.update(range(max(int(table["bbox-0"][i]) - 1, 0), min(int(table["bbox-3"][i]) + 1, nz)))
     order = sorted(slices)
     # each exact slice is a whole full-resolution anatomy: compute them side by side
     _each_slice(lambda i: anatomy.exact_slice(order[i]), len(order), per_worker=1)
