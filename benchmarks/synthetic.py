@@ -41,7 +41,7 @@ def _noise_block(rng: np.random.Generator, shape: tuple[int, int], sigma: float,
 
 
 def synthetic_ct(n_slices: int = 300, size: int = 512, *, seed: int = 0,
-                 per_slice: float = 0.67, noise_hu: float = 12.0) -> CTPhantom:
+                 per_slice: float = 0.67, noise_hu: float = 12.0, clutter: float = 0.0) -> CTPhantom:
     """Build a synthetic abdominal CT with many small subcutaneous calcifications.
 
     Parameters
@@ -56,6 +56,13 @@ def synthetic_ct(n_slices: int = 300, size: int = 512, *, seed: int = 0,
         Calcifications per slice (their number grows linearly with the volume).
     noise_hu : float
         Standard deviation of the added noise.
+    clutter : float
+        Small dense specks per slice (enhanced vessels, bone edges cut by the slice) in
+        the deep tissue, and, when above 0, the vertebra's cancellous bone as a 3D
+        texture around the threshold (see :func:`_add_clutter`): what makes a real CT
+        threshold into many small components.  Thresholded at 130 HU the real
+        abdominal series of the tests has 58 components per slice (92 % of them 10
+        voxels or fewer), the clean phantom (0) under 1; 45 gives 43 per slice (99 %).
 
     Returns
     -------
@@ -129,6 +136,8 @@ def synthetic_ct(n_slices: int = 300, size: int = 512, *, seed: int = 0,
         crop = hu[z0:z1, y0:y1, x0:x1]
         crop[inside] = np.maximum(crop[inside], peak)
         calcs.append({"centre_px": [zc, yc, xc], "diameter_mm": d_mm, "hu": peak})
+    if clutter > 0:
+        _add_clutter(hu, rng, ry, rx, fat, s, clutter)
     # noise: a small random block tiled along z with a per-slab roll (cheap, not periodic per slice)
     block = _noise_block(rng, (size, size), noise_hu)
     for k0 in range(0, n_slices, block.shape[0]):
@@ -136,6 +145,47 @@ def synthetic_ct(n_slices: int = 300, size: int = 512, *, seed: int = 0,
         shift = int(rng.integers(0, size))
         hu[k0:k1] += np.roll(block[: k1 - k0], shift, axis=2)
     return CTPhantom(hu=hu, spacing_mm=CT_SPACING, calcifications=calcs)
+
+
+def _add_clutter(hu: np.ndarray, rng: np.random.Generator, ry: np.ndarray, rx: np.ndarray,
+                 fat: float, s: float, specks_per_slice: float) -> None:
+    """Cancellous bone texture and dense specks, in place (see :func:`synthetic_ct`).
+
+    The vertebra's cancellous core (300 HU in the clean phantom) becomes a smoothed 3D
+    random field of mean 120 and SD 70 HU, so at 130 HU it breaks into many trabecular
+    islands that join and split from slice to slice; ``specks_per_slice`` blobs of 1-4
+    voxels at 140-260 HU are scattered in the muscle core (small enhanced vessels, bone
+    edges cut by the slice).
+    """
+    from scipy import ndimage as ndi
+
+    n, size = hu.shape[0], hu.shape[1]
+    cy = cx = 0.5 * size
+    # the vertebra's cancellous disc: centre per slice as in synthetic_ct (rounded radii)
+    r_trab = 13 * s
+    half = int(np.ceil(r_trab)) + 1
+    field = ndi.gaussian_filter(rng.standard_normal((n, 2 * half + 1, 2 * half + 1)), (0.8, 1.2, 1.2))
+    field = 120.0 + 70.0 * field / max(float(field.std()), 1e-6)
+    oy, ox = np.mgrid[-half:half + 1, -half:half + 1]
+    disc = np.hypot(oy, ox) <= r_trab
+    for k in range(n):
+        a = float(np.round(ry[k]))
+        vy, vx = int(round(cy + (a - fat) - 45 * s)), int(round(cx))
+        view = hu[k, vy - half:vy + half + 1, vx - half:vx + half + 1]
+        view[disc] = field[k][disc].astype(np.int16)
+    # specks in the muscle core (inside the fat layer, outside the gas and bone)
+    count = int(round(specks_per_slice * n))
+    zs = rng.integers(0, n, count)
+    ang = rng.uniform(0, 2 * np.pi, count)
+    rad = np.sqrt(rng.uniform(0.05, 0.85, count))
+    ys = np.round(cy + rad * (np.round(ry[zs]) - fat) * np.sin(ang)).astype(int)
+    xs = np.round(cx + rad * (np.round(rx[zs]) - fat) * np.cos(ang)).astype(int)
+    value = rng.integers(140, 260, count).astype(np.int16)
+    soft = hu[zs, ys, xs] == 40  # muscle only (not gas, bone or ribs)
+    zs, ys, xs, value = zs[soft], ys[soft], xs[soft], value[soft]
+    hu[zs, ys, xs] = value
+    grow = rng.random(zs.size) < 0.5  # half of them two voxels wide
+    hu[zs[grow], ys[grow], np.minimum(xs[grow] + 1, size - 1)] = value[grow]
 
 
 def synthetic_radiograph(n: int = 2000, *, seed: int = 0, n_foci: int | None = None) -> np.ndarray:

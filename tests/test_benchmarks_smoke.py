@@ -71,6 +71,21 @@ def test_compare_flags_regressions_beyond_noise(quick_results):
     assert run.compare(old, new)[1] == 0
 
 
+def test_compare_does_not_compare_different_inputs(quick_results):
+    """A result file of another synthetic CT (the clean phantom of files written before
+    --ct-clutter, which have no clutter key) is reported as such, not as a speed change."""
+    old = json.loads(json.dumps(quick_results, default=run._jsonable))
+    new = json.loads(json.dumps(quick_results, default=run._jsonable))
+    bid = next(b for b, v in new["benchmarks"].items() if v["group"] == "ct-detect")
+    assert new["benchmarks"][bid]["input"]["clutter_specks_per_slice"] == run.CT_CLUTTER > 0
+    del old["benchmarks"][bid]["input"]["clutter_specks_per_slice"]  # an older file: clean
+    new["benchmarks"][bid]["tools"]["calcdetect"]["median_s"] *= 5
+    text, bad = run.compare(old, new)
+    assert bad == 0 and f"| {bid} | | | | | | | input differs" in text
+    old["benchmarks"][bid]["input"]["clutter_specks_per_slice"] = run.CT_CLUTTER
+    assert run.compare(old, new)[1] == 1  # the same input: a regression
+
+
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 def test_cli_saves_json_and_memory(tmp_path):
     out = tmp_path / "r.json"
