@@ -50,8 +50,9 @@ Usage
     python benchmarks/fit_xray_classifier.py --cache /tmp/xray_cands.json --check
         # the candidate table is written there on the first run and read back afterwards
 
-Regenerating the table runs the detector 42 times (75 s on 2 idle cores, ``--jobs``);
-the fit itself takes under a second.
+Regenerating the table runs the detector 42 times (75 s on 2 idle cores before the lung
+fields were searched, 150 s since on the shared machine; ``--jobs``); the fit itself
+takes under a second.
 """
 
 from __future__ import annotations

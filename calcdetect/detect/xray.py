@@ -46,7 +46,10 @@ Pipeline (all sizes in mm, converted with the pixel spacing; docs/xray.md):
    contrast above ``max_contrast_fraction`` of the field's dynamic range or next to such
    an object (lead letters, metal, burned-in labels: far denser than any soft-tissue
    deposit); saturated; more than 2 mm into the air beside the body (dust); outside the
-   exposed field; inside lung fields (``exclude_lungs``, chest films).
+   exposed field.  Lung fields (chest films) are searched with a stricter cut of the same
+   score (``lung_min_confidence``; ``exclude_lungs=True`` leaves them out), and the score
+   includes the candidate's surround (:func:`surround_clutter`: vessel ends, forks and
+   rib crossings have arms that leave the spot).
 6. **Side** from PatientOrientation / laterality tags only (image left is not patient
    left); null when the file cannot say.
 
