@@ -3,14 +3,16 @@
 The radiograph detector (:func:`calcdetect.detect.xray.detect_xray`, ``classifier=True``)
 judges every matched-filter candidate that passed its hard rules with a logistic
 regression whose weights are frozen in ``calcdetect/detect/xray.py`` (``CLASSIFIER_W``,
-``CLASSIFIER_B``, ``CLASSIFIER_CUT``, ``EDGE_OVERRIDE_CUT``).  This script rebuilds them:
+``CLASSIFIER_B``, ``CLASSIFIER_CUT``, ``LUNG_CLASSIFIER_CUT``, ``EDGE_OVERRIDE_CUT``).  This
+script rebuilds the weights:
 
 1. **Candidate table.**  For each image of ``benchmarks/validate_xray.py`` (RG1 chest, RG3
    tibia, stated pixel 0.15 mm), its untouched original and, per development seed (1, 7)
    and contrast (2 and 4 % of the body range per mm), 5 trials of 10 inserted foci placed
    exactly as the validation places them (its :func:`body_and_range`, ``MARKER_BOX``,
    :func:`random_foci` seed ``seed * 1000 + trial``).  The detector runs with
-   ``classifier=False, report_rejected=True``: the hard rules (size, elongated,
+   ``classifier=False, exclude_lungs=False, report_rejected=True`` (lung fields searched
+   and their candidates tagged ``in_lung``): the hard rules (size, elongated,
    edge-like, too dense, air, field, ROI) are applied as usual, the round-1 faint / lobed /
    ragged cuts only tag candidates, and the classifier is not consulted, so the table does
    not depend on the weights being refit.  A candidate is a *training row* when it has
@@ -24,13 +26,15 @@ regression whose weights are frozen in ``calcdetect/detect/xray.py`` (``CLASSIFI
    A candidate is a focus when its centre lies within ``max(2 mm, 0.75 x diameter)`` of
    an inserted focus (the nearest one).
 2. **Fit.**  Features as in :func:`calcdetect.detect.xray.candidate_confidence` (log
-   score, log CNR, log edge_mm, solidity, iso_ratio, log diameter), standardised; an L2
+   score, log CNR, log edge_mm, solidity, iso_ratio, log diameter, log surround), one
+   model for candidates inside and outside the lung fields, standardised; an L2
    penalised (``--l2``, 1.0 on the standardised weights, not the intercept) logistic
    regression with the two classes weighted equally, minimised with scipy's L-BFGS-B
    from zero, then converted back to weights on the raw features.
 3. **Report.**  The weights and bias, and per seed, image and contrast the foci found and
-   the false findings per image at ``CLASSIFIER_CUT`` (with the edge-like override), as
-   the detector would decide with the refit weights.
+   the false findings per image at ``CLASSIFIER_CUT`` (``LUNG_CLASSIFIER_CUT`` inside the
+   lung fields; with the edge-like override), as the detector would decide with the refit
+   weights, and a sweep of both cuts.
 
 With ``--check`` the refit weights are compared to the frozen constants, and the script
 exits with status 1 when the two disagree on the keep / reject decision of more than
@@ -46,8 +50,9 @@ Usage
     python benchmarks/fit_xray_classifier.py --cache /tmp/xray_cands.json --check
         # the candidate table is written there on the first run and read back afterwards
 
-Regenerating the table runs the detector 42 times (75 s on 2 idle cores, ``--jobs``);
-the fit itself takes under a second.
+Regenerating the table runs the detector 42 times (75 s on 2 idle cores before the lung
+fields were searched, 150 s since on the shared machine; ``--jobs``); the fit itself
+takes under a second.
 """
 
 from __future__ import annotations
@@ -74,7 +79,9 @@ FOCI = 10
 PIXEL_MM = 0.15
 #: Reasons that only tag a candidate with ``classifier=False``; the classifier replaces them.
 SOFT_REASONS = frozenset({"faint", "lobed", "ragged"})
-FEATURES = ("log score", "log cnr", "log edge_mm", "solidity", "iso_ratio", "log diameter_mm")
+FEATURES = ("log score", "log cnr", "log edge_mm", "solidity", "iso_ratio", "log diameter_mm", "log surround")
+#: Per-candidate values ``candidate_features`` takes, in its order.
+NAMES = ("score", "cnr", "edge_mm", "solidity", "iso_ratio", "diameter_mm", "surround")
 #: Largest fraction of development candidates whose decision may differ under ``--check``.
 TOLERANCE = 0.002
 
@@ -112,11 +119,12 @@ def _label(rows: list[dict], truth: list[dict]) -> None:
 def candidate_rows(report, truth: list[dict]) -> list[dict]:
     """Every candidate of a ``classifier=False, report_rejected=True`` report with the
     features, its reasons, and its truth label (``truth``: index or None)."""
-    keys = ("score", "cnr", "edge_mm", "solidity", "iso_ratio")
+    keys = ("score", "cnr", "edge_mm", "solidity", "iso_ratio", "surround")
     rows = [dict({k: float(f.extra[k]) for k in keys}, centroid_px=list(f.centroid_px),
-                 diameter_mm=float(f.equivalent_diameter_mm), reasons=[]) for f in report.findings]
+                 diameter_mm=float(f.equivalent_diameter_mm), in_lung=bool(f.extra["in_lung"]), reasons=[])
+            for f in report.findings]
     rows += [dict({k: float(c[k]) for k in keys}, centroid_px=list(c["centroid_px"]),
-                  diameter_mm=float(c["diameter_mm"]), reasons=list(c["reasons"]))
+                  diameter_mm=float(c["diameter_mm"]), in_lung=bool(c["in_lung"]), reasons=list(c["reasons"]))
              for c in report.extra["rejected"]]
     _label(rows, truth)
     return rows
@@ -138,7 +146,7 @@ def _run(task: tuple) -> dict:
         img, truth = insert_foci(original, foci)
         tag = f"s{seed}_c{cpm:g}_t{trial}"
     t0 = time.time()
-    rep = detect_xray(img, classifier=False, min_score=dump_min_score, report_rejected=True)
+    rep = detect_xray(img, classifier=False, exclude_lungs=False, min_score=dump_min_score, report_rejected=True)
     truth = [{"centroid_px": [float(v) for v in t["centroid_px"]], "diameter_mm": float(t["diameter_mm"])}
              for t in truth]
     return {"image": name, "tag": tag, "seed": seed, "contrast": cpm, "truth": truth,
@@ -178,8 +186,7 @@ def feature_matrix(rows: list[dict]) -> np.ndarray:
     """Raw features in ``CLASSIFIER_W`` order (the detector's ``candidate_features``)."""
     if not rows:
         return np.zeros((0, len(FEATURES)))
-    names = ("score", "cnr", "edge_mm", "solidity", "iso_ratio", "diameter_mm")
-    return candidate_features(*(np.array([r[k] for r in rows], float) for k in names))
+    return candidate_features(*(np.array([r[k] for r in rows], float) for k in NAMES))
 
 
 def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1.0) -> tuple[np.ndarray, float]:
@@ -234,11 +241,13 @@ def split(runs: list[dict]) -> tuple[list[dict], list[dict]]:
     return train, edge
 
 
-def decisions(rows: list[dict], w, b: float, cut: float, edge_cut: float) -> np.ndarray:
-    """Keep / reject as the detector decides: logit >= cut, and >= edge_cut if edge-like."""
+def decisions(rows: list[dict], w, b: float, cut: float, edge_cut: float, lung_cut: float) -> np.ndarray:
+    """Keep / reject as the detector decides: logit >= cut (``lung_cut`` inside a lung
+    field), and >= the larger of that and ``edge_cut`` if edge-like."""
     logit = feature_matrix(rows) @ np.asarray(w, float) + b
-    edge_like = np.array([bool(r.get("edge_like")) for r in rows])
-    return (logit >= cut) & (~edge_like | (logit >= edge_cut))
+    edge_like = np.array([bool(r.get("edge_like")) for r in rows], bool)
+    c = np.where(np.array([bool(r["in_lung"]) for r in rows], bool), lung_cut, cut)
+    return (logit >= c) & (~edge_like | (logit >= np.maximum(c, edge_cut)))
 
 
 def evaluate(runs: list[dict], rows: list[dict], keep: np.ndarray) -> list[str]:
@@ -255,10 +264,11 @@ def evaluate(runs: list[dict], rows: list[dict], keep: np.ndarray) -> list[str]:
         if seed is None:
             out.append(f"  original    {image:15s}          false {len(kept_by_run.get(idx[0], []))}")
             continue
-        found = truth = found2 = truth2 = false = 0
+        found = truth = found2 = truth2 = false = lung = false_lung = 0
         for i in idx:
             kept = kept_by_run.get(i, [])
             hit = {c["truth"] for c in kept if c["truth"] is not None}
+            lung += len({c["truth"] for c in kept if c["truth"] is not None and c["in_lung"]})
             for j, t in enumerate(runs[i]["truth"]):
                 truth += 1
                 found += j in hit
@@ -266,8 +276,10 @@ def evaluate(runs: list[dict], rows: list[dict], keep: np.ndarray) -> list[str]:
                     truth2 += 1
                     found2 += j in hit
             false += sum(1 for c in kept if c["truth"] is None)
+            false_lung += sum(1 for c in kept if c["truth"] is None and c["in_lung"])
         out.append(f"  seed {seed:<5d} {image:15s} {100 * cpm:g} %/mm: found {found}/{truth} "
-                   f"(>=2 mm {found2}/{truth2}), false {false / len(idx):.1f}/image")
+                   f"(>=2 mm {found2}/{truth2}; in lung fields {lung}), false {false / len(idx):.1f}/image "
+                   f"(in lung fields {false_lung / len(idx):.1f})")
     return out
 
 
@@ -337,27 +349,29 @@ def main(argv=None) -> int:
     print(f"CLASSIFIER_B = {b:.4f}")
 
     rows = train + edge
-    cut, edge_cut = xray.CLASSIFIER_CUT, xray.EDGE_OVERRIDE_CUT
-    keep_new = decisions(rows, w, b, cut, edge_cut)
-    print(f"at the cut {cut:g} (edge-like candidates need {edge_cut:g}), refit weights:")
+    cut, edge_cut, lung_cut = xray.CLASSIFIER_CUT, xray.EDGE_OVERRIDE_CUT, xray.LUNG_CLASSIFIER_CUT
+    keep_new = decisions(rows, w, b, cut, edge_cut, lung_cut)
+    print(f"at the cut {cut:g} ({lung_cut:g} in lung fields; edge-like candidates need {edge_cut:g}), "
+          "refit weights:")
     print("\n".join(evaluate(runs, rows, keep_new)))
-    print("cut sweep (the cut and the edge override are chosen by hand, not fitted):")
+    print(f"cut sweep outside the lung fields (lung cut {lung_cut:g}; the cuts and the edge override are "
+          "chosen by hand, not fitted):")
     for c in (-0.5, 0.0, 0.5, 1.0, 1.5, 2.0):
-        print("  " + sweep_line(runs, rows, decisions(rows, w, b, c, max(edge_cut, c)), c))
+        print("  " + sweep_line(runs, rows, decisions(rows, w, b, c, edge_cut, lung_cut), c))
+    print(f"lung cut sweep (cut {cut:g} outside the lung fields):")
+    for c in (1.0, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0):
+        print("  lung " + sweep_line(runs, rows, decisions(rows, w, b, cut, edge_cut, c), c))
     print(f"table {t_table:.0f} s, fit {t_fit:.2f} s")
     if not args.check:
         return 0
 
     # the features here must be the detector's own: same logit as candidate_confidence
-    g = {k: np.array([r[k] for r in rows], float) for k in ("score", "cnr", "edge_mm", "solidity", "iso_ratio",
-                                                          "diameter_mm")}
-    ref = xray.candidate_confidence(g["score"], g["cnr"], g["edge_mm"], g["solidity"], g["iso_ratio"],
-                                    g["diameter_mm"])
+    ref = xray.candidate_confidence(*(np.array([r[k] for r in rows], float) for k in NAMES))
     mine = feature_matrix(rows) @ np.asarray(xray.CLASSIFIER_W) + xray.CLASSIFIER_B
     if not np.allclose(ref, mine, rtol=0, atol=1e-9):
         print("CHECK FAILED: feature_matrix() no longer matches candidate_confidence()")
         return 1
-    keep_old = decisions(rows, xray.CLASSIFIER_W, xray.CLASSIFIER_B, cut, edge_cut)
+    keep_old = decisions(rows, xray.CLASSIFIER_W, xray.CLASSIFIER_B, cut, edge_cut, lung_cut)
     flips = int((keep_new != keep_old).sum())
     dw = np.abs(w - np.asarray(xray.CLASSIFIER_W))
     logit_new = feature_matrix(rows) @ w + b

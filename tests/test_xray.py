@@ -21,6 +21,7 @@ from calcdetect.phantoms.xray import (
     insert_foci,
     radiograph_phantom,
     random_foci,
+    render_focus,
     write_radiograph_dicom,
 )
 from calcdetect.validation import match_findings
@@ -398,12 +399,14 @@ def test_second_stage_classifier_keeps_round_focus_and_scores_sensibly():
     assert rep.parameters["classifier"] is True and rep.parameters["components_low_confidence"] >= 0
     old = detect_xray(_flat_image(pixels), classifier=False, min_score=15.0)
     assert old.parameters["classifier"] is False and old.findings[0].extra["confidence"] is None
-    base = candidate_confidence(30.0, 10.0, 0.5, 0.95, 0.8, 2.0)
-    assert candidate_confidence(60.0, 10.0, 0.5, 0.95, 0.8, 2.0) > base
-    assert candidate_confidence(30.0, 10.0, 0.5, 0.95, 0.4, 2.0) < base
-    assert candidate_confidence(30.0, 10.0, 0.5, 0.70, 0.8, 2.0) < base
+    base = candidate_confidence(30.0, 10.0, 0.5, 0.95, 0.8, 2.0, 0.1)
+    assert candidate_confidence(60.0, 10.0, 0.5, 0.95, 0.8, 2.0, 0.1) > base
+    assert candidate_confidence(30.0, 10.0, 0.5, 0.95, 0.4, 2.0, 0.1) < base
+    assert candidate_confidence(30.0, 10.0, 0.5, 0.70, 0.8, 2.0, 0.1) < base
+    # arms leaving the spot (vessel fork, rib crossing) lower the score
+    assert candidate_confidence(30.0, 10.0, 0.5, 0.95, 0.8, 2.0, 1.0) < base
     # a ragged (solidity 0.75), half-round candidate of a marginal score is rejected
-    assert candidate_confidence(15.0, 8.0, 0.5, 0.75, 0.6, 2.0) < CLASSIFIER_CUT
+    assert candidate_confidence(15.0, 8.0, 0.5, 0.75, 0.6, 2.0, 0.1) < CLASSIFIER_CUT
 
 
 def test_min_confidence_trades_findings_monotonically():
@@ -434,16 +437,107 @@ def test_classifier_refit_recovers_known_weights():
     spec.loader.exec_module(fx)
     rng = np.random.default_rng(0)
     n = 20000
-    rows = [{"score": s, "cnr": c, "edge_mm": e, "solidity": so, "iso_ratio": i, "diameter_mm": d}
-            for s, c, e, so, i, d in zip(rng.uniform(10, 80, n), rng.uniform(1, 20, n), rng.uniform(0.02, 5, n),
-                                         rng.uniform(0.6, 1, n), rng.uniform(0.3, 1, n), rng.uniform(0.8, 8, n))]
+    rows = [{"score": s, "cnr": c, "edge_mm": e, "solidity": so, "iso_ratio": i, "diameter_mm": d, "surround": u}
+            for s, c, e, so, i, d, u in zip(rng.uniform(10, 80, n), rng.uniform(1, 20, n), rng.uniform(0.02, 5, n),
+                                            rng.uniform(0.6, 1, n), rng.uniform(0.3, 1, n), rng.uniform(0.8, 8, n),
+                                            rng.uniform(0.01, 3, n))]
     X = fx.feature_matrix(rows)
     g = {k: np.array([r[k] for r in rows]) for k in rows[0]}
-    ref = candidate_confidence(g["score"], g["cnr"], g["edge_mm"], g["solidity"], g["iso_ratio"], g["diameter_mm"])
+    ref = candidate_confidence(g["score"], g["cnr"], g["edge_mm"], g["solidity"], g["iso_ratio"], g["diameter_mm"],
+                               g["surround"])
     assert np.allclose(X @ np.asarray(CLASSIFIER_W) + CLASSIFIER_B, ref)
-    w_true = np.array([1.5, 0.5, 0.8, 6.0, 4.0, -0.5])
+    w_true = np.array([1.5, 0.5, 0.8, 6.0, 4.0, -0.5, -1.5])
     b_true = -float(np.median(X @ w_true)) - 1.0  # about 1 positive in 4
     y = rng.random(n) < 1.0 / (1.0 + np.exp(-(X @ w_true + b_true)))
     w, b = fx.fit_logistic(X, y, l2=1e-3)
     # equal class weights move the bias only; the slopes stay
     assert np.all(np.abs(w - w_true) <= 0.1 * np.abs(w_true) + 0.05)
+
+
+def _lung_phantom(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A chest-like film at 0.15 mm: a dense body disk around one dark lung field (about
+    68 cm2) with blurred vessels radiating from a hilum, and noise.  Returns the pixels
+    and the lung mask."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    n = 900
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
+    img = np.full((n, n), 300.0, np.float32)
+    img[((yy - 450) / 420) ** 2 + ((xx - 450) / 420) ** 2 <= 1] = 2000.0
+    lung = ((yy - 450) / 300) ** 2 + ((xx - 450) / 240) ** 2 <= 1
+    img[lung] = 900.0
+    img = cv2.GaussianBlur(img, (0, 0), 8)
+    vessels = np.zeros((n, n), np.float32)
+    for _ in range(40):
+        a, length = rng.uniform(0, 2 * np.pi), rng.uniform(60, 250)
+        y0, x0 = 450 + rng.normal(0, 30), 450 + rng.normal(0, 30)
+        cv2.line(vessels, (int(x0), int(y0)), (int(x0 + length * np.cos(a)), int(y0 + length * np.sin(a))),
+                 float(rng.uniform(40, 90)), int(rng.integers(2, 5)))
+    img += cv2.GaussianBlur(vessels, (0, 0), 1.5) * lung
+    img += 6.0 * rng.standard_normal((n, n)).astype(np.float32)
+    return img, lung
+
+
+def _band(img: np.ndarray, p0, p1, width_px: int, contrast: float) -> None:
+    """A straight bright band (a rib, a vessel) of ``contrast`` from p0 to p1 (x, y)."""
+    import cv2
+
+    m = np.zeros_like(img)
+    cv2.line(m, p0, p1, 1.0, int(width_px))
+    img += contrast * cv2.GaussianBlur(m, (0, 0), 1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_lung_fields_searched_with_a_stricter_stage(seed):
+    # round 3: foci over a lung field are searched (the classifier's lung cut), a rib-
+    # crossing-like X of two 3.6 mm bands is a candidate there but is not reported, and
+    # with exclude_lungs=True (the round-2 default) the lung is not searched at all
+    from calcdetect.detect.xray import LUNG_CLASSIFIER_CUT
+
+    img, lung = _lung_phantom(seed)
+    foci = [{"centroid_px": [330.0, 560.0], "diameter_mm": 4.0, "contrast": 200.0},
+            {"centroid_px": [650.0, 560.0], "diameter_mm": 3.0, "contrast": 150.0}]
+    for f in foci:
+        render_focus(img, f["centroid_px"], f["diameter_mm"] / 0.15, f["contrast"])
+    _band(img, (300, 480), (420, 640), 24, 150.0)  # the two bands cross at row 560, col 360
+    _band(img, (300, 640), (420, 480), 24, 150.0)
+    rep = detect_xray(_flat_image(img), report_rejected=True)
+    assert rep.parameters["lungs_searched"] is True
+    assert any("stricter second stage" in w for w in rep.warnings)
+    m = match_findings(foci, rep.findings, (0.15, 0.15))
+    assert m.found == 2 and len(m.false) == 0
+    assert all(f.extra["in_lung"] and f.extra["confidence"] >= LUNG_CLASSIFIER_CUT for f in rep.findings)
+    cross = [c for c in rep.extra["rejected"]
+             if np.hypot(c["centroid_px"][0] - 560.0, c["centroid_px"][1] - 360.0) < 4.0 / 0.15]
+    assert cross and all(c["in_lung"] and "low_confidence" in c["reasons"] for c in cross)
+    off = detect_xray(_flat_image(img), exclude_lungs=True)
+    assert off.count == 0 and off.parameters["lungs_searched"] is False
+
+
+def test_surround_clutter_separates_a_focus_from_crossing_bands():
+    # a focus on a sloped background has a flat surround once the slope is removed; the
+    # crossing of two bands (rib crossing, vessel fork) has four arms around it
+    from calcdetect.detect.xray import surround_clutter
+
+    rng = np.random.default_rng(0)
+    img = np.tile(np.linspace(500.0, 900.0, 300, dtype=np.float32), (300, 1))
+    img += 2.0 * rng.standard_normal(img.shape).astype(np.float32)
+    render_focus(img, (80.0, 80.0), 3.0 / 0.15, 150.0)
+    _band(img, (150, 150), (290, 290), 20, 150.0)
+    _band(img, (150, 290), (290, 150), 20, 150.0)
+    u = surround_clutter(img, np.array([[80.0, 80.0], [220.0, 220.0]]), np.array([10.0, 12.0]),
+                         np.array([150.0, 150.0]), 0.15)
+    assert u[0] < 0.05 and u[1] > 0.3
+
+
+def test_lossy_chest_twin_has_no_finding_in_the_lung_fields():
+    # RG1_J2KI is RG1 after lossy JPEG 2000 compression, which smooths the lung clutter:
+    # the strongest non-focus lung candidate of the film (a smooth round blob) scores
+    # 3.5 there; the lung cut (LUNG_CLASSIFIER_CUT) must keep it out
+    image = calcdetect.load(_data("RG1_J2KI.dcm"), pixel_size_mm=0.15)
+    rep = detect_xray(image, report_rejected=True)
+    assert rep.parameters["lungs_searched"] is True
+    assert not any(f.extra["in_lung"] for f in rep.findings)
+    lung_cands = [c for c in rep.extra["rejected"] if c["in_lung"] and c["confidence"] is not None]
+    assert max(c["confidence"] for c in lung_cands) > 3.0  # it is a candidate, and a strong one
