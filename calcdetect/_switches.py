@@ -1,13 +1,14 @@
 """Process-wide settings held for the duration of a block, shared by threads.
 
-Some settings that make calcdetect faster belong to the whole process: Python's cyclic
-garbage collector (paused during a series load) and OpenCV's own thread pool (one
-thread inside calcdetect's slice threads, which already use the cores).  A
+Some settings that make calcdetect faster belong to the whole process, such as Python's
+cyclic garbage collector (paused during a series load).  A
 :class:`ProcessSwitch` holds such a setting while any caller is inside its block: the
 first to enter saves the current value and sets the switch's, the last to leave puts
 the saved value back, so blocks running at the same time in several threads never
 leave the process changed.  Other code of the process that runs meanwhile sees the
-held value; for these two settings that changes speed only, never results.
+held value; for the collector that changes speed only, never results.  (OpenCV's thread
+count is deliberately not switched: ``cv2.setNumThreads`` rebuilds OpenCV's pool, and
+a process forked afterwards hangs in its first parallel OpenCV call.)
 """
 
 from __future__ import annotations
@@ -64,19 +65,3 @@ def _set_gc(enabled: bool) -> None:
 #: cycles; they triggered ~29 collections per 300-slice load, and every few loads a full
 #: one that walks every object of the process (45-80 ms in a benchmark process).
 GC_PAUSED = ProcessSwitch(gc.isenabled, _set_gc, False)
-
-
-def _cv2_threads(n: int | None = None) -> int | None:
-    import cv2
-
-    if n is None:
-        return cv2.getNumThreads()
-    cv2.setNumThreads(n)
-    return None
-
-
-#: OpenCV's internal thread pool down to one thread, for calcdetect's own slice threads:
-#: with both, two cores ran four busy threads and OpenCV's workers spun waiting (CT
-#: anatomy of 300 slices on 2 cores: CPU 1.05-1.42 s -> 0.79-1.03 s, wall 0.62-0.79 s ->
-#: 0.56-0.70 s).
-OPENCV_SINGLE_THREADED = ProcessSwitch(_cv2_threads, _cv2_threads, 1)

@@ -417,13 +417,10 @@ def test_midline_test_on_coarse_maps_is_the_same(case):
 
 def test_process_switch_is_restored_after_overlapping_blocks_in_threads():
     """The first block in saves the setting, the last one out restores it, whatever the
-    order in which overlapping blocks of several threads end; OpenCV's thread count is
-    back after a threaded detect."""
+    order in which overlapping blocks of several threads end."""
     import threading
 
-    import cv2
-
-    from calcdetect._switches import OPENCV_SINGLE_THREADED, ProcessSwitch
+    from calcdetect._switches import ProcessSwitch
 
     state = {"v": "user"}
     switch = ProcessSwitch(lambda: state["v"], lambda v: state.update(v=v), "held")
@@ -447,13 +444,6 @@ def test_process_switch_is_restored_after_overlapping_blocks_in_threads():
     release[1].set()
     threads[1].join()
     assert state["v"] == "user" and seen == ["held", "held"]
-
-    before = cv2.getNumThreads()
-    image, _ = ct_phantom(n_slices=20, diameters_mm=[3.0], seed=2)
-    with OPENCV_SINGLE_THREADED.held():
-        assert cv2.getNumThreads() == 1
-    calcdetect.detect(image)
-    assert cv2.getNumThreads() == before
 
 
 def test_depth_map_equals_depth_at_on_the_threaded_path():

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import contextlib
 import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +43,6 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
-from .._switches import OPENCV_SINGLE_THREADED
 
 FOV_PADDING_HU = -1500.0
 
@@ -106,20 +104,19 @@ def _slice_workers(nz: int, per_worker: int = 8) -> int:
     return max(1, min(n, 8, nz // max(per_worker, 1)))
 
 
-def _each_slice(fn, nz: int, per_worker: int = 8, opencv_pool: bool = False) -> None:
+def _each_slice(fn, nz: int, per_worker: int = 8) -> None:
     """Call ``fn(k)`` for every slice index, on :func:`_slice_workers` threads (OpenCV and
     NumPy release the GIL, so the slices overlap).  ``per_worker``: the fewest slices
     worth a thread (8 for the cheap per-slice steps; 1 for whole-slice anatomies).
 
-    With several threads, OpenCV's own thread pool is held at one thread
-    (:data:`calcdetect._switches.OPENCV_SINGLE_THREADED`): our threads already use the
-    cores, and OpenCV's workers inside them only spin.  ``opencv_pool=True`` keeps
-    OpenCV's pool: its precise distance transform rounds differently with one thread
-    (by 1.5e-5 mm), and the depth map must equal :meth:`Anatomy.depth_at` exactly."""
+    OpenCV's own thread pool is left as it is: holding it at one thread inside these
+    threads saved about a tenth of the CPU, but ``cv2.setNumThreads`` rebuilds the pool,
+    and a process forked afterwards (``multiprocessing`` with fork, as ``annotate
+    --jobs`` and many research scripts use) then hangs in its first parallel OpenCV
+    call."""
     workers = _slice_workers(nz, per_worker)
     if workers > 1:
-        hold = contextlib.nullcontext() if opencv_pool else OPENCV_SINGLE_THREADED.held()
-        with hold, ThreadPoolExecutor(workers) as pool:
+        with ThreadPoolExecutor(workers) as pool:
             list(pool.map(fn, range(nz)))
     else:
         for k in range(nz):
@@ -791,7 +788,7 @@ def ct_anatomy(
             closed = cv2.morphologyEx(core.astype(np.uint8), cv2.MORPH_CLOSE, close_kernel)
             deep[k][win][box] = _fill_holes(closed) & b[box]
 
-    _each_slice(one_slice, nz, opencv_pool=not lazy)  # slices are independent
+    _each_slice(one_slice, nz)  # slices are independent
     return Anatomy(body=body, deep=deep, depth_mm=depth, fov=fov, internal_air=internal_air,
                    no_skin=no_skin, air_edges=air_edges, spacing_rc=tuple(float(s) for s in spacing_rc))
 
