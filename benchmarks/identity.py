@@ -57,7 +57,11 @@ def _h(data: bytes | np.ndarray | str) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
-def _write_series(folder: Path, transfer_syntax: str, signed: int, stored: int, slope: float, intercept: float) -> Path:
+def _write_series(folder: Path, transfer_syntax: str, signed: int, stored: int, slope: float, intercept: float,
+                  shuffled: bool = False) -> Path:
+    """Six 32 x 48 uncompressed CT slices of random 16-bit words (high bits set beyond
+    ``stored``), in ``transfer_syntax`` (explicit or implicit VR little endian), named
+    in slice order or (``shuffled``) in another order.  Also used by load_identity.py."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ImplicitVRLittleEndian
 
@@ -79,8 +83,8 @@ def _write_series(folder: Path, transfer_syntax: str, signed: int, stored: int, 
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, stored, stored - 1, signed
         ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
         ds.PixelData = rng.integers(0, 65536, size=(32, 48)).astype(np.uint16).tobytes()
-        ds.is_little_endian, ds.is_implicit_VR = True, transfer_syntax == ImplicitVRLittleEndian
-        ds.save_as(folder / f"f{k}.dcm", enforce_file_format=True)
+        ds.save_as(folder / f"f{(k * 5) % 6 if shuffled else k}.dcm", implicit_vr=transfer_syntax == ImplicitVRLittleEndian,
+                   little_endian=True, enforce_file_format=True)
     return folder
 
 

@@ -60,29 +60,12 @@ def _h(data: Any) -> str:
 
 
 def _small_series(folder: Path, implicit: bool, signed: int, stored: int, slope: float, intercept: float) -> None:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    for k in range(6):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = f"1.2.3.4.{k + 1}"
-        meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.InstanceNumber = "CT", "1.2.3.9", "1.2.3.8", k + 1
-        ds.ImagePositionPatient = [0, 0, -k * 2.5]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [0.7, 0.7]
-        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 32, 48, 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, stored, stored - 1, signed
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-        ds.PixelData = rng.integers(0, 65536, size=(32, 48)).astype(np.uint16).tobytes()
-        ds.save_as(folder / f"f{(k * 5) % 6}.dcm", implicit_vr=implicit, little_endian=True,
-                   enforce_file_format=True)
+    from identity import _write_series  # benchmarks/identity.py: the same odd-encoding series
+
+    _write_series(folder, ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian, signed, stored, slope,
+                  intercept, shuffled=True)
 
 
 def _with_good_slices(damaged: Path, good: Path, folder: Path) -> None:
