@@ -135,6 +135,23 @@ def test_duplicate_slices_are_dropped_with_a_warning(tmp_path):
     assert "dup.dcm" in warning and paths[1].name in warning and "same position as" in warning
 
 
+def test_a_damaged_duplicate_does_not_replace_the_good_slice(tmp_path):
+    """A truncated copy of a slice (a re-transfer gone wrong) that sorts before the good
+    file is the one dropped: the series loads as without it, and the warning names it."""
+    image, _ = ct_phantom((32, 32), (1.0, 1.0), n_slices=4, n_nodules=0)
+    paths = write_dicom_series(image, tmp_path / "s")
+    clean = calcdetect.load(tmp_path / "s")
+    ds = pydicom.dcmread(paths[2])
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(tmp_path / "copy.dcm")
+    data = (tmp_path / "copy.dcm").read_bytes()
+    (tmp_path / "s" / "0_copy.dcm").write_bytes(data[: len(data) - 300])  # sorts first, pixels cut short
+    loaded = calcdetect.load(tmp_path / "s")
+    assert np.array_equal(loaded.pixels, clean.pixels) and loaded.shape == clean.shape
+    warning = next(w for w in loaded.warnings if "duplicate" in w)
+    assert f"0_copy.dcm (same position as {paths[2].name})" in warning
+
+
 def test_folder_with_two_series_says_which_and_how(tmp_path):
     a, _ = ct_phantom((32, 32), (1.0, 1.0), n_slices=3, n_nodules=0)
     write_dicom_series(a, tmp_path / "a", series_description="first")

@@ -295,6 +295,14 @@ class _Slice:
         self.sop = sop
 
 
+def _file_size(path) -> int:
+    """Bytes of a slice's file (0 when it cannot be read)."""
+    try:
+        return os.stat(path).st_size
+    except (OSError, TypeError, ValueError):
+        return 0
+
+
 def _assemble(slices: list[_Slice], planes: list[np.ndarray] | None, source: str):
     """Order slices along the normal, check geometry, and stack ``planes`` (same order as
     ``slices``) into a volume.  Returns ``(volume or None, geometry, warnings)``."""
@@ -328,20 +336,27 @@ def _assemble(slices: list[_Slice], planes: list[np.ndarray] | None, source: str
     order = np.argsort(dist, kind="stable")
     ordered_idx = [keep_idx[k] for k in order]
     dist = dist[order]
-    # duplicates: same position (within 1/100 mm)
+    # duplicates: same position (within 1/100 mm).  Of each group the largest file is
+    # kept (the first in file order on a tie): a truncated or pixel-less copy of a slice
+    # is smaller than the good one, which would otherwise be dropped in its favour
     dup = np.concatenate([[False], np.diff(dist) < 1e-2])
     if dup.any():
-        # name the dropped files and the ones they duplicate (the first few of each)
-        pairs = [(Path(str(slices[ordered_idx[k]].path)).name, Path(str(slices[ordered_idx[k - 1]].path)).name)
-                 for k in np.flatnonzero(dup)]
+        starts = list(np.flatnonzero(~dup)) + [len(ordered_idx)]
+        kept, kept_dist, pairs = [], [], []
+        for a, b in zip(starts[:-1], starts[1:]):
+            members = ordered_idx[a:b]
+            best = int(np.argmax([_file_size(slices[i].path) for i in members])) if len(members) > 1 else 0
+            kept.append(members[best])
+            kept_dist.append(dist[a + best])
+            pairs += [(Path(str(slices[i].path)).name, Path(str(slices[members[best]].path)).name)
+                      for i in members if i != members[best]]
         shown = ", ".join(f"{a} (same position as {b})" for a, b in pairs[:5])
         more = f" and {len(pairs) - 5} more" if len(pairs) > 5 else ""
         warns.append(
-            f"{int(dup.sum())} slice(s) duplicate the position of another slice and were dropped: "
+            f"{len(pairs)} slice(s) duplicate the position of another slice and were dropped: "
             f"{shown}{more}"
         )
-        ordered_idx = [i for i, d in zip(ordered_idx, dup) if not d]
-        dist = dist[~dup]
+        ordered_idx, dist = kept, np.asarray(kept_dist)
     spacing_xy = slices[ordered_idx[0]].spacing
     if any(slices[i].spacing != spacing_xy for i in ordered_idx):
         raise InconsistentSeriesError(
