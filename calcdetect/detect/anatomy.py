@@ -43,7 +43,6 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
-
 FOV_PADDING_HU = -1500.0
 
 
@@ -62,9 +61,9 @@ class Anatomy:
     fov: np.ndarray | None    # bool, inside the reconstruction field of view (None with depth_map=False)
     internal_air: np.ndarray  # bool, air inside the body (cavities, lung, bowel gas) (idem)
     no_skin: np.ndarray | None = None  # bool per slice: body but no outside air (depth NaN)
-    air_edges: list | None = None  # per slice, outside-air pixels next to tissue (when depth_mm is None)
+    air_edges: list | None = None  # per slice, outside-air pixels next to tissue (depth_mm None, no refine_edges)
     spacing_rc: tuple[float, float] = (1.0, 1.0)
-    refine_edges: object = None  # reduced anatomy: slice -> full-resolution air edges
+    refine_edges: object = None  # reduced anatomy: slice -> full-resolution air edges, computed when asked
     factor: int = 1  # in-plane reduction of the maps (ct_anatomy_reduced)
     exact_slice: object = None  # reduced anatomy: slice -> its full-resolution Anatomy (1 slice)
 
@@ -86,9 +85,7 @@ class Anatomy:
         todo = inside & ~self.no_skin[z]
         for k in np.unique(z[todo]):
             sel = np.flatnonzero(todo & (z == k))
-            edges = self.air_edges[k]
-            if self.refine_edges is not None:
-                edges = self.refine_edges(int(k))
+            edges = self.refine_edges(int(k)) if self.refine_edges is not None else self.air_edges[k]
             out[sel] = _depth_points(edges, y[sel], x[sel], float(np.mean(self.spacing_rc)))
         return out
 
@@ -454,7 +451,9 @@ def _touching_air(inner: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     box = _box(inner, 0)
     if box is None:
         return out
-    grown_box = _box(inner, 1)
+    h, w = inner.shape
+    grown_box = (slice(max(box[0].start - 1, 0), min(box[0].stop + 1, h)),
+                 slice(max(box[1].start - 1, 0), min(box[1].stop + 1, w)))  # _box(inner, 1)
     sub = inner[box]
     n, lab = cv2.connectedComponents(sub.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
     grown = cv2.dilate(tissue[grown_box], _disk(1))
@@ -727,15 +726,15 @@ def ct_anatomy(
         b &= ~outside
         body[k][win] = b
         internal_air[k][win] = b & (plane <= body_hu)
-        if not outside.any():
+        has_outside = bool(outside.any())
+        if not has_outside:
             no_skin[k] = bool(b.any())
         if lazy:
-            if outside.any():
-                # outside the crop all is outside air: the air next to tissue lies in it
-                air_edges[k] = _air_edge(outside, (win[0].start, win[1].start))
-            if not outside.any():
+            if not has_outside:
                 below_dermis = np.ones(b.shape, bool)
             else:
+                # outside the crop all is outside air: the air next to tissue lies in it
+                air_edges[k] = _air_edge(outside, (win[0].start, win[1].start))
                 not_air = np.zeros((h, w), np.uint8)
                 not_air[win] = ~outside
                 below_dermis = _deeper_than(not_air, win, px, 2.0)
@@ -745,7 +744,7 @@ def ct_anatomy(
             core = b & ((plane > core_hu) | internal_air[k][win]) & below_dermis
             return finish_core(k, win, plane, b, core)
         depth_k = depth[k][win]
-        if not outside.any():
+        if not has_outside:
             depth_k[...] = np.where(b, np.nan, 0)
         else:
             # depth: distance to outside air, not to field-of-view edges or the image border.
@@ -850,29 +849,30 @@ def ct_anatomy_reduced(hu: np.ndarray, spacing_rc: tuple[float, float], factor: 
     internal_air = BlockMap(small.internal_air, f, hu.shape)
     oy, ox = np.mgrid[0:f, 0:f]
     oy, ox = oy.ravel(), ox.ravel()
-    edges: list = [None] * nz
-    for k, e in enumerate(small.air_edges or ()):
-        if e is None:
-            continue
+
+    def expanded(e):
+        # every full-resolution pixel of the coarse edge blocks (inside the image)
         ey = (e[0][:, None] * f + oy[None, :]).ravel()
         ex = (e[1][:, None] * f + ox[None, :]).ravel()
         ok = (ey < h) & (ex < w)
-        edges[k] = (ey[ok], ex[ok])
+        return ey[ok], ex[ok]
+
     body_hu = kwargs.get("body_hu", -400.0)
     band_kernel = np.ones((2 * f + 1, 2 * f + 1), np.uint8)
     cache: dict = {}
 
     def refine(k: int):
         # outside air at full resolution near the skin: the background pixels within one
-        # block of the coarse air edge (the coarse edge blocks mix skin and air)
+        # block of the coarse air edge (the coarse edge blocks mix skin and air); only
+        # for the slices whose depths are asked for
         if k in cache:
             return cache[k]
         if small.air_edges[k] is None:
-            return edges[k]
+            return None
         ey, ex = small.air_edges[k]
         if ey.size == 0:
-            cache[k] = edges[k]
-            return edges[k]
+            cache[k] = expanded(small.air_edges[k])
+            return cache[k]
         # on the box of the coarse edge blocks plus two blocks (the band stays inside it,
         # or reaches the image border, where the slice's own border rule applies)
         r0, r1 = max(int(ey.min()) - 2, 0), min(int(ey.max()) + 3, hc)
@@ -886,7 +886,8 @@ def ct_anatomy_reduced(hu: np.ndarray, spacing_rc: tuple[float, float], factor: 
         if valid is not None:
             air |= ~valid[k][win]
         air &= band.view(bool)
-        cache[k] = out = _air_edge(air, (win[0].start, win[1].start)) if air.any() else edges[k]
+        cache[k] = out = (_air_edge(air, (win[0].start, win[1].start)) if air.any()
+                          else expanded(small.air_edges[k]))
         return out
 
     exact_cache: dict = {}
@@ -898,5 +899,5 @@ def ct_anatomy_reduced(hu: np.ndarray, spacing_rc: tuple[float, float], factor: 
         return exact_cache[k]
 
     return Anatomy(body=body, deep=deep, depth_mm=None, fov=None, internal_air=internal_air,
-                   no_skin=small.no_skin, air_edges=edges, spacing_rc=tuple(float(s) for s in spacing_rc),
+                   no_skin=small.no_skin, air_edges=None, spacing_rc=tuple(float(s) for s in spacing_rc),
                    refine_edges=refine, factor=f, exact_slice=exact)
