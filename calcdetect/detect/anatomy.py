@@ -443,6 +443,12 @@ def _box(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
             slice(max(int(cols[0]) - margin, 0), min(int(cols[-1]) + 1 + margin, w)))
 
 
+def _slice_box(mask, k: int) -> tuple[slice, slice] | None:
+    """Rows and columns holding slice ``k``'s pixels of a ``(slices, rows, cols)`` map,
+    an array or a :class:`BlockMap` (which reads it from the coarse slice)."""
+    return mask.box(k) if isinstance(mask, BlockMap) else _box(mask[k], 0)
+
+
 def _touching_air(inner: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     """The 8-connected components of ``inner`` (air that is not outside air) that touch
     ``tissue`` (a uint8 mask) within one pixel, worked out on the box of ``inner``: its

@@ -37,7 +37,7 @@ from ..errors import InvalidParameterError
 from ..image import Image
 from ..measure import _foreground, filter_labels, foreground, label, regionprops_table, select, sparse_zeros
 from ..report import Finding, Report
-from .anatomy import ANATOMY_PIXEL_MM, BlockMap, _box, _each_slice, anatomy_factor, ct_anatomy_reduced
+from .anatomy import ANATOMY_PIXEL_MM, BlockMap, _box, _each_slice, _slice_box, anatomy_factor, ct_anatomy_reduced
 
 REGIONS = ("skin", "soft-tissue", "all")
 
@@ -257,7 +257,7 @@ def detect_ct(
                     skeleton[i] = True
                     break
         skeleton |= rim_dense_air >= 0.15
-        if region == "skin" and getattr(anatomy, "factor", 1) > 1 and anatomy.exact_slice is not None:
+        if region == "skin" and anatomy.factor > 1 and anatomy.exact_slice is not None:
             # the deep core's outline is coarse: where it passes near a focus still in
             # play, its slices' full-resolution core decides (rim fraction, centre test)
             # near the centre-in-core test, or with a rim fraction not far from its limit
@@ -308,12 +308,9 @@ def detect_ct(
                             foreground=fg)
 
     if size_method == "half-max" and k:
-        # thr_labels is not needed after the scores: shrink it in place
-        size_labels = _half_max_labels(thr_labels, hu, thr_table, anatomy.body, threshold_hu, in_place=True)
-        if size_labels is thr_labels:  # shrunk in place: its voxels are among fg
-            fg = fg[size_labels.reshape(-1)[fg] != 0]
-        else:
-            fg = None
+        # thr_labels is not needed after the scores: shrunk in place, its voxels are among fg
+        size_labels = _half_max_labels(thr_labels, hu, thr_table, anatomy.body, threshold_hu)
+        fg = fg[size_labels.reshape(-1)[fg] != 0]
     else:
         size_labels = thr_labels
     size_table = _measure(size_labels, hu, spacing3, fg) if k else thr_table
@@ -364,14 +361,9 @@ def _candidate_mask(hu: np.ndarray, threshold: float, body, valid: np.ndarray | 
     the pages outside the body boxes are never touched, and ``body`` (an array or an
     :class:`~calcdetect.detect.anatomy.BlockMap`) is read one box at a time."""
     out = sparse_zeros(hu.shape, bool)
-    if isinstance(body, BlockMap):
-        box_of = body.box
-    else:
-        def box_of(k: int) -> tuple[slice, slice] | None:
-            return _box(body[k], 0)
 
     def one(k: int) -> None:
-        b = box_of(k)
+        b = _slice_box(body, k)
         if b is None:
             return
         sub = out[k][b]
@@ -472,7 +464,7 @@ def _midline_bone(image: Image, anatomy, table: dict, spacing3, has_spacing: boo
     which = np.flatnonzero(asked)
     part = select(table, which)
     got, dist, depth = _midline_test(anatomy, part, spacing3)
-    if getattr(anatomy, "factor", 1) > 1 and anatomy.exact_slice is not None:
+    if anatomy.factor > 1 and anatomy.exact_slice is not None:
         # depths are exact already (Anatomy.depth_at); the midline comes from the coarse
         # deep core, so a focus this close to the limit is decided on the full maps
         tol = 2.0 * anatomy.factor * float(np.mean(spacing3[1:]))
@@ -500,40 +492,35 @@ def _midline_test(anatomy, table: dict, spacing3) -> tuple[np.ndarray, np.ndarra
     depth = anatomy.depth_at(cz, cy, cx)
     coarse = isinstance(anatomy.deep, BlockMap) and isinstance(anatomy.body, BlockMap)
     areas = anatomy.deep.block_areas() if coarse else None
+    w = anatomy.body.shape[2]
     for z in np.unique(cz[depth >= MIDLINE_BONE_DEPTH_MM]):
         z = int(z)
-        deep_c = anatomy.deep.coarse_plane(z) if coarse else None
-        body_c = anatomy.body.coarse_plane(z) if coarse else None
-        if deep_c is not None and body_c is not None:
+        deep_z = anatomy.deep.coarse_plane(z) if coarse else None
+        body_z = anatomy.body.coarse_plane(z) if coarse else None
+        if deep_z is None or body_z is None:  # full-resolution planes
+            deep_z, body_z, f, weight = anatomy.deep[z], anatomy.body[z], 1, None
+        else:
             # on the coarse planes: 8-connected components of a block-repeated map are
             # the coarse ones, numbered in the same order; areas and the trunk vote are
             # weighted by each block's full-resolution pixels, the extent scaled back
-            f, w = anatomy.deep.factor, anatomy.deep.shape[2]
-            k, core, stats, _ = cv2.connectedComponentsWithStats(deep_c.view(np.uint8), connectivity=8)
-            if k <= 1:
-                continue
-            area = np.bincount(core.reshape(-1), weights=areas.reshape(-1), minlength=k)
-            big = 1 + int(np.argmax(area[1:]))
-            left = int(stats[big, cv2.CC_STAT_LEFT]) * f
-            right = min((int(stats[big, cv2.CC_STAT_LEFT]) + int(stats[big, cv2.CC_STAT_WIDTH])) * f, w) - 1
-            mid = left + (right - left) / 2.0
-            _, parts = cv2.connectedComponents(body_c.view(np.uint8), connectivity=8)
-            in_big = core == big
-            trunk, weight = parts[in_big], areas[in_big]
-            inside = trunk > 0
-            trunk_label = int(np.bincount(trunk[inside], weights=weight[inside]).argmax()) if inside.any() else -1
-            part_of = parts[cy // f, cx // f]
-        else:
-            k, core, stats, _ = cv2.connectedComponentsWithStats(anatomy.deep[z].astype(np.uint8), connectivity=8)
-            if k <= 1:
-                continue
-            big = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-            left, width = stats[big, cv2.CC_STAT_LEFT], stats[big, cv2.CC_STAT_WIDTH]
-            mid = left + (width - 1) / 2.0
-            _, parts = cv2.connectedComponents(anatomy.body[z].astype(np.uint8), connectivity=8)
-            trunk = parts[core == big]
-            trunk_label = int(np.bincount(trunk[trunk > 0]).argmax()) if (trunk > 0).any() else -1
-            part_of = parts[cy, cx]
+            f, weight = anatomy.deep.factor, areas
+        k, core, stats, _ = cv2.connectedComponentsWithStats(deep_z.astype(np.uint8), connectivity=8)
+        if k <= 1:
+            continue
+        area = (stats[:, cv2.CC_STAT_AREA] if weight is None else
+                np.bincount(core.reshape(-1), weights=weight.reshape(-1), minlength=k))
+        big = 1 + int(np.argmax(area[1:]))
+        left = int(stats[big, cv2.CC_STAT_LEFT]) * f
+        right = min((int(stats[big, cv2.CC_STAT_LEFT]) + int(stats[big, cv2.CC_STAT_WIDTH])) * f, w) - 1
+        mid = left + (right - left) / 2.0
+        _, parts = cv2.connectedComponents(body_z.astype(np.uint8), connectivity=8)
+        in_big = core == big
+        trunk = parts[in_big]
+        inside = trunk > 0
+        votes = (np.bincount(trunk[inside]) if weight is None else
+                 np.bincount(trunk[inside], weights=weight[in_big][inside]))
+        trunk_label = int(votes.argmax()) if inside.any() else -1
+        part_of = parts[cy // f, cx // f]
         sel = (cz == z) & (depth >= MIDLINE_BONE_DEPTH_MM) & (part_of == trunk_label)
         dist[sel] = np.abs(table["centroid-2"][sel] - mid) * spacing3[2]
         out |= sel & (np.abs(table["centroid-2"] - mid) * spacing3[2] <= MIDLINE_BONE_MM)
@@ -550,7 +537,7 @@ def noise_sigma(hu: np.ndarray, body: np.ndarray, max_slices: int = 16) -> float
     idx = np.unique(np.linspace(0, hu.shape[0] - 1, min(max_slices, hu.shape[0])).astype(int))
     parts = []
     for k in idx:  # each slice's body box holds all its pairs (the median ignores their order)
-        box = body.box(int(k)) if isinstance(body, BlockMap) else _box(body[k], 0)
+        box = _slice_box(body, int(k))
         if box is None:
             continue
         h, b = hu[k][box], body[(int(k),) + box]
@@ -731,16 +718,15 @@ def _rim_owners(labels, hu, internal_air, deep, n, box=None, index=False):
 
 def _half_max_labels(
     labels: np.ndarray, hu: np.ndarray, table: dict[str, np.ndarray], body: np.ndarray, threshold: float,
-    *, in_place: bool = False,
 ) -> np.ndarray:
     """Shrink each thresholded lesion to the voxels at or above half maximum.
 
     Half maximum is halfway between the lesion's local background (median HU of the
     body voxels in a 2-voxel shell around it) and its peak.  Never below the threshold,
     so the result is a subset of the thresholded lesion.  One small crop per lesion:
-    the loop is over findings, not pixels.  ``in_place`` clears the voxels below half
-    maximum in ``labels`` itself (every level is found first, on the unchanged labels)
-    instead of writing a new volume: no volume to allocate and first-touch.
+    the loop is over findings, not pixels.  The voxels below half maximum are cleared in
+    ``labels`` itself, which is returned (every level is found first, on the unchanged
+    labels): no volume to allocate and first-touch.
     """
     import cv2
 
@@ -768,15 +754,10 @@ def _half_max_labels(
         peak = float(table["intensity_max"][i])
         # never below the threshold (subset of the lesion), never above the peak (non-empty)
         levels.append((sl, min(max(threshold, 0.5 * (bg + peak)), peak)))
-    if in_place:
-        for lab, (sl, level) in enumerate(levels, start=1):
-            view = labels[sl]
-            view[(view == lab) & (hu[sl] < level)] = 0
-        return labels
-    out = sparse_zeros(labels.shape, labels.dtype)  # calloc: untouched pages cost neither time nor memory
     for lab, (sl, level) in enumerate(levels, start=1):
-        out[sl][(labels[sl] == lab) & (hu[sl] >= level)] = lab
-    return out
+        view = labels[sl]
+        view[(view == lab) & (hu[sl] < level)] = 0
+    return labels
 
 
 def _findings(image, size_t, thr_t, scores, anatomy, k, is_volume, has_spacing, spacing3, mass_cal):
