@@ -38,10 +38,11 @@ from dataclasses import dataclass
 
 import functools
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
+
+from .._threads import parallel_each
 
 FOV_PADDING_HU = -1500.0
 
@@ -113,8 +114,7 @@ def _each_slice(fn, nz: int, per_worker: int = 8) -> None:
     call."""
     workers = _slice_workers(nz, per_worker)
     if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(fn, range(nz)))
+        parallel_each(fn, nz, workers)
     else:
         for k in range(nz):
             fn(k)
