@@ -11,7 +11,8 @@ Fingerprints (SHA-1 of the exact bytes) of:
 * the full JSON report and the label image of ``calcdetect.detect`` on the real series
   (``--series``, default ``/work/shared/data/ct-abdomen-series`` when present) for the
   regions skin / soft-tissue / all and ``size_method="threshold"``, on a synthetic 60-slice
-  CT (skin, all) and on one synthetic slice;
+  CT (skin, all), on a cluttered one (the benchmark's input class; skin, soft-tissue) and
+  on one synthetic slice;
 * the anatomy maps (body, deep, depth, fov, internal air) of ``ct_anatomy`` on the real
   series and on synthetic volumes built to reach every branch: plain, cut by the image
   border, anisotropic pixels, background that is not air, NaN outside the body, foam pads
@@ -99,11 +100,15 @@ def fingerprints(series: Path | None, detect_options: dict | None = None) -> dic
     real = calcdetect.load(series) if series and series.exists() else None
     ph = synthetic.synthetic_ct(60, seed=3)
     synth = calcdetect.Image(ph.hu.astype(np.float32), ph.spacing_mm, "CT")
+    # the benchmark's cluttered input (20 dense specks per slice, as run.py's CT_CLUTTER)
+    pc = synthetic.synthetic_ct(60, seed=4, clutter=20.0)
+    clutter = calcdetect.Image(pc.hu.astype(np.float32), pc.spacing_mm, "CT")
     cases = []
     if real is not None:
         cases += [(f"detect real {kw}", real, kw) for kw in
                   ({"region": "skin"}, {"region": "soft-tissue"}, {"region": "all"}, {"size_method": "threshold"})]
     cases += [("detect synth skin", synth, {}), ("detect synth all", synth, {"region": "all"}),
+              ("detect clutter skin", clutter, {}), ("detect clutter soft-tissue", clutter, {"region": "soft-tissue"}),
               ("detect synth 2d", calcdetect.Image(ph.hu[30].astype(np.float32), ph.spacing_mm[1:], "CT"), {})]
     for name, image, kw in cases:
         report = calcdetect.detect(image, **kw, **(detect_options or {}))

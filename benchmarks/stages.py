@@ -3,7 +3,7 @@
 
 Usage (from the repository root)::
 
-    python benchmarks/stages.py [--slices 300] [--repeats 2] [--half-res]
+    python benchmarks/stages.py [--slices 300] [--repeats 2] [--half-res] [--clutter 20]
 
 Wraps the stages of :func:`calcdetect.detect.ct.detect_ct` with timers (anatomy, at the
 reduced working pixel unless ``--full-anatomy``,
@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--half-res", action="store_true")
+    ap.add_argument("--clutter", type=float, default=None,
+                    help="dense specks per slice (default: run.py's CT_CLUTTER, the benchmark's input)")
     ap.add_argument("--full-anatomy", action="store_true",
                     help="detect with anatomy_pixel_mm=None (the anatomy at full resolution)")
     args = ap.parse_args(argv)
@@ -51,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     import calcdetect
 
     ct = importlib.import_module("calcdetect.detect.ct")
-    ph = synthetic.synthetic_ct(args.slices)
+    from run import CT_CLUTTER
+
+    clutter = CT_CLUTTER if args.clutter is None else args.clutter
+    ph = synthetic.synthetic_ct(args.slices, clutter=clutter)
     image = calcdetect.Image(ph.hu.astype(np.float32), ph.spacing_mm, "CT")
     acc: dict[str, float] = {}
 
