@@ -209,20 +209,21 @@ def detect_ct(
     factor = 1 if anatomy_pixel_mm is None else anatomy_factor(spacing3[1:], anatomy_pixel_mm)
     anatomy = ct_anatomy_reduced(hu, spacing3[1:], factor, valid=valid, lesion_hu=threshold_hu,
                                  max_lesion_mm=max_lesion_mm)
-    candidates = _candidate_mask(hu, threshold_hu, anatomy.body, valid)
-    if region == "skin":
-        no_skin = anatomy.skin_missing()
-        if no_skin.any():
-            candidates[no_skin] = False
-            warnings.append(
-                f"no skin surface is visible in {int(no_skin.sum())} of {hu.shape[0]} slice(s) (the field "
-                "of view lies inside the body); the skin region cannot be found there and was not "
-                "searched -- use region='soft-tissue' to search all soft tissue"
-            )
-
-    # fg: the labelled voxels, shared by the steps below (no further scans of the volume)
-    labels, n, fg = _label_candidates(candidates)
-    del candidates  # free before the measurements (peak memory)
+    no_skin = anatomy.skin_missing() if region == "skin" else None
+    if no_skin is not None and no_skin.any():
+        warnings.append(
+            f"no skin surface is visible in {int(no_skin.sum())} of {hu.shape[0]} slice(s) (the field "
+            "of view lies inside the body); the skin region cannot be found there and was not "
+            "searched -- use region='soft-tissue' to search all soft tissue"
+        )
+    # the candidates in the box of the body; fg: the labelled voxels, shared by the
+    # steps below (no further scans of the volume)
+    cand = _candidate_mask(hu, threshold_hu, anatomy.body, valid, skip=no_skin)
+    if cand is None:
+        labels, n, fg = sparse_zeros(hu.shape, np.int32), 0, np.zeros(0, np.intp)
+    else:
+        labels, n, fg = _label_candidates(cand[0], cand[1], hu.shape)
+    del cand  # free before the measurements (peak memory)
     table = _measure(labels, hu, spacing3, fg)
     # threshold-based geometry, used for the anatomy and noise filters
     cross_mm2 = table["max_slice_size"]
@@ -355,44 +356,67 @@ def detect_ct(
     )
 
 
-def _candidate_mask(hu: np.ndarray, threshold: float, body, valid: np.ndarray | None) -> np.ndarray:
-    """``(hu >= threshold) & body & valid`` for a (slices, rows, cols) volume, computed
-    slice by slice inside each slice's body box and written into a calloc'd volume:
-    the pages outside the body boxes are never touched, and ``body`` (an array or an
-    :class:`~calcdetect.detect.anatomy.BlockMap`) is read one box at a time."""
-    out = sparse_zeros(hu.shape, bool)
+def _candidate_mask(hu: np.ndarray, threshold: float, body, valid: np.ndarray | None,
+                    skip: np.ndarray | None = None) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """``(hu >= threshold) & body & valid`` of a (slices, rows, cols) volume, in the rows
+    and columns that hold every slice's body box: the mask of that box, C-contiguous,
+    and its first row and column; None when no slice has a body.
+
+    Computed slice by slice inside each slice's body box and written into a calloc'd
+    box (pages outside the body boxes are never touched), so that it can be labelled
+    as it is: no full-volume mask, no crop copy.  ``body`` (an array or an
+    :class:`~calcdetect.detect.anatomy.BlockMap`) is read one box at a time.  Slices
+    with a true ``skip`` are left empty."""
+    nz = hu.shape[0]
+    boxes = [None if skip is not None and skip[k] else _slice_box(body, k) for k in range(nz)]
+    present = [b for b in boxes if b is not None]
+    if not present:
+        return None
+    r0, c0 = min(b[0].start for b in present), min(b[1].start for b in present)
+    r1, c1 = max(b[0].stop for b in present), max(b[1].stop for b in present)
+    out = sparse_zeros((nz, r1 - r0, c1 - c0), bool)
 
     def one(k: int) -> None:
-        b = _slice_box(body, k)
+        b = boxes[k]
         if b is None:
             return
-        sub = out[k][b]
+        sub = out[k, b[0].start - r0:b[0].stop - r0, b[1].start - c0:b[1].stop - c0]
         np.greater_equal(hu[k][b], threshold, out=sub)
         sub &= body[(k,) + b]
         if valid is not None:
             sub &= valid[k][b]
 
-    _each_slice(one, hu.shape[0])
-    return out
+    _each_slice(one, nz)
+    return out, (r0, c0)
 
 
-def _label_candidates(candidates: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
-    """:func:`calcdetect.measure.label` of a (slices, rows, cols) mask, labelled only in
-    the rows and columns that hold candidates and written into a calloc'd int32 volume
-    (only the pages of labelled voxels are touched), and the flat indices of the
-    labelled voxels, ascending.  Cropping keeps the raster order of the voxels and
-    every component whole, so the labels are the same as on the whole volume."""
-    nz, ny, nx = candidates.shape
-    box = _box(candidates.any(axis=0), 0)
-    out = sparse_zeros(candidates.shape, np.int32)
-    if box is None:
-        return out, 0, np.zeros(0, np.intp)
-    (r0, r1), (c0, c1) = (box[0].start, box[0].stop), (box[1].start, box[1].stop)
-    sub, n = label(np.ascontiguousarray(candidates[:, r0:r1, c0:c1]))
+def _label_candidates(candidates: np.ndarray, origin: tuple[int, int] | None = None,
+                      shape: tuple[int, int, int] | None = None) -> tuple[np.ndarray, int, np.ndarray]:
+    """:func:`calcdetect.measure.label` of a (slices, rows, cols) mask, written into a
+    calloc'd int32 volume (only the pages of labelled voxels are touched), and the flat
+    indices of the labelled voxels, ascending.
+
+    ``candidates`` is either the whole volume (``origin`` None: it is labelled only in
+    the rows and columns that hold candidates) or a box of a volume of ``shape`` whose
+    first row and column are ``origin`` (see :func:`_candidate_mask`), labelled as it
+    is.  A box keeps the raster order of the voxels and every component whole, so the
+    labels are the same as on the whole volume."""
+    if origin is None:
+        shape = candidates.shape
+        box = _box(candidates.any(axis=0), 0)
+        if box is None:
+            return sparse_zeros(shape, np.int32), 0, np.zeros(0, np.intp)
+        origin = (box[0].start, box[1].start)
+        candidates = np.ascontiguousarray(candidates[(slice(None),) + box])
+    nz, ny, nx = shape
+    r0, c0 = origin
+    bh, bw = candidates.shape[1:]
+    out = sparse_zeros(shape, np.int32)
+    sub, n = label(candidates)
     sub = sub.reshape(-1)
     idx = foreground(sub)
-    zz, rest = np.divmod(idx, (r1 - r0) * (c1 - c0))
-    rr, cc = np.divmod(rest, c1 - c0)
+    zz, rest = np.divmod(idx, bh * bw)
+    rr, cc = np.divmod(rest, bw)
     fg = (zz * ny + (rr + r0)) * nx + (cc + c0)
     out.reshape(-1)[fg] = sub[idx]
     return out, n, fg
