@@ -200,6 +200,54 @@ def test_anatomy_without_depth_map_is_the_same(case):
         assert full.skin_missing().all() and np.isnan(lazy.depth_at(z, y, x)).any()
 
 
+def _slab():
+    """A wide slab of tissue in air, two slices: a point's nearest air may lie across the
+    slab from its neighbours' (the window test's hard case)."""
+    hu = np.full((2, 140, 330), -1000.0, np.float32)
+    hu[:, 40:81, 20:301] = 40.0
+    hu[1, 60:66, 100:104] = 300.0
+    return hu, (0.7, 0.7)
+
+
+@pytest.mark.parametrize("case", [0, 1, 2, 3, "slab"])
+def test_reduced_depths_from_a_window_equal_those_from_the_whole_slice(case):
+    """depth_at of the reduced anatomy settles each slice's points on a window around
+    them when it can; the depths equal those from the whole slice's air edges, for
+    single points (small windows), pairs and many points of a slice at once."""
+    from calcdetect.detect.anatomy import _depth_points, ct_anatomy_reduced
+
+    hu, spacing = _slab() if case == "slab" else _anatomy_volumes()[case]
+    red = ct_anatomy_reduced(hu, spacing, 2)
+    ref = ct_anatomy_reduced(hu, spacing, 2)  # its whole-slice edges, computed apart
+    z, y, x = np.nonzero(np.asarray(red.body))
+    pick = np.random.default_rng(7).choice(z.size, min(60, z.size), replace=False)
+    px = float(np.mean(spacing))
+
+    def whole(i):
+        if red.no_skin[z[i]]:
+            return np.nan
+        return _depth_points(ref.refine_edges(int(z[i])), y[i:i + 1], x[i:i + 1], px)[0]
+
+    expected = np.array([whole(i) for i in pick], np.float32)
+    # a fresh anatomy for each query: one that fell back on a slice's whole edges
+    # keeps them for that slice, and would no longer test the window
+    for j, i in enumerate(pick[:20]):
+        fresh = ct_anatomy_reduced(hu, spacing, 2)
+        assert np.array_equal(fresh.depth_at(z[i:i + 1], y[i:i + 1], x[i:i + 1]), expected[j:j + 1],
+                              equal_nan=True)
+    # pairs of points of a slice: the window holds air near one of them, while the
+    # other's nearest air may lie outside it (then the whole slice decides)
+    for j in range(0, 40, 2):
+        a, b = pick[j], pick[j + 1]
+        if z[a] == z[b]:
+            fresh = ct_anatomy_reduced(hu, spacing, 2)
+            pair = np.array([a, b])
+            assert np.array_equal(fresh.depth_at(z[pair], y[pair], x[pair]), expected[j:j + 2], equal_nan=True)
+    assert np.array_equal(red.depth_at(z[pick], y[pick], x[pick]), expected, equal_nan=True)
+    if not red.no_skin.all():  # cases 2 and 3: no skin visible, every depth NaN
+        assert np.nanmax(expected) > 2.0  # points below the skin, not only on it
+
+
 def test_anatomy_factor():
     from calcdetect.detect.anatomy import anatomy_factor
 

@@ -65,6 +65,7 @@ class Anatomy:
     air_edges: list | None = None  # per slice, outside-air pixels next to tissue (depth_mm None, no refine_edges)
     spacing_rc: tuple[float, float] = (1.0, 1.0)
     refine_edges: object = None  # reduced anatomy: slice -> full-resolution air edges, computed when asked
+    refine_depths: object = None  # reduced anatomy: (slice, rows, cols) -> depth_at of those pixels
     factor: int = 1  # in-plane reduction of the maps (ct_anatomy_reduced)
     exact_slice: object = None  # reduced anatomy: slice -> its full-resolution Anatomy (1 slice)
 
@@ -86,6 +87,9 @@ class Anatomy:
         todo = inside & ~self.no_skin[z]
         for k in np.unique(z[todo]):
             sel = np.flatnonzero(todo & (z == k))
+            if self.refine_depths is not None:
+                out[sel] = self.refine_depths(int(k), y[sel], x[sel])
+                continue
             edges = self.refine_edges(int(k)) if self.refine_edges is not None else self.air_edges[k]
             out[sel] = _depth_points(edges, y[sel], x[sel], float(np.mean(self.spacing_rc)))
         return out
@@ -383,6 +387,12 @@ def _depth_points(edge: tuple[np.ndarray, np.ndarray], y: np.ndarray, x: np.ndar
     isotropic pixels: the map is the exact Euclidean distance transform, whose value is
     the square root of the smallest squared distance to an air pixel; ``edge`` (from
     :func:`_air_edge`) holds every air pixel that can be the nearest."""
+    return _depth_from_sq(_nearest_sq(edge, y, x), px)
+
+
+def _nearest_sq(edge: tuple[np.ndarray, np.ndarray], y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Smallest squared pixel distance (int64) from each pixel (y, x) to the ``edge``
+    pixels (rows, columns); at least one edge pixel."""
     ey, ex = edge
     y, x = y.astype(np.int64), x.astype(np.int64)
     k = np.empty(y.shape, np.int64)
@@ -391,7 +401,7 @@ def _depth_points(edge: tuple[np.ndarray, np.ndarray], y: np.ndarray, x: np.ndar
         dy = ey[None, :] - y[i:i + step, None]
         dx = ex[None, :] - x[i:i + step, None]
         k[i:i + step] = (dy * dy + dx * dx).min(axis=1)
-    return _depth_from_sq(k, px)
+    return k
 
 
 @functools.lru_cache(maxsize=32)
@@ -867,10 +877,29 @@ def ct_anatomy_reduced(hu: np.ndarray, spacing_rc: tuple[float, float], factor: 
     band_kernel = np.ones((2 * f + 1, 2 * f + 1), np.uint8)
     cache: dict = {}
 
+    def band_air(k: int, rows: slice, cols: slice) -> np.ndarray:
+        # outside air at full resolution near the skin, on the window (rows, cols): the
+        # background pixels within one block of the coarse air edge (the coarse edge
+        # blocks mix skin and air).  Every edge block within one block of the window
+        # enters the band (a dilation by +-f pixels), so the band on the window is the
+        # band of the whole slice there.
+        ey, ex = small.air_edges[k]
+        br0, br1 = max(rows.start // f - 1, 0), min(-(-rows.stop // f) + 1, hc)
+        bc0, bc1 = max(cols.start // f - 1, 0), min(-(-cols.stop // f) + 1, wc)
+        near = (ey >= br0) & (ey < br1) & (ex >= bc0) & (ex < bc1)
+        m = np.zeros((br1 - br0, bc1 - bc0), np.uint8)
+        m[ey[near] - br0, ex[near] - bc0] = 1
+        big = cv2.resize(m, ((bc1 - bc0) * f, (br1 - br0) * f), interpolation=cv2.INTER_NEAREST_EXACT)
+        band = cv2.dilate(big[:min(br1 * f, h) - br0 * f, :min(bc1 * f, w) - bc0 * f], band_kernel)
+        air = ~(hu[k][rows, cols] > body_hu)  # background (the padding outside the field of view too)
+        if valid is not None:
+            air |= ~valid[k][rows, cols]
+        air &= band[rows.start - br0 * f:rows.stop - br0 * f, cols.start - bc0 * f:cols.stop - bc0 * f].view(bool)
+        return air
+
     def refine(k: int):
-        # outside air at full resolution near the skin: the background pixels within one
-        # block of the coarse air edge (the coarse edge blocks mix skin and air); only
-        # for the slices whose depths are asked for
+        # the full-resolution air edges of the whole slice; only for the slices whose
+        # depths are asked for and that the window of refine_depths cannot settle
         if k in cache:
             return cache[k]
         if small.air_edges[k] is None:
@@ -883,18 +912,46 @@ def ct_anatomy_reduced(hu: np.ndarray, spacing_rc: tuple[float, float], factor: 
         # or reaches the image border, where the slice's own border rule applies)
         r0, r1 = max(int(ey.min()) - 2, 0), min(int(ey.max()) + 3, hc)
         c0, c1 = max(int(ex.min()) - 2, 0), min(int(ex.max()) + 3, wc)
-        m = np.zeros((r1 - r0, c1 - c0), np.uint8)
-        m[ey - r0, ex - c0] = 1
         win = (slice(r0 * f, min(r1 * f, h)), slice(c0 * f, min(c1 * f, w)))
-        big = cv2.resize(m, ((c1 - c0) * f, (r1 - r0) * f), interpolation=cv2.INTER_NEAREST_EXACT)
-        band = cv2.dilate(big[:win[0].stop - win[0].start, :win[1].stop - win[1].start], band_kernel)
-        air = ~(hu[k][win] > body_hu)  # background (the padding outside the field of view too)
-        if valid is not None:
-            air |= ~valid[k][win]
-        air &= band.view(bool)
+        air = band_air(k, *win)
         cache[k] = out = (_air_edge(air, (win[0].start, win[1].start)) if air.any()
                           else expanded(small.air_edges[k]))
         return out
+
+    px = float(np.mean(spacing_rc))
+
+    def refine_depths(k: int, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        # depth_at for points of slice k: the air edges of a window around the points,
+        # when that settles every point exactly, else those of the whole slice.  An edge
+        # pixel missing from the window's edges lies on or beyond a window side that is
+        # not the image border (there the window's replicated border may hide it): no
+        # nearer to a point than that side.  A point whose nearest window edge is at
+        # most that far has its exact depth.
+        ey, ex = small.air_edges[k]
+        if k in cache or ey.size == 0:
+            return _depth_points(refine(k), y, x, px)
+        # the window reaches a little beyond the nearest coarse edge block of each point
+        cy, cx = ey * f + (f - 1) / 2.0, ex * f + (f - 1) / 2.0
+        reach = max(float(np.sqrt(((cy[None, :] - y[:, None]) ** 2 + (cx[None, :] - x[:, None]) ** 2)
+                                  .min(axis=1).max())) + 2 * f, 2 * f)
+        m = int(np.ceil(reach))
+        rows = slice(max(int(y.min()) - m, 0), min(int(y.max()) + m + 1, h))
+        cols = slice(max(int(x.min()) - m, 0), min(int(x.max()) + m + 1, w))
+        air = band_air(k, rows, cols)
+        if air.any():
+            sq = _nearest_sq(_air_edge(air, (rows.start, cols.start)), y, x)
+            side = np.full(y.shape, np.iinfo(np.int64).max, np.int64)
+            if rows.start > 0:
+                side = np.minimum(side, y - rows.start)
+            if rows.stop < h:
+                side = np.minimum(side, rows.stop - 1 - y)
+            if cols.start > 0:
+                side = np.minimum(side, x - cols.start)
+            if cols.stop < w:
+                side = np.minimum(side, cols.stop - 1 - x)
+            if bool((sq <= side.astype(np.float64) ** 2).all()):
+                return _depth_from_sq(sq, px)
+        return _depth_points(refine(k), y, x, px)
 
     exact_cache: dict = {}
 
@@ -906,4 +963,4 @@ def ct_anatomy_reduced(hu: np.ndarray, spacing_rc: tuple[float, float], factor: 
 
     return Anatomy(body=body, deep=deep, depth_mm=None, fov=None, internal_air=internal_air,
                    no_skin=small.no_skin, air_edges=None, spacing_rc=tuple(float(s) for s in spacing_rc),
-                   refine_edges=refine, factor=f, exact_slice=exact)
+                   refine_edges=refine, refine_depths=refine_depths, factor=f, exact_slice=exact)
