@@ -402,6 +402,8 @@ def test_block_map_reads_like_the_expanded_volume():
             (z, y, x), (2, y, x), (slice(0, 0),)]
     for key in keys:
         assert np.array_equal(m[key], full[key]), key
+    for k in (0, 2, -1):
+        assert np.array_equal(m.at(k, y, x), full[k][y, x])
     for k in range(shape[0]):
         rows, cols = np.nonzero(full[k])
         assert m.box(k) == (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
@@ -412,6 +414,7 @@ def test_block_map_reads_like_the_expanded_volume():
     full[2] = plane
     for key in keys:
         assert np.array_equal(m[key], full[key]), key
+    assert np.array_equal(m.at(2, y, x), plane[y, x])
     rows, cols = np.nonzero(plane)
     assert m.box(2) == (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
     with pytest.raises(IndexError):

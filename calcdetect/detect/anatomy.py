@@ -544,6 +544,14 @@ class BlockMap:
         k = range(self.shape[0])[k]
         return None if k in self._planes else self.coarse[k]
 
+    def at(self, k: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Slice ``k`` at the full-resolution pixels (rows, cols), without expanding it."""
+        k = range(self.shape[0])[k]
+        if k in self._planes:
+            return self._planes[k][rows, cols]
+        f = self.factor
+        return self.coarse[k][rows // f, cols // f]
+
     def block_areas(self) -> np.ndarray:
         """Full-resolution pixels in each coarse pixel of a slice (``factor ** 2``, less
         in the cut last row and column), float64 ``(ceil(rows / f), ceil(cols / f))``."""

@@ -693,10 +693,10 @@ def _rim_owners(labels, hu, internal_air, deep, n, box=None, index=False):
 
     ny, nx = labels.shape[1:]
     r0 = c0 = 0
+    whole_hu = hu  # read at the rim pixels, by their row and column in the slice
     if box is not None:
         r0, c0 = box[0].start or 0, box[1].start or 0
-        labels, hu = labels[(slice(None),) + box], hu[(slice(None),) + box]
-    win = () if box is None else tuple(box)  # the maps are read one slice's box at a time
+        labels = labels[(slice(None),) + box]
     dtype = np.uint16 if n <= 65536 else np.float32
     kernel = np.ones((3, 3), np.uint8)
     nz = labels.shape[0]
@@ -716,13 +716,15 @@ def _rim_owners(labels, hu, internal_air, deep, n, box=None, index=False):
         if z + 1 < nz:
             g = np.maximum(g, grown[z + 1])
         rim = (g > 0) & (labels[z] == 0)
-        if rim.any():
-            where = None
-            if index:
-                rr, cc = np.divmod(np.flatnonzero(rim), bw)
-                where = (z * ny + rr + r0) * nx + (cc + c0)
-            parts[z] = (g[rim].astype(np.intp), hu[z][rim], internal_air[(z,) + win][rim],
-                        deep[(z,) + win][rim], where)
+        on = np.flatnonzero(rim)
+        if on.size:
+            rr, cc = np.divmod(on, bw)
+            rr += r0
+            cc += c0
+            where = (z * ny + rr) * nx + cc if index else None
+            # the maps at the rim pixels only (a BlockMap reads its coarse pixels)
+            parts[z] = (g.reshape(-1)[on].astype(np.intp), whole_hu[z][rr, cc], _map_at(internal_air, z, rr, cc),
+                        _map_at(deep, z, rr, cc), where)
 
     # slices are independent in each pass (OpenCV and NumPy release the GIL)
     _each_slice(grow, nz)
@@ -738,6 +740,15 @@ def _rim_owners(labels, hu, internal_air, deep, n, box=None, index=False):
                 np.zeros(0, np.intp) if index else None)
     return (np.concatenate(owners), np.concatenate(values), np.concatenate(air), np.concatenate(in_deep),
             np.concatenate(where) if index else None)
+
+
+def _map_at(m, k: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Values of slice ``k`` of a (slices, rows, cols) map at the pixels (rows, cols):
+    an array, or a :class:`~calcdetect.detect.anatomy.BlockMap` (read from its coarse
+    slice, or from the full-resolution plane that replaced it)."""
+    if isinstance(m, BlockMap):
+        return m.at(k, rows, cols)
+    return m[k][rows, cols]
 
 
 def _half_max_labels(
