@@ -28,14 +28,14 @@ Pipeline (every step an array operation; see docs/algorithms.md):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..distribution import describe_distribution, side_from_patient_x
 from ..errors import InvalidParameterError
 from ..image import Image
-from ..measure import _foreground, filter_labels, foreground, label, regionprops_table, select, sparse_zeros
+from ..measure import _foreground, filter_labels, label, regionprops_table, select, sparse_zeros
 from ..report import Finding, Report
 from .anatomy import ANATOMY_PIXEL_MM, BlockMap, _box, _each_slice, _slice_box, anatomy_factor, ct_anatomy_reduced
 
@@ -262,8 +262,9 @@ def detect_ct(
             # the deep core's outline is coarse: where it passes near a focus still in
             # play, its slices' full-resolution core decides (rim fraction, centre test)
             # near the centre-in-core test, or with a rim fraction not far from its limit
-            if _refine_deep(anatomy, table, np.flatnonzero(keep & ~skeleton), rim_deep, 0.4):
-                rim_deep = _rim_in_deep(rim, anatomy.deep, table["label"])
+            changed = _refine_deep(anatomy, table, np.flatnonzero(keep & ~skeleton), rim_deep, 0.4)
+            if changed:
+                rim_deep = _rim_in_deep(rim, anatomy.deep, table["label"], changed, rim_deep)
         if region == "skin":
             # embedded in the deep core's tissue (a spinous-process tip between the
             # paraspinal muscles, costal cartilage under the rectus): not subcutaneous
@@ -414,7 +415,7 @@ def _label_candidates(candidates: np.ndarray, origin: tuple[int, int] | None = N
     out = sparse_zeros(shape, np.int32)
     sub, n = label(candidates)
     sub = sub.reshape(-1)
-    idx = foreground(sub)
+    idx = np.flatnonzero(candidates.reshape(-1))  # the labelled voxels: a bool scan, not an int32 one
     zz, rest = np.divmod(idx, bh * bw)
     rr, cc = np.divmod(rest, bw)
     fg = (zz * ny + (rr + r0)) * nx + (cc + c0)
@@ -615,19 +616,39 @@ def _rim_stats(
     return ((dense + air) / total)[label_ids], mean[label_ids], in_deep[label_ids]
 
 
-def _rim_in_deep(rim: dict, deep: np.ndarray, label_ids: np.ndarray) -> np.ndarray:
+def _rim_in_deep(rim: dict, deep: np.ndarray, label_ids: np.ndarray, changed: Sequence[int] | None = None,
+                 previous: np.ndarray | None = None) -> np.ndarray:
     """The third result of :func:`_rim_stats` (the fraction of each rim inside the deep
-    core) again, for a changed ``deep``, from the rim voxels it kept in ``rim``."""
-    is_deep = deep[np.unravel_index(rim["where"], deep.shape)]
-    return (np.bincount(rim["owner"], weights=is_deep, minlength=rim["n"]) / rim["total"])[label_ids]
+    core) again, for a changed ``deep``, from the rim voxels it kept in ``rim``.
+
+    With ``changed`` (the slices whose deep core changed) and ``previous`` (the fractions
+    before the change, per ``label_ids``), only the components with rim voxels in those
+    slices are recomputed: each from its own rim voxels, in their order, so its sum is the
+    one a full recomputation makes; the others keep their fractions, which no changed
+    voxel enters."""
+    where, owner, n = rim["where"], rim["owner"], rim["n"]
+    if changed is None or previous is None:
+        is_deep = deep[np.unravel_index(where, deep.shape)]
+        return (np.bincount(owner, weights=is_deep, minlength=n) / rim["total"])[label_ids]
+    hit = np.zeros(deep.shape[0], bool)
+    hit[np.asarray(list(changed), dtype=np.intp)] = True
+    affected = np.zeros(n, bool)
+    affected[owner[hit[where // (deep.shape[1] * deep.shape[2])]]] = True
+    sel = np.flatnonzero(affected[owner])
+    is_deep = deep[np.unravel_index(where[sel], deep.shape)]
+    fraction = np.bincount(owner[sel], weights=is_deep, minlength=n) / rim["total"]
+    out = np.array(previous, dtype=np.float64, copy=True)
+    again = affected[label_ids]
+    out[again] = fraction[label_ids[again]]
+    return out
 
 
 def _refine_deep(anatomy, table: dict[str, np.ndarray], idx: np.ndarray, rim_deep: np.ndarray,
-                 rim_limit: float) -> int:
+                 rim_limit: float) -> list[int]:
     """Replace the coarse deep core of some slices by the full-resolution core
     (``anatomy.exact_slice``): those of the components ``idx`` whose centre has deep and
     not-deep pixels within two coarse pixels, or whose rim fraction in the core is
-    within 0.15 of ``rim_limit``.  Returns how many slices were replaced."""
+    within 0.15 of ``rim_limit``.  Returns the replaced slices, ascending."""
     import cv2
 
     nz, ny, nx = anatomy.deep.shape
@@ -664,7 +685,7 @@ def _refine_deep(anatomy, table: dict[str, np.ndarray], idx: np.ndarray, rim_dee
     _each_slice(lambda i: anatomy.exact_slice(order[i]), len(order), per_worker=1)
     for z in order:
         anatomy.deep[z] = anatomy.exact_slice(z).deep[0]
-    return len(slices)
+    return order
 
 
 def _label_box(table: dict[str, np.ndarray], shape: tuple[int, ...]) -> tuple[slice, slice] | None:
