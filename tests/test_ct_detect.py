@@ -365,6 +365,12 @@ def test_rim_in_deep_matches_a_fresh_rim_statistics(with_box):
     rim: dict = {}
     first = _rim_stats(labels, hu, air, deep, table["label"], 130.0, box, rim=rim)
     assert np.array_equal(first[2], _rim_in_deep(rim, deep, table["label"]))
+    # only some components' rims gathered: theirs are the same, the others' are 0
+    needed = np.arange(n) % 3 == 0
+    part = _rim_stats(labels, hu, air, deep, table["label"], 130.0, box, needed=needed)
+    for full, some in zip(first, part):
+        assert np.array_equal(some[needed], full[needed]) and not some[~needed].any()
+        assert full[~needed].any()
     deep[2:5] = rng.random((3, 60, 70)) < 0.3
     fresh = _rim_stats(labels, hu, air, deep, table["label"], 130.0, box)
     assert np.array_equal(fresh[2], _rim_in_deep(rim, deep, table["label"]))

@@ -233,19 +233,24 @@ def detect_ct(
     peak = table["intensity_max"]
 
     sigma = noise_sigma(hu, anatomy.body)
+    metal = peak >= metal_hu
+    faint_small = (cross_mm2 < min_area_mm2) & (peak < threshold_hu + 70.0)
+    big = eq_cross > max_lesion_mm
+    tube = (long_ax > 25.0) & (long_ax > 3.0 * short_ax)
+    # the rim statistics decide only the small faint components (noise) and, outside
+    # region "all", the components no size rule has set aside and not metal: the rims
+    # of the others (bones, mostly) are not gathered
+    needed = faint_small | ((region != "all") & ~big & ~tube & ~metal)
     rim: dict = {}  # the rim voxels, kept for a second look at the deep core (_rim_in_deep)
     rim_dense_air, rim_mean, rim_deep = _rim_stats(labels, hu, anatomy.internal_air, anatomy.deep,
                                                    table["label"], threshold_hu, _label_box(table, labels.shape),
-                                                   rim=rim)
+                                                   rim=rim, needed=needed)
     # below the scoring area a focus must still stand out: 70 HU above the threshold,
     # or 10 noise SDs above its own rim (partial volume lowers small calcifications)
-    noise = (cross_mm2 < min_area_mm2) & (peak < threshold_hu + 70.0) & (peak - rim_mean < 10.0 * sigma)
-    metal = peak >= metal_hu
+    noise = faint_small & (peak - rim_mean < 10.0 * sigma)
     keep = ~noise & ~metal
     skeleton = np.zeros(n, bool)
     if region != "all":
-        big = eq_cross > max_lesion_mm
-        tube = (long_ax > 25.0) & (long_ax > 3.0 * short_ax)
         skeleton = big | tube
         # cortical rings: only worth checking on mid-sized components
         ring_check = np.flatnonzero(keep & ~skeleton & (cross_mm2 >= 20.0))
@@ -579,7 +584,7 @@ def noise_sigma(hu: np.ndarray, body: np.ndarray, max_slices: int = 16) -> float
 def _rim_stats(
     labels: np.ndarray, hu: np.ndarray, internal_air: np.ndarray, deep: np.ndarray,
     label_ids: np.ndarray, threshold: float, box: tuple[slice, slice] | None = None,
-    rim: dict | None = None,
+    rim: dict | None = None, needed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per component: the fraction of its rim that is bone or internal air, the rim's
     mean HU (clipped to -200..200: the local soft-tissue background), and the fraction
@@ -592,20 +597,28 @@ def _rim_stats(
     once from a maximum filter of the label image: 3 x 3 in a slice, 3 x 3 x 3 in a
     series (a spinous-process tip that is an island in one slice joins its vertebra in
     the next).  ``rim``: a dict that receives the rim voxels (owners, flat indices,
-    counts) for :func:`_rim_in_deep`.
+    counts) for :func:`_rim_in_deep`.  ``needed`` (bool per ``label_ids``): only these
+    components' rim voxels are gathered (each rim voxel still goes to the largest label
+    next to it); the others get fractions and a mean of 0.
     """
     n = int(label_ids.max()) + 1 if label_ids.size else 1
+    wanted = None
+    if needed is not None:
+        wanted = np.zeros(n, bool)
+        wanted[label_ids[np.asarray(needed, bool)]] = True
     if n > 2 ** 24:  # float32 can no longer hold every label exactly
         from scipy import ndimage as ndi
 
         size = (3, 3, 3) if labels.shape[0] > 1 else (1, 3, 3)
         grown = ndi.maximum_filter(labels, size=size)
         on_rim = (grown > 0) & (labels == 0)
+        if wanted is not None:
+            on_rim &= wanted[grown]
         owner, values, is_air, is_deep = grown[on_rim], hu[on_rim], internal_air[on_rim], deep[on_rim]
         where = np.flatnonzero(on_rim) if rim is not None else None
     else:
         owner, values, is_air, is_deep, where = _rim_owners(labels, hu, internal_air, deep, n, box,
-                                                            index=rim is not None)
+                                                            index=rim is not None, wanted=wanted)
     total = np.maximum(np.bincount(owner, minlength=n).astype(np.float64), 1)
     if rim is not None:
         rim.update(owner=owner, where=where, total=total, n=n)
@@ -698,7 +711,7 @@ def _label_box(table: dict[str, np.ndarray], shape: tuple[int, ...]) -> tuple[sl
             slice(max(int(table["bbox-2"].min()) - 1, 0), min(int(table["bbox-5"].max()) + 1, nx)))
 
 
-def _rim_owners(labels, hu, internal_air, deep, n, box=None, index=False):
+def _rim_owners(labels, hu, internal_air, deep, n, box=None, index=False, wanted=None):
     """Rim voxels of the 3 x 3 (x 3) maximum filter of ``labels``, slice by slice.
 
     The same values as ``ndimage.maximum_filter`` (whose 'reflect' border equals
@@ -707,8 +720,9 @@ def _rim_owners(labels, hu, internal_air, deep, n, box=None, index=False):
     dilations (uint16 up to 65536 labels), several times faster.
     ``box`` (rows, cols; see :func:`_label_box`) limits the work to the part of each
     slice that holds the labels plus one pixel, outside which there is no rim.
-    Returns the owner label, the HU, ``internal_air`` and ``deep`` of every rim voxel,
-    in raster order, and (``index``; else None) their flat indices in the whole volume.
+    Returns the owner label, the HU, ``internal_air`` and ``deep`` of every rim voxel
+    (``wanted``: a bool per label; only those whose owner it marks), in raster order, and
+    (``index``; else None) their flat indices in the whole volume.
     """
     import cv2
 
@@ -738,13 +752,17 @@ def _rim_owners(labels, hu, internal_air, deep, n, box=None, index=False):
             g = np.maximum(g, grown[z + 1])
         rim = (g > 0) & (labels[z] == 0)
         on = np.flatnonzero(rim)
+        owner = g.reshape(-1)[on]
+        if wanted is not None:
+            mine = wanted[owner]
+            on, owner = on[mine], owner[mine]
         if on.size:
             rr, cc = np.divmod(on, bw)
             rr += r0
             cc += c0
             where = (z * ny + rr) * nx + cc if index else None
             # the maps at the rim pixels only (a BlockMap reads its coarse pixels)
-            parts[z] = (g.reshape(-1)[on].astype(np.intp), whole_hu[z][rr, cc], _map_at(internal_air, z, rr, cc),
+            parts[z] = (owner.astype(np.intp), whole_hu[z][rr, cc], _map_at(internal_air, z, rr, cc),
                         _map_at(deep, z, rr, cc), where)
 
     # slices are independent in each pass (OpenCV and NumPy release the GIL)
