@@ -192,7 +192,9 @@ def regionprops_table(
     flat = labels.ravel()
     idx = _foreground(flat) if foreground is None else np.asarray(foreground)
     lab = flat[idx]
-    order = np.argsort(lab, kind="stable")
+    # the same stable order; NumPy radix-sorts 16-bit keys, several times faster
+    keys = lab.astype(np.uint16) if lab.size and 0 <= lab.min() and lab.max() < 65536 else lab
+    order = np.argsort(keys, kind="stable")
     idx = idx[order]
     lab = lab[order]
     starts, present = _runs(lab)
