@@ -244,13 +244,25 @@ def regionprops_table(
     out["axis_minor_length"] = k(eig[:, 0])
 
     if ndim == 3:
-        # per (component, slice) pixel counts -> largest cross-section, slices spanned
+        # per (component, slice) pixel counts -> largest cross-section, slices spanned.
+        # The voxels are sorted by label and, within a label, in raster order (a stable
+        # sort of ascending indices), so a component's slice index never decreases: each
+        # (component, slice) pair is one stretch of the order.  Counting stretches is
+        # linear in the voxels; a components x slices table grew with their product.
         z = coords[0]
-        nz = labels.shape[0]
-        key = run_id.astype(np.int64) * nz + z
-        per = np.bincount(key, minlength=n * nz).reshape(n, nz) if n else np.zeros((0, nz))
-        out["max_slice_size"] = per.max(axis=1).astype(np.float64) * sp[1] * sp[2] if n else np.zeros(0)
-        out["num_slices"] = (per > 0).sum(axis=1).astype(np.int64) if n else np.zeros(0, np.int64)
+        if n:
+            new = np.empty(z.size, bool)
+            new[0] = True
+            np.not_equal(z[1:], z[:-1], out=new[1:])
+            new[starts] = True
+            seg = np.flatnonzero(new)  # first voxel of each (component, slice) stretch
+            seg_len = np.diff(np.append(seg, z.size))
+            first = np.searchsorted(seg, starts)  # each component's first stretch
+            out["max_slice_size"] = np.maximum.reduceat(seg_len, first).astype(np.float64) * sp[1] * sp[2]
+            out["num_slices"] = np.diff(np.append(first, seg.size)).astype(np.int64)
+        else:
+            out["max_slice_size"] = np.zeros(0)
+            out["num_slices"] = np.zeros(0, np.int64)
 
     if intensity is not None:
         vals = np.asarray(intensity).ravel()[idx].astype(np.float64)

@@ -97,3 +97,21 @@ def test_shared_foreground_gives_the_same_results(in_place):
     # 2D and a kept 0 take the lookup path, foreground still returned
     out2, k2, fg2 = filter_labels(labels[3], np.array([0, 2]), return_foreground=True)
     assert np.array_equal(fg2, np.flatnonzero(out2))
+
+
+def test_slice_columns_match_a_per_label_count():
+    """max_slice_size and num_slices against a per-label, per-slice count, on labels that
+    are scattered, non-consecutive and absent from some slices."""
+    rng = np.random.default_rng(11)
+    labels = np.zeros((7, 30, 40), np.int32)
+    on = rng.random(labels.shape) < 0.15
+    labels[on] = rng.choice([3, 8, 9, 40, 41, 500], on.sum())
+    labels[2] = np.where(labels[2] == 8, 0, labels[2])  # label 8 skips slice 2
+    t = regionprops_table(labels, spacing=(2.0, 0.5, 0.7))
+    for i, lab in enumerate(t["label"]):
+        per = (labels == lab).sum(axis=(1, 2))
+        assert t["num_slices"][i] == np.count_nonzero(per)
+        assert t["max_slice_size"][i] == per.max() * 0.5 * 0.7
+    assert list(t["label"]) == [3, 8, 9, 40, 41, 500]
+    empty = regionprops_table(np.zeros((3, 4, 5), np.int32))
+    assert empty["max_slice_size"].size == 0 and empty["num_slices"].size == 0
