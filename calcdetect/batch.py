@@ -26,12 +26,13 @@ import os
 import sys
 import time
 import traceback
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
+from ._threads import parallel_each
 from .errors import CalcdetectError, InvalidParameterError
 from .outputs import write_text_atomic
 
@@ -284,20 +285,25 @@ def find_inputs(folder: str | Path, *, exclude: Iterable[str | Path] = ()) -> tu
                             sidecar=str(sidecar.resolve()) if sidecar.is_file() else None))
         elif not _ignored(p):
             others.append(p)
-    # DICOM headers, read in threads (I/O bound)
+    # DICOM headers, read in threads (I/O bound), kept in file order
     groups: dict[str, list[tuple[Path, Any]]] = {}
-    with ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 1) * 2))) as pool:
-        for p, ds, err in pool.map(_header, others):
-            if err is not None:
-                if "not a DICOM file" in err.reason:  # the error load() gives for it
-                    errors.append(InputError(rel(p), "UnreadableFileError",
-                                             "not a DICOM, PNG, JPEG or TIFF file"))
-                else:
-                    errors.append(InputError(rel(p), type(err).__name__, _reason(err)))
-                continue
-            if _is_dicomdir(ds):
-                continue
-            groups.setdefault(series_key(ds), []).append((p, ds))
+    headers: list[Any] = [None] * len(others)
+
+    def read(i: int) -> None:
+        headers[i] = _header(others[i])
+
+    parallel_each(read, len(others), max(1, min(8, (os.cpu_count() or 1) * 2)))
+    for p, ds, err in headers:
+        if err is not None:
+            if "not a DICOM file" in err.reason:  # the error load() gives for it
+                errors.append(InputError(rel(p), "UnreadableFileError",
+                                         "not a DICOM, PNG, JPEG or TIFF file"))
+            else:
+                errors.append(InputError(rel(p), type(err).__name__, _reason(err)))
+            continue
+        if _is_dicomdir(ds):
+            continue
+        groups.setdefault(series_key(ds), []).append((p, ds))
     for key, items in groups.items():
         modality = str(items[0][1].get("Modality", "") or "").upper()
         is_ct = modality == "CT" and all(

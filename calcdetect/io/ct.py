@@ -637,11 +637,6 @@ def _quick_tags() -> frozenset[int]:
     return frozenset(int(tag_for_keyword(k)) for k in _QUICK_KEYWORDS)
 
 
-def _scan_header(path: Path) -> tuple[Path, Dataset | None, CalcdetectError | None]:
-    path, ds, _, err = _scan_one(path)
-    return path, ds, err
-
-
 def _scan_one(path: Path, quick: bool = False) -> tuple[Path, Dataset | None, dict[str, Any], CalcdetectError | None]:
     """Header of one file, with the plain values of the canonically spelled
     :data:`_SCAN_KEYWORDS` (:func:`~calcdetect.io.dicom.fast_values`); pydicom converts
