@@ -155,7 +155,7 @@ def _select(keep: np.ndarray, labels: np.ndarray) -> np.ndarray:
         for lab in np.flatnonzero(~keep[1:]) + 1:
             out &= labels != lab
         return out
-    return keep[labels]
+    return keep.take(labels)  # the same lookup; NumPy's fancy indexing by int32 is ~3x slower
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -213,7 +213,7 @@ def _surely_thick(mask: np.ndarray, labels: np.ndarray, n: int, radius_px: float
     half = max(int(np.ceil(radius_px)) - 1, 0)
     core = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_RECT, (2 * half + 1, 2 * half + 1)))
     thick = np.zeros(n, bool)
-    thick[labels[core.view(bool)]] = True
+    thick[labels[core.view(bool)].astype(np.intp)] = True  # intp indices: a faster scatter
     thick[0] = False
     return thick
 
@@ -476,7 +476,7 @@ def _touching_air(inner: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     r, c = box[0].start - grown_box[0].start, box[1].start - grown_box[1].start
     grown = grown[r:r + sub.shape[0], c:c + sub.shape[1]] > 0
     touching = np.zeros(n, bool)  # a lookup table of the touching components (not np.isin)
-    touching[lab[grown & sub]] = True
+    touching[lab[grown & sub].astype(np.intp)] = True
     touching[0] = False
     out[box] = _select(touching, lab)
     return out

@@ -758,7 +758,7 @@ def _rim_owners(labels, hu, internal_air, deep, n, box=None, index=False, wanted
         on = np.flatnonzero(rim)
         owner = g.reshape(-1)[on]
         if wanted is not None:
-            mine = wanted[owner]
+            mine = wanted.take(owner)  # uint16 owners: take is faster than indexing
             on, owner = on[mine], owner[mine]
         if on.size:
             rr, cc = np.divmod(on, bw)
