@@ -115,3 +115,17 @@ def test_slice_columns_match_a_per_label_count():
     assert list(t["label"]) == [3, 8, 9, 40, 41, 500]
     empty = regionprops_table(np.zeros((3, 4, 5), np.int32))
     assert empty["max_slice_size"].size == 0 and empty["num_slices"].size == 0
+
+
+def test_nonzero_rc_is_numpys_nonzero():
+    from calcdetect.errors import InvalidParameterError
+    from calcdetect.measure import nonzero_rc
+
+    rng = np.random.default_rng(4)
+    for shape, p in (((210, 230), 0.01), ((7, 1), 0.5), ((0, 5), 0.5), ((40, 33), 0.9)):
+        mask = rng.random(shape) < p
+        for a, b in zip(nonzero_rc(mask), np.nonzero(mask)):
+            assert np.array_equal(a, b) and a.dtype == b.dtype
+    assert np.array_equal(nonzero_rc(np.array([[0, 3], [2, 0]], np.int32))[1], [1, 0])
+    with pytest.raises(InvalidParameterError):
+        nonzero_rc(np.zeros((2, 2, 2)))

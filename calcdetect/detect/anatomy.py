@@ -43,6 +43,7 @@ import cv2
 import numpy as np
 
 from .._threads import parallel_each
+from ..measure import nonzero_rc
 
 FOV_PADDING_HU = -1500.0
 
@@ -378,7 +379,7 @@ def _air_edge(outside: np.ndarray, offset: tuple[int, int] = (0, 0)) -> tuple[np
     air = outside.astype(np.uint8)
     cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
     edge = (cv2.erode(air, cross, borderType=cv2.BORDER_REPLICATE) == 0) & outside
-    ey, ex = np.nonzero(edge)
+    ey, ex = nonzero_rc(edge)
     return ey.astype(np.int64) + offset[0], ex.astype(np.int64) + offset[1]
 
 

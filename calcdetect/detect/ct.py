@@ -36,7 +36,7 @@ from .._threads import in_background
 from ..distribution import describe_distribution, side_from_patient_x
 from ..errors import InvalidParameterError
 from ..image import Image
-from ..measure import _foreground, filter_labels, label, regionprops_table, select, sparse_zeros
+from ..measure import _foreground, filter_labels, label, nonzero_rc, regionprops_table, select, sparse_zeros
 from ..report import Finding, Report
 from .anatomy import ANATOMY_PIXEL_MM, BlockMap, _box, _each_slice, _slice_box, anatomy_factor, ct_anatomy_reduced
 
@@ -906,7 +906,7 @@ def _sides(image: Image, anatomy, centroids, patient, is_volume) -> list[str | N
 
 def _midline_x(image: Image, body: np.ndarray, z: int, is_volume: bool) -> float | None:
     """LPS x of the body's midline in one slice: halfway between its left and right edges."""
-    rows, cols = np.nonzero(body)
+    rows, cols = nonzero_rc(body)
     if rows.size == 0:
         return None
     idx = np.stack([np.full(rows.shape, float(z)), rows, cols], axis=1)

@@ -53,7 +53,7 @@ from scipy.spatial import cKDTree
 from ..distribution import describe_distribution
 from ..errors import InvalidParameterError
 from ..image import Image
-from ..measure import label, regionprops_table
+from ..measure import label, nonzero_rc, regionprops_table
 from ..report import Finding, Report
 
 PROBES = ("auto", "linear", "sector")
@@ -121,7 +121,7 @@ def beam_geometry(fan: np.ndarray, spacing: tuple[float, float], probe: str = "a
     if kind == "sector" and (ar - al) > 1e-3:
         ay = (bl - br) / (ar - al)
         ax = al * ay + bl
-        yy, xx = np.nonzero(fan)
+        yy, xx = nonzero_rc(fan)
         r = np.hypot(yy * dy - ay, xx * dx - ax)
         surface = float(np.percentile(r, 0.5))
         return {"probe": "sector", "apex_mm": (float(ay), float(ax)), "surface_mm": surface,
@@ -199,7 +199,7 @@ def _background(smooth: np.ndarray, valid: np.ndarray, geom: dict, spacing: tupl
     import cv2
     from scipy import ndimage as ndi
 
-    yy, xx = np.nonzero(valid)
+    yy, xx = nonzero_rc(valid)
     t, s = _beam_coords(yy.astype(np.float64), xx.astype(np.float64), geom, spacing)
     tmin, tmax = float(t.min()), float(t.max())
     smin, smax = float(s.min()), float(s.max())
@@ -682,7 +682,7 @@ def _detect_frame(image, pix, val, roi, params, stats, rejected):
             if nl > 2:
                 py, px = np.unravel_index(np.argmax(np.where(core, s_crop, -np.inf)), core.shape)
                 core = cl == cl[py, px]
-            yy, xx = np.nonzero(core)
+            yy, xx = nonzero_rc(core)
             yy = yy + r0
             xx = xx + c0
             area = yy.size * sp[0] * sp[1]
