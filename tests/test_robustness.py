@@ -508,3 +508,20 @@ def test_generated_headers_report_or_refuse(values, seed):
         found = problems_with(path, timeout=CASE_TIMEOUT_S)
     assert not found, f"{values}: {found}"
 
+
+
+def test_claimed_pixels_never_lowered_by_a_damaged_samples_per_pixel():
+    """A SamplesPerPixel that is not a number counts as 1, so the pixel budget still
+    sees the frames x rows x columns; it used to count the file as 0 pixels."""
+    from pydicom.dataset import Dataset
+
+    from calcdetect.io.dicom import claimed_pixels
+
+    ds = Dataset()
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 1000, 1200, 50
+    ds.SamplesPerPixel = [3, 3]  # two values where one number belongs
+    assert claimed_pixels(ds) == 50 * 1000 * 1200
+    ds.SamplesPerPixel = 3
+    assert claimed_pixels(ds) == 3 * 50 * 1000 * 1200
+    ds.Rows = [1, 2]
+    assert claimed_pixels(ds) == 0  # no size at all: decoding reports it

@@ -461,15 +461,19 @@ def claimed_pixels(ds: Dataset) -> int:
     -------
     int
         ``NumberOfFrames * Rows * Columns * SamplesPerPixel`` (frames and samples count
-        at least 1; absent Rows or Columns count 0).  0 when Rows, Columns or
-        SamplesPerPixel is not a number.
+        at least 1, a SamplesPerPixel that is not a number too, so that a damaged
+        value never lowers the count; absent Rows or Columns count 0).  0 when Rows or
+        Columns is not a number.
     """
     try:
         rows = int(ds.get("Rows") or 0)
         cols = int(ds.get("Columns") or 0)
-        spp = int(ds.get("SamplesPerPixel") or 1)
     except (TypeError, ValueError):
         return 0
+    try:
+        spp = int(ds.get("SamplesPerPixel") or 1)
+    except (TypeError, ValueError):
+        spp = 1
     return number_of_frames(ds) * rows * cols * max(spp, 1)
 
 
