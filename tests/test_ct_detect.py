@@ -248,6 +248,30 @@ def test_reduced_depths_from_a_window_equal_those_from_the_whole_slice(case):
         assert np.nanmax(expected) > 2.0  # points below the skin, not only on it
 
 
+def test_deep_cores_in_mosaics_equal_those_of_single_slices(monkeypatch):
+    """The deep core's last steps run on mosaics of several slices; each slice's core is
+    the one it gets alone (a mosaic of one), with bodies of different sizes and crops
+    cut by the image border, where the outside of a crop must not erode it."""
+    from calcdetect.detect import anatomy
+
+    rng = np.random.default_rng(2)
+    hu = np.full((7, 120, 150), -1000.0, np.float32)
+    for k in range(7):
+        r = 30 + 6 * k
+        yy, xx = np.mgrid[:120, :150]
+        body = ((yy - 60) / (r * 0.8)) ** 2 + ((xx - 75 + 4 * k) / r) ** 2 < 1
+        hu[k][body] = -100.0  # fat
+        hu[k][body & (((yy - 60) / (r * 0.55)) ** 2 + ((xx - 75 + 4 * k) / (r * 0.7)) ** 2 < 1)] = 40.0  # muscle
+        hu[k][rng.random((120, 150)) < 0.01] += 300.0  # dense specks
+    hu[4:, :, :20] = 40.0  # tissue cut by the image border
+    runs = {}
+    for batch in (1, 3, 12):
+        monkeypatch.setattr(anatomy, "DEEP_CORE_BATCH", batch)
+        runs[batch] = anatomy.ct_anatomy(hu, (1.5, 1.5), depth_map=False).deep
+    assert runs[1].any() and runs[1][4:, :, 0].any()  # a core, and one at the border
+    assert np.array_equal(runs[1], runs[3]) and np.array_equal(runs[1], runs[12])
+
+
 def test_anatomy_factor():
     from calcdetect.detect.anatomy import anatomy_factor
 

@@ -258,7 +258,8 @@ def _outside_air(background: np.ndarray, plane: np.ndarray, outside_air_hu: floa
     return _select(keep, labels)
 
 
-def _foci_in_fat(dense: np.ndarray, plane: np.ndarray, max_area_px: float, fat_below_hu: float) -> np.ndarray:
+def _foci_in_fat(dense: np.ndarray, plane: np.ndarray, max_area_px: float, fat_below_hu: float,
+                 inside: np.ndarray | None = None) -> np.ndarray:
     """Dense components no larger than ``max_area_px`` whose rim lies in fat.
 
     The rim is the 2-pixel ring around each component; when at least 45% of it is fat
@@ -276,6 +277,8 @@ def _foci_in_fat(dense: np.ndarray, plane: np.ndarray, max_area_px: float, fat_b
     # uint16 holds every label exactly when there are few (float32 up to 2**24)
     grown = cv2.dilate(labels.astype(np.uint16 if n <= 65536 else np.float32), _disk(2))
     rim = (grown > 0) & ~dense
+    if inside is not None:  # a mosaic of slices (see _deep_cores): only their own pixels
+        rim &= inside
     owner = grown[rim].astype(np.intp)
     values = plane[rim]
     is_fat = (values > -200.0) & (values < fat_below_hu)
@@ -637,6 +640,76 @@ class BlockMap:
         return out if dtype is None else out.astype(dtype)
 
 
+#: Slices per mosaic of :func:`_deep_cores`.
+DEEP_CORE_BATCH = 12
+
+
+def _deep_cores(jobs: list, deep: np.ndarray, *, lesion_hu: float, max_lesion_area_px: float, core_hu: float,
+                core_kernel: np.ndarray, close_kernel: np.ndarray, min_core_px: float) -> None:
+    """The deep core's last steps for every slice with a core: dense foci in fat taken
+    out, an opening, the large parts kept, a closing, holes filled, and the body kept.
+
+    ``jobs[k]`` is None or ``(win, plane, body, core)`` of slice ``k`` (its crop, the HU,
+    body and core candidates on it).  The result goes to ``deep[k][win]``.
+
+    The slices are worked on in mosaics of up to :data:`DEEP_CORE_BATCH` crops, stacked
+    with background rows between them wider than any kernel reaches: a few large OpenCV
+    and NumPy calls instead of many small ones, which the slice threads overlap well
+    (small calls on two threads mostly wait for each other).  Every step keeps each
+    slice's own result exactly:
+    - components (foci, core parts) never cross the rows between crops;
+    - the rim of a focus counts only its own crop's pixels;
+    - the erosions see the outside of each crop as foreground and the dilations as
+      background, as OpenCV's default borders do for a slice on its own;
+    - the hole filling floods from the mosaic's border, which reaches every crop's
+      border through the rows between them.
+    """
+    todo = [k for k, job in enumerate(jobs) if job is not None]
+    if not todo:
+        return
+    reach = max(core_kernel.shape[0], close_kernel.shape[0], 5) // 2
+    gap = reach + 1
+    batches = [todo[i:i + DEEP_CORE_BATCH] for i in range(0, len(todo), DEEP_CORE_BATCH)]
+
+    def one(i: int) -> None:
+        ks = batches[i]
+        crops = [jobs[k] for k in ks]
+        width = max(c[1].shape[1] for c in crops)
+        tops, height = [], 0
+        for c in crops:
+            tops.append(height)
+            height += c[1].shape[0] + gap
+        height -= gap
+        plane = np.zeros((height, width), np.float32)
+        body = np.zeros((height, width), bool)
+        core = np.zeros((height, width), bool)
+        inside = np.zeros((height, width), bool)
+        for top, (_, p, b, c) in zip(tops, crops):
+            h, w = p.shape
+            plane[top:top + h, :w] = p
+            body[top:top + h, :w] = b
+            core[top:top + h, :w] = c
+            inside[top:top + h, :w] = True
+        core &= ~_foci_in_fat((plane >= lesion_hu) & inside, plane, max_lesion_area_px, core_hu, inside)
+        outside = ~inside
+        u = core.view(np.uint8)
+        u[outside] = 1  # erosion: the outside of each crop does not erode it
+        u = cv2.erode(u, core_kernel)
+        u[outside] = 0
+        u = cv2.dilate(u, core_kernel)
+        u = _keep_large_parts(u, min_core_px).view(np.uint8)
+        u = cv2.dilate(u, close_kernel)
+        u[outside] = 1
+        u = cv2.erode(u, close_kernel)
+        u[outside] = 0
+        filled = _fill_holes(u) & body
+        for k, top, (win, p, _, _) in zip(ks, tops, crops):
+            h, w = p.shape
+            deep[k][win] = filled[top:top + h, :w]
+
+    _each_slice(one, len(batches), per_worker=1)
+
+
 def ct_anatomy(
     hu: np.ndarray,
     spacing_rc: tuple[float, float],
@@ -718,7 +791,6 @@ def ct_anatomy(
     # a crop margin beyond the reach of every morphological step (the grown body, the
     # core opening, the closing's dilation and erosion), see _crop_window
     margin = 2 * max(2 * link.shape[0] // 2, core_kernel.shape[0] // 2, close_kernel.shape[0] // 2) + 3
-    core_margin = 2 * max(core_kernel.shape[0] // 2, close_kernel.shape[0] // 2) + 2
 
     def one_slice(k: int, crop: bool = True) -> None:
         # work on the crop holding the patient (and table): identical maps, less area
@@ -797,22 +869,13 @@ def ct_anatomy(
         finish_core(k, win, plane, b, core)
 
     def finish_core(k, win, plane, b, core) -> None:
-        core &= ~_foci_in_fat(plane >= lesion_hu, plane, max_lesion_area_px, core_hu)
-        # the rest works on the core's box plus a margin beyond the reach of the opening
-        # and of the closing's dilation and erosion: identical maps, less area
-        box = _box(core, core_margin)
-        if box is None:
-            return
-        core = core[box].astype(np.uint8)
-        core = cv2.morphologyEx(core, cv2.MORPH_OPEN, core_kernel)
-        core = _keep_large_parts(core, min_core_area_mm2 / pixel_area)
-        if core.any():
-            # a closing bridges thin gaps in the muscle wall (linea alba, fascia) so
-            # that the abdominal cavity's fat is filled in as deep, not subcutaneous
-            closed = cv2.morphologyEx(core.astype(np.uint8), cv2.MORPH_CLOSE, close_kernel)
-            deep[k][win][box] = _fill_holes(closed) & b[box]
+        # the deep core's last steps run on mosaics of several slices (_deep_cores)
+        jobs[k] = (win, plane, b, core)
 
+    jobs: list = [None] * nz
     _each_slice(one_slice, nz)  # slices are independent
+    _deep_cores(jobs, deep, lesion_hu=lesion_hu, max_lesion_area_px=max_lesion_area_px, core_hu=core_hu,
+                core_kernel=core_kernel, close_kernel=close_kernel, min_core_px=min_core_area_mm2 / pixel_area)
     return Anatomy(body=body, deep=deep, depth_mm=depth, fov=fov, internal_air=internal_air,
                    no_skin=no_skin, air_edges=air_edges, spacing_rc=tuple(float(s) for s in spacing_rc))
 
