@@ -12,6 +12,13 @@ the image's own body signal range (p1-p99 inside the field), so it means the sam
 
     python benchmarks/validate_xray.py                 # the table in docs/xray.md
     python benchmarks/validate_xray.py --trials 2 --contrast-per-mm 0.01
+    python benchmarks/validate_xray.py --seed 7 --diagnose    # where each missed focus was lost
+
+``--diagnose`` runs the detector with ``report_rejected=True`` and gives every missed focus
+the stage at which it was lost (:func:`loss_stage`): never a candidate, displaced (a
+candidate covers it but its centre is too far: merged with a neighbour), rejected by a hard
+rule (``hard:<reasons>``), or by the second-stage score (``classifier`` / ``classifier
+(lung cut)``).  Use it on development seeds only.
 """
 
 from __future__ import annotations
@@ -62,6 +69,58 @@ def in_box(findings, box, margin_px):
             and c0 - margin_px <= f.centroid_px[1] <= c1 + margin_px]
 
 
+#: Stages at which a missed focus can be lost (:func:`loss_stage`), in report order.
+STAGES = ("no candidate", "displaced", "classifier", "classifier (lung cut)", "hard")
+
+
+def loss_stage(truth: dict, report, spacing_mm, *, taken: bool = False) -> str:
+    """Where a missed focus was lost, from a ``report_rejected=True`` report.
+
+    Parameters
+    ----------
+    truth : dict
+        The inserted focus (``centroid_px``, ``diameter_mm``).
+    report : Report
+        Detector report made with ``report_rejected=True``.
+    spacing_mm : (float, float)
+        Pixel size used for matching.
+    taken : bool
+        A reported finding lies within the match radius but was matched to another focus.
+
+    Returns
+    -------
+    str
+        ``"taken"``; ``"classifier"`` or ``"classifier (lung cut)"`` (a candidate within the
+        match radius of :func:`calcdetect.validation.match_findings` was rejected only by
+        the second-stage score); ``"hard:<reasons>"`` (rejected by a hard rule, e.g.
+        ``hard:edge_like``); ``"displaced"`` (no candidate centre within the match radius,
+        but one within twice it: the focus was merged into a neighbouring candidate and
+        measured there); ``"no candidate"``.
+    """
+    if taken:
+        return "taken"
+    sp = np.asarray(spacing_mm, float)
+    c = np.asarray(truth["centroid_px"], float)
+    radius = max(2.0, 0.75 * float(truth["diameter_mm"]))
+    cands = report.extra.get("rejected")
+    if cands is None:
+        raise ValueError("loss_stage needs a report made with report_rejected=True")
+    best = None
+    for cand in cands:
+        d = float(np.linalg.norm((np.asarray(cand["centroid_px"], float) - c) * sp))
+        if best is None or d < best[0]:
+            best = (d, cand)
+    if best is not None and best[0] <= radius:
+        reasons = list(best[1]["reasons"])
+        if reasons == ["low_confidence"]:
+            return "classifier (lung cut)" if best[1].get("in_lung") else "classifier"
+        return "hard:" + "+".join(reasons)
+    near = [float(np.linalg.norm((np.asarray(f.centroid_px, float) - c) * sp)) for f in report.findings]
+    if (best is not None and best[0] <= 2.0 * radius) or any(d <= 2.0 * radius for d in near):
+        return "displaced"
+    return "no candidate"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pixel-size", type=float, default=0.15, help="stated pixel size (mm)")
@@ -71,10 +130,15 @@ def main(argv=None) -> int:
                     help="peak contrast per mm of diameter, as a fraction of the body signal range")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", help="also write the raw numbers here")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="give each missed focus the stage it was lost at (development seeds only)")
     ap.add_argument("--options", default="{}",
                     help='detector options as JSON, e.g. \'{"blob_scales_mm": []}\' (the previous detector)')
     args = ap.parse_args(argv)
     opts = json.loads(args.options)
+    if args.diagnose:
+        opts["report_rejected"] = True
+    stages: dict[str, dict[str, int]] = {}
     sp = (args.pixel_size, args.pixel_size)
     rows_out = []
     totals = {"truth": 0, "found": 0, "truth_ge2": 0, "found_ge2": 0, "false": 0, "images": 0,
@@ -129,6 +193,17 @@ def main(argv=None) -> int:
             totals["images"] += 1
             size_err += m.size_errors_mm
             missed = [round(truth[i]["diameter_mm"], 1) for i in m.missed]
+            lost = []
+            if args.diagnose:
+                for i in m.missed:
+                    taken = any(np.linalg.norm((np.asarray(rep.findings[j].centroid_px) - truth[i]["centroid_px"])
+                                               * np.asarray(sp)) <= max(2.0, 0.75 * truth[i]["diameter_mm"])
+                                for j in range(rep.count))
+                    st = loss_stage(truth[i], rep, sp, taken=taken)
+                    lost.append(st)
+                    key = st.split(":")[0]
+                    per = stages.setdefault(name, {})
+                    per[key] = per.get(key, 0) + 1
             print(f"  trial {trial}: found {m.found}/{len(truth)}, false {len(m.false)}, "
                   f"missed sizes {missed}, {dt:.2f} s")
             rows_out.append({"image": name, "trial": trial, "truth": len(truth), "found": m.found,
@@ -136,7 +211,10 @@ def main(argv=None) -> int:
                              "truth_outside_lungs": len(outside_lung),
                              "found_outside_lungs": sum(1 for i in outside_lung if i in found_idx),
                              "truth_ge2": len(ge2), "found_ge2": sum(1 for i in ge2 if i in found_idx),
-                             "size_errors_mm": m.size_errors_mm})
+                             "size_errors_mm": m.size_errors_mm,
+                             "lost": [{"diameter_mm": round(truth[i]["diameter_mm"], 2),
+                                       "centroid_px": [round(float(v), 1) for v in truth[i]["centroid_px"]],
+                                       "stage": st} for i, st in zip(m.missed, lost)]})
     sens = totals["found"] / max(totals["truth"], 1)
     sens2 = totals["found_ge2"] / max(totals["truth_ge2"], 1)
     fp = totals["false"] / max(totals["images"], 1)
@@ -160,6 +238,8 @@ def main(argv=None) -> int:
               f"false per inserted image "
               f"{np.mean([r['false'] for r in sub]):.1f}, original {orig['findings']} finding(s), "
               f"median time {np.median([r['seconds'] for r in sub]):.2f} s")
+    for name, per in stages.items():
+        print(f"  {name}: missed foci lost at " + ", ".join(f"{k} {v}" for k, v in sorted(per.items(), key=lambda kv: -kv[1])))
     if args.json:
         Path(args.json).write_text(json.dumps({"totals": totals, "rows": rows_out}, indent=1))
     return 0

@@ -541,3 +541,37 @@ def test_lossy_chest_twin_has_no_finding_in_the_lung_fields():
     assert not any(f.extra["in_lung"] for f in rep.findings)
     lung_cands = [c for c in rep.extra["rejected"] if c["in_lung"] and c["confidence"] is not None]
     assert max(c["confidence"] for c in lung_cands) > 3.0  # it is a candidate, and a strong one
+
+
+def test_loss_stage_says_where_a_missed_focus_was_lost():
+    """benchmarks/validate_xray.py --diagnose: each missed focus gets the stage it was lost
+    at, checked against foci whose fate is known by construction."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "validate_xray.py"
+    spec = importlib.util.spec_from_file_location("validate_xray", path)
+    vx = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vx)
+    rng = np.random.default_rng(4)
+    pixels = np.tile(np.linspace(500.0, 1250.0, 400, dtype=np.float32), (400, 1))  # a body-like ramp
+    pixels += 6.0 * rng.standard_normal((400, 400)).astype(np.float32)
+    render_focus(pixels, (100.0, 100.0), 3.0 / 0.15, 150.0)  # found
+    render_focus(pixels, (100.0, 300.0), 3.0 / 0.15, 150.0)  # outside the ROI below
+    roi = np.ones(pixels.shape, bool)
+    roi[:, 200:] = False
+    found = {"centroid_px": [100.0, 100.0], "diameter_mm": 3.0}
+    outside = {"centroid_px": [100.0, 300.0], "diameter_mm": 3.0}
+    absent = {"centroid_px": [300.0, 100.0], "diameter_mm": 3.0}      # nothing inserted there
+    beside = {"centroid_px": [100.0, 120.0], "diameter_mm": 2.0}      # 3 mm from the found one
+    rep = detect_xray(_flat_image(pixels), mask=roi, report_rejected=True)
+    m = match_findings([found], rep.findings, (0.15, 0.15))
+    assert m.found == 1 and len(m.false) == 0
+    sp = (0.15, 0.15)
+    assert vx.loss_stage(outside, rep, sp) == "hard:outside_roi"
+    assert vx.loss_stage(absent, rep, sp) == "no candidate"
+    assert vx.loss_stage(beside, rep, sp) == "displaced"
+    assert vx.loss_stage(found, rep, sp, taken=True) == "taken"
+    strict = detect_xray(_flat_image(pixels), mask=roi, report_rejected=True, min_confidence=50.0)
+    assert strict.count == 0 and vx.loss_stage(found, strict, sp) == "classifier"
+    with pytest.raises(ValueError):
+        vx.loss_stage(found, detect_xray(_flat_image(pixels), mask=roi), sp)
