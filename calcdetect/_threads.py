@@ -4,9 +4,7 @@ a folder): the one thread helper the loaders and the detectors share."""
 from __future__ import annotations
 
 import threading
-from typing import Callable, TypeVar
-
-T = TypeVar("T")
+from typing import Callable
 
 
 def parallel_each(fn: Callable[[int], None], n: int, workers: int) -> None:
@@ -47,29 +45,3 @@ def parallel_each(fn: Callable[[int], None], n: int, workers: int) -> None:
     if errors:
         fatal = [e for e in errors.values() if not isinstance(e, Exception)]
         raise fatal[0] if fatal else errors[min(errors)]
-
-
-def in_background(fn: Callable[..., T], *args, **kwargs) -> Callable[[], T]:
-    """Start ``fn(*args, **kwargs)`` on a thread of its own; return a function that waits
-    for it and returns its result, or raises its exception.
-
-    For a step that NumPy or OpenCV run mostly outside the GIL while the calling thread
-    goes on with another one."""
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            box["result"] = fn(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - re-raised by result()
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-
-    def result() -> T:
-        thread.join()
-        if "error" in box:
-            raise box["error"]  # type: ignore[misc]
-        return box["result"]  # type: ignore[return-value]
-
-    return result

@@ -425,28 +425,3 @@ def test_parallel_each_raises_like_an_executor_map(workers):
         _parallel_each(interrupted, 20, workers)
     assert set(range(10)) <= ran
     _parallel_each(lambda i: None, 0, workers)
-
-
-def test_in_background_returns_the_result_or_raises_the_error():
-    import threading
-
-    from calcdetect._threads import in_background
-
-    started = threading.Event()
-    release = threading.Event()
-
-    def slow(a, b=0):
-        started.set()
-        release.wait(5)
-        return a + b
-
-    result = in_background(slow, 2, b=3)
-    assert started.wait(5)  # running while the caller goes on
-    release.set()
-    assert result() == 5 and result() == 5
-
-    def fails():
-        raise ValueError("bad slice")
-
-    with pytest.raises(ValueError, match="bad slice"):
-        in_background(fails)()

@@ -32,7 +32,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .._threads import in_background
 from ..distribution import describe_distribution, side_from_patient_x
 from ..errors import InvalidParameterError
 from ..image import Image
@@ -217,9 +216,6 @@ def detect_ct(
             "of view lies inside the body); the skin region cannot be found there and was not "
             "searched -- use region='soft-tissue' to search all soft tissue"
         )
-    # the noise estimate reads only the image and the body: on a thread of its own, mostly
-    # outside the GIL, while the candidates are labelled and measured
-    sigma_of = in_background(noise_sigma, hu, anatomy.body)
     # the candidates in the box of the body; fg: the labelled voxels, shared by the
     # steps below (no further scans of the volume)
     cand = _candidate_mask(hu, threshold_hu, anatomy.body, valid, skip=no_skin)
@@ -236,7 +232,7 @@ def detect_ct(
     short_ax = table["axis_minor_length"]
     peak = table["intensity_max"]
 
-    sigma = sigma_of()
+    sigma = noise_sigma(hu, anatomy.body)
     metal = peak >= metal_hu
     faint_small = (cross_mm2 < min_area_mm2) & (peak < threshold_hu + 70.0)
     big = eq_cross > max_lesion_mm
