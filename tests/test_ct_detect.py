@@ -272,6 +272,47 @@ def test_deep_cores_in_mosaics_equal_those_of_single_slices(monkeypatch):
     assert np.array_equal(runs[1], runs[3]) and np.array_equal(runs[1], runs[12])
 
 
+def test_anatomy_pipeline_raises_the_errors_of_either_thread(monkeypatch):
+    """The anatomy works on the slices on one thread and on the deep-core mosaics of the
+    slices done on another: an error on either reaches the caller, and no thread is
+    left behind."""
+    import threading
+
+    from calcdetect.detect import anatomy
+
+    hu = np.full((40, 60, 70), -1000.0, np.float32)
+    hu[:, 10:50, 10:60] = 40.0
+    monkeypatch.setenv("CALCDETECT_THREADS", "2")
+    before = threading.active_count()
+    assert anatomy.ct_anatomy(hu, (1.5, 1.5), depth_map=False).deep.any()  # the pipeline runs
+
+    real_cores = anatomy._deep_cores
+
+    def failing_cores(jobs, deep, **kw):
+        if kw.get("only") and 30 in kw["only"]:
+            raise ValueError("mosaic failed")
+        return real_cores(jobs, deep, **kw)
+
+    monkeypatch.setattr(anatomy, "_deep_cores", failing_cores)
+    with pytest.raises(ValueError, match="mosaic failed"):
+        anatomy.ct_anatomy(hu, (1.5, 1.5), depth_map=False)
+    monkeypatch.setattr(anatomy, "_deep_cores", real_cores)
+
+    real_crop = anatomy._crop_window
+    calls = []
+
+    def failing_crop(plane, *a, **kw):
+        calls.append(1)
+        if len(calls) == 25:
+            raise RuntimeError("slice failed")
+        return real_crop(plane, *a, **kw)
+
+    monkeypatch.setattr(anatomy, "_crop_window", failing_crop)
+    with pytest.raises(RuntimeError, match="slice failed"):
+        anatomy.ct_anatomy(hu, (1.5, 1.5), depth_map=False)
+    assert threading.active_count() == before
+
+
 def test_anatomy_factor():
     from calcdetect.detect.anatomy import anatomy_factor
 

@@ -645,7 +645,8 @@ DEEP_CORE_BATCH = 12
 
 
 def _deep_cores(jobs: list, deep: np.ndarray, *, lesion_hu: float, max_lesion_area_px: float, core_hu: float,
-                core_kernel: np.ndarray, close_kernel: np.ndarray, min_core_px: float) -> None:
+                core_kernel: np.ndarray, close_kernel: np.ndarray, min_core_px: float,
+                only: list[int] | None = None, threads: bool = True) -> None:
     """The deep core's last steps for every slice with a core: dense foci in fat taken
     out, an opening, the large parts kept, a closing, holes filled, and the body kept.
 
@@ -664,7 +665,7 @@ def _deep_cores(jobs: list, deep: np.ndarray, *, lesion_hu: float, max_lesion_ar
     - the hole filling floods from the mosaic's border, which reaches every crop's
       border through the rows between them.
     """
-    todo = [k for k, job in enumerate(jobs) if job is not None]
+    todo = [k for k, job in enumerate(jobs) if job is not None] if only is None else list(only)
     if not todo:
         return
     reach = max(core_kernel.shape[0], close_kernel.shape[0], 5) // 2
@@ -707,7 +708,11 @@ def _deep_cores(jobs: list, deep: np.ndarray, *, lesion_hu: float, max_lesion_ar
             h, w = p.shape
             deep[k][win] = filled[top:top + h, :w]
 
-    _each_slice(one, len(batches), per_worker=1)
+    if threads:
+        _each_slice(one, len(batches), per_worker=1)
+    else:
+        for i in range(len(batches)):
+            one(i)
 
 
 def ct_anatomy(
@@ -873,9 +878,47 @@ def ct_anatomy(
         jobs[k] = (win, plane, b, core)
 
     jobs: list = [None] * nz
-    _each_slice(one_slice, nz)  # slices are independent
-    _deep_cores(jobs, deep, lesion_hu=lesion_hu, max_lesion_area_px=max_lesion_area_px, core_hu=core_hu,
-                core_kernel=core_kernel, close_kernel=close_kernel, min_core_px=min_core_area_mm2 / pixel_area)
+    params = dict(lesion_hu=lesion_hu, max_lesion_area_px=max_lesion_area_px, core_hu=core_hu,
+                  core_kernel=core_kernel, close_kernel=close_kernel, min_core_px=min_core_area_mm2 / pixel_area)
+    if _slice_workers(nz) > 1:
+        # a pipeline: the slices on this thread, and the deep-core mosaics of the slices
+        # already done on a second one (its large calls leave the GIL to this thread; two
+        # threads on the slices' small calls mostly wait for each other)
+        import queue
+        import threading
+
+        ready: queue.SimpleQueue = queue.SimpleQueue()
+        failed: list = []
+
+        def mosaics() -> None:
+            while (batch := ready.get()) is not None:
+                if not failed:
+                    try:
+                        _deep_cores(jobs, deep, only=batch, threads=False, **params)
+                    except BaseException as exc:  # noqa: BLE001 - re-raised below
+                        failed.append(exc)
+
+        worker = threading.Thread(target=mosaics, daemon=True)
+        worker.start()
+        try:
+            pending: list[int] = []
+            for k in range(nz):
+                one_slice(k)
+                if jobs[k] is not None:
+                    pending.append(k)
+                    if len(pending) == DEEP_CORE_BATCH:
+                        ready.put(pending)
+                        pending = []
+            if pending:
+                ready.put(pending)
+        finally:
+            ready.put(None)
+            worker.join()
+        if failed:
+            raise failed[0]
+    else:
+        _each_slice(one_slice, nz)  # slices are independent
+        _deep_cores(jobs, deep, **params)
     return Anatomy(body=body, deep=deep, depth_mm=depth, fov=fov, internal_air=internal_air,
                    no_skin=no_skin, air_edges=air_edges, spacing_rc=tuple(float(s) for s in spacing_rc))
 
