@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 
 from .._threads import parallel_each
-from ..measure import nonzero_rc
+from ..measure import nonzero_rc, sparse_zeros
 
 FOV_PADDING_HU = -1500.0
 
@@ -766,9 +766,10 @@ def ct_anatomy(
     nz, h, w = hu.shape
     px = float(np.mean(spacing_rc))
     aniso = abs(spacing_rc[0] - spacing_rc[1]) > 1e-3 * px
-    body = np.zeros(hu.shape, bool)
-    deep = np.zeros(hu.shape, bool)
-    internal_air = np.zeros(hu.shape, bool)
+    # written only inside each slice's crop, and without huge pages (sparse_zeros)
+    body = sparse_zeros(hu.shape, bool)
+    deep = sparse_zeros(hu.shape, bool)
+    internal_air = sparse_zeros(hu.shape, bool)
     lazy = not depth_map and not aniso
     depth = None if lazy else np.zeros(hu.shape, np.float32)
     air_edges: list | None = [None] * nz if lazy else None
@@ -958,7 +959,7 @@ def ct_anatomy_reduced(hu: np.ndarray, spacing_rc: tuple[float, float], factor: 
         return ct_anatomy(hu, spacing_rc, valid=valid, depth_map=False, **kwargs)
     hc, wc = -(-h // f), -(-w // f)
     ph, pw = hc * f - h, wc * f - w
-    coarse = np.empty((nz, hc, wc), np.float32)
+    coarse = sparse_zeros((nz, hc, wc), np.float32)  # see sparse_zeros: no huge pages
     vcoarse = None if valid is None else np.empty((nz, hc, wc), bool)
 
     def reduce(k: int) -> None:

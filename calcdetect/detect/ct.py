@@ -736,7 +736,7 @@ def _rim_owners(labels, hu, internal_air, deep, n, box=None, index=False, wanted
     kernel = np.ones((3, 3), np.uint8)
     nz = labels.shape[0]
 
-    grown = np.empty(labels.shape, dtype)  # each slice's 3 x 3 dilation
+    grown = sparse_zeros(labels.shape, dtype)  # each slice's 3 x 3 dilation (no huge pages: sparse_zeros)
 
     def grow(z: int) -> None:
         grown[z] = cv2.dilate(labels[z].astype(dtype), kernel)
