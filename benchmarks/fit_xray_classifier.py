@@ -120,10 +120,10 @@ def candidate_rows(report, truth: list[dict]) -> list[dict]:
     """Every candidate of a ``classifier=False, report_rejected=True`` report with the
     features, its reasons, and its truth label (``truth``: index or None)."""
     keys = ("score", "cnr", "edge_mm", "solidity", "iso_ratio", "surround")
-    rows = [dict({k: float(f.extra[k]) for k in keys}, centroid_px=list(f.centroid_px), released=bool(f.extra.get("released", False)),
+    rows = [dict({k: float(f.extra[k]) for k in keys}, centroid_px=list(f.centroid_px),
                  diameter_mm=float(f.equivalent_diameter_mm), in_lung=bool(f.extra["in_lung"]), reasons=[])
             for f in report.findings]
-    rows += [dict({k: float(c[k]) for k in keys}, centroid_px=list(c["centroid_px"]), released=bool(c.get("released", False)),
+    rows += [dict({k: float(c[k]) for k in keys}, centroid_px=list(c["centroid_px"]),
                   diameter_mm=float(c["diameter_mm"]), in_lung=bool(c["in_lung"]), reasons=list(c["reasons"]))
              for c in report.extra["rejected"]]
     _label(rows, truth)
@@ -233,11 +233,7 @@ def split(runs: list[dict]) -> tuple[list[dict], list[dict]]:
                 continue
             reasons = set(c["reasons"])
             c["run"] = k
-            if c.get("released") and reasons <= SOFT_REASONS | {"edge_like"}:
-                # released candidates (round 5 experiment): decided at the release cut, not fitted
-                c["edge_like"] = "edge_like" in reasons
-                edge.append(c)
-            elif reasons <= SOFT_REASONS:
+            if reasons <= SOFT_REASONS:
                 train.append(c)
             elif "edge_like" in reasons and reasons <= SOFT_REASONS | {"edge_like"}:
                 c["edge_like"] = True
@@ -251,9 +247,6 @@ def decisions(rows: list[dict], w, b: float, cut: float, edge_cut: float, lung_c
     logit = feature_matrix(rows) @ np.asarray(w, float) + b
     edge_like = np.array([bool(r.get("edge_like")) for r in rows], bool)
     c = np.where(np.array([bool(r["in_lung"]) for r in rows], bool), lung_cut, cut)
-    from calcdetect.detect.xray import RELEASE_CLASSIFIER_CUT
-
-    c = np.where(np.array([bool(r.get("released")) for r in rows], bool), np.maximum(c, RELEASE_CLASSIFIER_CUT), c)
     return (logit >= c) & (~edge_like | (logit >= np.maximum(c, edge_cut)))
 
 

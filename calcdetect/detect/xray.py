@@ -118,9 +118,6 @@ LUNG_CLASSIFIER_CUT = 4.0
 #: steep ramp scores 2.29, so the override was raised to 3.0, which loses the focus at
 #: 2.15 and keeps the bump out with the same margin as before.
 EDGE_OVERRIDE_CUT = 3.0
-#: The cut for released candidates (round 5: foci the line-opening background absorbed,
-#: given back by :func:`release_absorbed`; ``release_min_confidence``).
-RELEASE_CLASSIFIER_CUT = 7.0
 
 
 def candidate_features(score, cnr, edge_mm, solidity, iso_ratio, diameter_mm, surround) -> np.ndarray:
@@ -640,8 +637,8 @@ def _solidity(comp: np.ndarray) -> float:
 def blob_candidates(
     resid: np.ndarray, ok: np.ndarray, pix_mm: float, scales_mm: tuple[float, ...], threshold: float,
     tile_px: int, quantile: float = 0.5, size_level: float = 0.3, grow_map: np.ndarray | None = None,
-    grow: float = 3.0, disk_mm: float = 6.0, return_maps: bool = False,
-) -> tuple:
+    grow: float = 3.0, disk_mm: float = 6.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Compact bright foci as peaks of a multi-scale matched filter.
 
     At each scale ``s`` the residual is smoothed with a Gaussian of sigma ``s`` (the
@@ -659,9 +656,6 @@ def blob_candidates(
         ``grow_map`` (the full-resolution CNR) reaches ``grow``.
     score, scale_mm : ndarray
         Per label (index ``label - 1``): the matched-filter score and its scale.
-    maps : list of (int, ndarray, ndarray)
-        With ``return_maps``: per scale, the grid factor and the clutter median and scale
-        maps on that grid (:func:`local_cnr`), to score other residual values against.
     """
     import cv2
     from scipy import ndimage as ndi
@@ -669,7 +663,6 @@ def blob_candidates(
     rows, cols = resid.shape
     best = None
     best_k = None
-    maps: list = []
     for k, s_mm in enumerate(scales_mm):
         s_px = s_mm / pix_mm
         rs = cv2.GaussianBlur(resid, (0, 0), s_px) if s_px >= 0.3 else resid  # 0: full resolution
@@ -680,11 +673,10 @@ def blob_candidates(
         if f > 1:
             small = cv2.resize(rs, (cols // f, rows // f), interpolation=cv2.INTER_AREA)
             ok_s = cv2.resize(ok.view(np.uint8), (cols // f, rows // f), interpolation=cv2.INTER_NEAREST) > 0
-            z_s, m_s, g_s = local_cnr(small, ok_s, max(tile_px // f, 16), max(peak_px // f, 1), quantile)
+            z_s, _, _ = local_cnr(small, ok_s, max(tile_px // f, 16), max(peak_px // f, 1), quantile)
             z = cv2.resize(z_s, (cols, rows), interpolation=cv2.INTER_LINEAR)
         else:
-            z, m_s, g_s = local_cnr(rs, ok, tile_px, peak_px, quantile)
-        maps.append((f, m_s, g_s))
+            z, _, _ = local_cnr(rs, ok, tile_px, peak_px, quantile)
         if best is None:
             best, best_k = z, np.zeros(z.shape, np.int8)
         else:
@@ -726,224 +718,7 @@ def blob_candidates(
         scl.append(float(scales_mm[k]))
         labels[r0:r1, c0:c1][comp] = len(scores)
         claimed[r0:r1, c0:c1] |= cv2.dilate(comp.view(np.uint8), k_claim) > 0
-    if return_maps:
-        return labels, np.asarray(scores), np.asarray(scl), maps
     return labels, np.asarray(scores), np.asarray(scl)
-
-
-def hessian_blob_score(
-    image: np.ndarray, ok: np.ndarray, pix_mm: float, scales_mm: tuple[float, ...], tile_px: int,
-    quantile: float = 0.5,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Background-independent blob score: the weaker Hessian curvature, scale-normalised.
-
-    At each scale ``s`` (mm) the image itself (not the background-removed residual) is
-    smoothed with a Gaussian of sigma ``s`` and its Hessian is taken.  The response is
-    ``s^2 x (-lambda_max)``: positive only where the image curves down in *every*
-    direction (a bright blob), near zero along a straight edge or ridge (one curvature is
-    zero), so a focus on a bright plateau or beside an edge keeps its response where a
-    line-opening background would absorb it.  Each response map is turned into a
-    contrast-to-clutter map with :func:`local_cnr` (judged on a grid of about ``s / 2``)
-    and the score is the best over the scales.
-
-    Parameters
-    ----------
-    image : ndarray
-        Lightly smoothed radiograph (dense = bright).
-    ok : ndarray of bool
-        Pixels to draw the clutter statistics from.
-    pix_mm : float
-        Pixel size (mm).
-    scales_mm : tuple of float
-        Gaussian sigmas (mm).
-    tile_px : int
-        Clutter tile size (pixels).
-    quantile : float
-        Quantile of local-maximum heights taken as the clutter level.
-
-    Returns
-    -------
-    score : ndarray
-        Best contrast-to-clutter of the blob response over the scales.
-    scale_mm : ndarray
-        The scale (mm) at which it was reached.
-    """
-    import cv2
-
-    rows, cols = image.shape
-    best = None
-    best_s = None
-    img = np.ascontiguousarray(image, dtype=np.float32)
-    for s_mm in scales_mm:
-        s_px = s_mm / pix_mm
-        f = max(min(int(s_px // 2), min(rows, cols) // 8), 1)
-        small = cv2.resize(img, (cols // f, rows // f), interpolation=cv2.INTER_AREA) if f > 1 else img
-        ok_s = (cv2.resize(ok.view(np.uint8), (cols // f, rows // f), interpolation=cv2.INTER_NEAREST) > 0
-                if f > 1 else ok)
-        s_small = s_px / f
-        g = cv2.GaussianBlur(small, (0, 0), s_small)
-        a = cv2.Sobel(g, cv2.CV_32F, 0, 2, ksize=3) / 4.0  # d2/drow2
-        c = cv2.Sobel(g, cv2.CV_32F, 2, 0, ksize=3) / 4.0  # d2/dcol2
-        b = cv2.Sobel(g, cv2.CV_32F, 1, 1, ksize=3) / 4.0
-        lam_max = 0.5 * (a + c) + np.sqrt(0.25 * (a - c) ** 2 + b * b)
-        resp = (-(s_small * s_small) * lam_max).astype(np.float32)
-        peak_px = max(int(round(max(1.0, 2.0 * s_mm) / pix_mm / f)), 1)
-        z, _, _ = local_cnr(resp, ok_s, max(tile_px // f, 16), peak_px, quantile)
-        if f > 1:
-            z = cv2.resize(z, (cols, rows), interpolation=cv2.INTER_LINEAR)
-        if best is None:
-            best, best_s = z, np.full(z.shape, s_mm, np.float32)
-        else:
-            better = z > best
-            best = np.where(better, z, best)
-            best_s[better] = s_mm
-    return best, best_s
-
-
-def release_absorbed(
-    resid: np.ndarray, image: np.ndarray, score: np.ndarray, scale_mm: np.ndarray, ok: np.ndarray,
-    pix_mm: float, threshold: float, absorbed_fraction: float = 0.5, n_dir: int = 32,
-) -> tuple[np.ndarray, int]:
-    """Give back to the residual the foci the line-opening background absorbed.
-
-    A focus on the shoulder of a brighter structure (a rib, the heart border, a cortex)
-    stays in the line-opening background when a segment can run from it into that
-    structure.  Its blob score (:func:`hessian_blob_score`) does not depend on that
-    background.  At every local maximum (within 1 mm) of the blob score of at least
-    ``threshold``, the local contrast is measured against a ring around it (at
-    ``1.5 r + 0.5 mm``, ``r = sqrt(2) s`` for the peak's scale ``s``): the ring's median and
-    its straight slope (first harmonic, ring outliers beyond 2.5 MAD left out, so a
-    bright neighbour covering part of the ring does not lift it).  Where the residual
-    keeps less than ``absorbed_fraction`` of that local contrast, the residual within
-    ``1.2 r + 0.3 mm`` of the peak is raised to the image minus that local plane.  Every
-    later step (candidates, features, second stage) then sees the focus as it would
-    without the bright neighbour.
-
-    Parameters
-    ----------
-    resid : ndarray
-        Line-opening residual.
-    image : ndarray
-        Lightly smoothed radiograph.
-    score, scale_mm : ndarray
-        Blob score and its scale (:func:`hessian_blob_score`).
-    ok : ndarray of bool
-        Where peaks are taken.
-    pix_mm : float
-        Pixel size (mm).
-    threshold : float
-        Smallest blob score of a peak.
-    absorbed_fraction : float
-        A peak is released when its residual is below this fraction of its local contrast.
-    n_dir : int
-        Ring samples.
-
-    Returns
-    -------
-    resid : ndarray
-        The residual with the absorbed foci released (a copy when any was).
-    n : int
-        Number of released peaks.
-    """
-    import cv2
-    from scipy import ndimage as ndi
-
-    rows, cols = resid.shape
-    r_pk = max(int(round(1.0 / pix_mm)), 1)
-    kp = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r_pk + 1, 2 * r_pk + 1))
-    is_max = (score >= cv2.dilate(score, kp)) & (score >= threshold) & ok
-    py, px = np.nonzero(is_max)
-    if py.size == 0:
-        return resid, 0
-    r_f = np.sqrt(2.0) * scale_mm[py, px] / pix_mm
-    ring_r = 1.5 * r_f + 0.5 / pix_mm
-    th = np.arange(n_dir) * (2.0 * np.pi / n_dir)
-    cs, sn = np.cos(th), np.sin(th)
-    yy = py[:, None] + ring_r[:, None] * sn[None, :]
-    xx = px[:, None] + ring_r[:, None] * cs[None, :]
-    ring = ndi.map_coordinates(image, [yy.ravel(), xx.ravel()], order=1, mode="nearest").reshape(py.size, n_dir)
-    med = np.median(ring, axis=1)
-    mad = 1.4826 * np.median(np.abs(ring - med[:, None]), axis=1)
-    inl = np.abs(ring - med[:, None]) <= 2.5 * np.maximum(mad, 1e-6)[:, None]
-    w = inl.astype(np.float64)
-    d = (ring - med[:, None]) * w
-    # weighted first harmonic (slope across the ring), inliers only
-    ca = (d * cs).sum(1) / np.maximum((w * cs * cs).sum(1), 1e-9)
-    sa = (d * sn).sum(1) / np.maximum((w * sn * sn).sum(1), 1e-9)
-    local_pk = image[py, px] - med
-    absorbed = (local_pk > 0) & (resid[py, px] < absorbed_fraction * local_pk)
-    if not absorbed.any():
-        return resid, np.zeros((0, 2), int), np.zeros(0)
-    out = resid.copy()
-    for i in np.flatnonzero(absorbed):
-        y, x = int(py[i]), int(px[i])
-        rad = 1.2 * r_f[i] + 0.3 / pix_mm
-        R = int(np.ceil(rad))
-        r0, r1, c0, c1 = max(y - R, 0), min(y + R + 1, rows), max(x - R, 0), min(x + R + 1, cols)
-        gy, gx = np.ogrid[r0 - y:r1 - y, c0 - x:c1 - x]
-        disk = (gy * gy + gx * gx) <= rad * rad
-        plane = med[i] + (ca[i] * gx + sa[i] * gy) / ring_r[i]
-        loc = (image[r0:r1, c0:c1] - plane).astype(out.dtype)
-        view = out[r0:r1, c0:c1]
-        view[disk] = np.maximum(view[disk], loc[disk])
-    sel = np.flatnonzero(absorbed)
-    return out, np.stack([py[sel], px[sel]], axis=1), r_f[sel]
-
-
-def _released_candidates(
-    resid: np.ndarray, pts: np.ndarray, radii: np.ndarray, labels: np.ndarray, score: np.ndarray,
-    scale: np.ndarray, maps: list, scales_mm: tuple[float, ...], pix_mm: float, threshold: float,
-    size_level: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Append the released peaks (:func:`release_absorbed`) as candidates.
-
-    Each is scored like a matched-filter candidate: the released residual smoothed at each
-    scale of ``scales_mm`` (locally), against that scale's clutter maps from
-    :func:`blob_candidates` (``maps``); it is kept when the best reaches ``threshold``.
-    Its first extent is where the released residual reaches ``size_level`` of its peak,
-    connected to it, within ``1.2 r + 0.3 mm`` and outside existing candidates.
-    """
-    from scipy import ndimage as ndi
-
-    rows, cols = resid.shape
-    labels = labels.copy()
-    score, scale = list(score.tolist()), list(scale.tolist())
-    order = np.argsort(-radii, kind="stable")
-    for i in order.tolist():
-        y, x = int(pts[i, 0]), int(pts[i, 1])
-        if labels[y, x]:
-            continue
-        best, best_s = -np.inf, scales_mm[0]
-        for s_mm, (f, med_s, sig_s) in zip(scales_mm, maps):
-            s_px = s_mm / pix_mm
-            R = int(np.ceil(3.0 * s_px)) + 1
-            r0, r1, c0, c1 = max(y - R, 0), min(y + R + 1, rows), max(x - R, 0), min(x + R + 1, cols)
-            gy, gx = np.ogrid[r0 - y:r1 - y, c0 - x:c1 - x]
-            if s_px >= 0.3:
-                wgt = np.exp(-(gy * gy + gx * gx) / (2.0 * s_px * s_px))
-                v = float((resid[r0:r1, c0:c1] * wgt).sum() / wgt.sum())
-            else:
-                v = float(resid[y, x])
-            yi, xi = min(int(y // f), med_s.shape[0] - 1), min(int(x // f), med_s.shape[1] - 1)
-            z = (v - float(med_s[yi, xi])) / max(float(sig_s[yi, xi]), 1e-9)
-            if z > best:
-                best, best_s = z, s_mm
-        if best < threshold:
-            continue
-        rad = 1.2 * radii[i] + 0.3 / pix_mm
-        R = int(np.ceil(rad))
-        r0, r1, c0, c1 = max(y - R, 0), min(y + R + 1, rows), max(x - R, 0), min(x + R + 1, cols)
-        gy, gx = np.ogrid[r0 - y:r1 - y, c0 - x:c1 - x]
-        disk = (gy * gy + gx * gx) <= rad * rad
-        pk = float(resid[y, x])
-        m = disk & (resid[r0:r1, c0:c1] >= size_level * pk) & (labels[r0:r1, c0:c1] == 0)
-        m[y - r0, x - c0] = True
-        lab_m, _ = ndi.label(m)
-        comp = lab_m == lab_m[y - r0, x - c0]
-        score.append(best)
-        scale.append(best_s)
-        labels[r0:r1, c0:c1][comp] = len(score)
-    return labels, np.asarray(score), np.asarray(scale)
 
 
 def radial_isotropy(
@@ -1104,9 +879,6 @@ def detect_xray(
     round_lobes: float = 1.5,
     exclude_lungs: bool | None = None,
     lung_min_confidence: float = LUNG_CLASSIFIER_CUT,
-    release_scales_mm: tuple[float, ...] = (0.4, 0.7, 1.1, 1.6),
-    release_min_score: float = 2.0,
-    release_min_confidence: float = RELEASE_CLASSIFIER_CUT,
     assumed_pixel_mm: float = 0.15,
     mask: np.ndarray | None = None,
     report_rejected: bool = False,
@@ -1273,7 +1045,6 @@ def detect_xray(
     work = smooth
     bg = line_opening_background(work, background_mm / pix_mm)
     resid = work - bg
-    n_released = 0
 
     # dynamic range of the exposed field, for the "far too dense" (marker/metal) test
     fvals = pixels[field][:: max(1, int(field.sum()) // 200000)]
@@ -1318,32 +1089,13 @@ def detect_xray(
     # 4. candidates
     allowed = searchable.copy()
     if blob_scales_mm:
-        scales = tuple(float(v) for v in blob_scales_mm)
-        labels, b_score, b_scale, maps = blob_candidates(resid, allowed, pix_mm, scales, min_score, tile_px,
-                                                         clutter_quantile, size_level, cnr, grow,
-                                                         0.5 * max_diameter_mm + 1.0, return_maps=True)
-        n_line = int(b_score.size)
-        if release_scales_mm:
-            # a second, background-independent source of candidates: foci the line openings
-            # absorbed (beside a brighter rib, heart border or cortex) are given back to the
-            # residual where no candidate is, and scored against the same clutter maps
-            h_score, h_scale = hessian_blob_score(work, allowed, pix_mm, tuple(float(v) for v in release_scales_mm),
-                                                  tile_px, clutter_quantile)
-            resid_x, pts, radii = release_absorbed(resid, work, h_score, h_scale, allowed & (labels == 0), pix_mm,
-                                                   release_min_score)
-            if pts.shape[0]:
-                labels, b_score, b_scale = _released_candidates(resid_x, pts, radii, labels, b_score, b_scale, maps,
-                                                                scales, pix_mm, min_score, size_level)
-                changed = resid_x != resid
-                cnr = np.where(changed, (resid_x - med_map) / sig_map, cnr).astype(cnr.dtype)
-                resid = resid_x
-                bg = work - resid
-            n_released = int(b_score.size) - n_line
+        labels, b_score, b_scale = blob_candidates(resid, allowed, pix_mm, tuple(float(v) for v in blob_scales_mm),
+                                                   min_score, tile_px, clutter_quantile, size_level, cnr, grow,
+                                                   0.5 * max_diameter_mm + 1.0)
         n = int(b_score.size)
     else:
         labels, n = _hysteresis(cnr, allowed, threshold, grow)
         b_score = b_scale = None
-        n_line = n
     params: dict[str, Any] = {
         "threshold": threshold, "grow": grow, "min_diameter_mm": min_diameter_mm,
         "max_diameter_mm": max_diameter_mm, "max_elongation": max_elongation,
@@ -1356,8 +1108,6 @@ def detect_xray(
         "strong_score": strong_score, "classifier": use_classifier, "min_confidence": float(min_confidence), "min_cnr": min_cnr, "max_lobes": max_lobes,
         "round_ratio": round_ratio, "round_lobes": round_lobes,
         "roi_mask": mask is not None, "components_total": n,
-        "release_scales_mm": [float(v) for v in release_scales_mm], "release_min_score": release_min_score,
-        "released": n_released, "release_min_confidence": float(release_min_confidence),
     }
     findings: list[Finding] = []
     rejected_list: list[dict[str, Any]] = []
@@ -1418,7 +1168,6 @@ def detect_xray(
         # outline at half height around the residual peak (see radial_isotropy)
         pk_pos = _peak_positions(resid, size_lab, t["label"])
         iso_ratio, iso_lobes = radial_isotropy(resid, pk_pos, 0.75 * max_diameter_mm / pix_mm)
-        released = t["label"] > n_line if b_score is not None else np.zeros(t["label"].size, bool)
         if b_score is not None:
             score = b_score[t["label"] - 1]
             strong = score >= strong_score
@@ -1483,7 +1232,6 @@ def detect_xray(
             # the stricter lung cut applies (end-on vessels, forks and rib crossings)
             confidence = candidate_confidence(score, fine_cnr, edge_mm, solidity, iso_ratio, diam, surround)
             cut = np.where(in_lung, lung_min_confidence, min_confidence)
-            cut = np.where(released, np.maximum(cut, release_min_confidence), cut)
             edge_like &= confidence < np.maximum(EDGE_OVERRIDE_CUT, cut)
             keep = ~hard & ~elongated & ~edge_like
             low_conf = (confidence < cut) & keep
@@ -1512,7 +1260,7 @@ def detect_xray(
                  "score": float(score[i]), "iso_ratio": float(iso_ratio[i]), "iso_lobes": float(iso_lobes[i]),
                  "confidence": None if np.isnan(confidence[i]) else float(confidence[i]),
                  "diameter_mm": float(diam[i]), "contrast_fraction": float(contrast[i] / dyn),
-                 "surround": float(surround[i]), "in_lung": bool(in_lung[i]), "released": bool(released[i]),
+                 "surround": float(surround[i]), "in_lung": bool(in_lung[i]),
                  "scale_mm": None if b_score is None else float(b_scale[t["label"][i] - 1]),
                  "reasons": [r for r, v in reasons.items() if v[i]]}
                 for i in np.flatnonzero(~keep)]
@@ -1554,7 +1302,6 @@ def detect_xray(
                     "confidence": None if np.isnan(confidence[kept][i]) else float(confidence[kept][i]),
                     "surround": float(surround[kept][i]),
                     "in_lung": bool(in_lung[kept][i]),
-                    "released": bool(released[kept][i]),
                     "equivalent_diameter_px": float(np.sqrt(4.0 * ft["num_pixels"][i] / np.pi)),
                 },
             ))
