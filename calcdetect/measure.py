@@ -13,11 +13,13 @@ otherwise.  The report layer decides whether a value may be called "mm".
 
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from ._switches import ProcessSwitch
 from .errors import InvalidParameterError
 
 try:  # NumPy 2 (private, stable since NumPy 1.20; see sparse_zeros)
@@ -29,6 +31,30 @@ except ImportError:  # pragma: no cover - NumPy 1.x
         _set_madvise_hugepage = None
 
 
+def _huge_pages() -> bool:
+    previous = _set_madvise_hugepage(True)
+    _set_madvise_hugepage(previous)
+    return bool(previous)
+
+
+#: NumPy's request for transparent huge pages (``madvise(MADV_HUGEPAGE)`` on arrays of
+#: 4 MB and more) turned off while any block holds it (see :mod:`calcdetect._switches`:
+#: blocks in several threads never leave the process changed).
+HUGE_PAGES_OFF = (ProcessSwitch(_huge_pages, _set_madvise_hugepage, False)
+                  if _set_madvise_hugepage is not None else None)
+
+
+@contextmanager
+def no_huge_pages() -> Iterator[None]:
+    """Allocations inside the block are made without NumPy's huge-page request (see
+    :func:`sparse_zeros` for why); a no-op on a NumPy without the switch."""
+    if HUGE_PAGES_OFF is None:  # pragma: no cover - a NumPy without the switch
+        yield
+        return
+    with HUGE_PAGES_OFF.held():
+        yield
+
+
 def sparse_zeros(shape: Sequence[int], dtype=np.int32) -> np.ndarray:
     """A zero-filled array meant to be written sparsely (a few labelled voxels).
 
@@ -37,10 +63,11 @@ def sparse_zeros(shape: Sequence[int], dtype=np.int32) -> np.ndarray:
     touches.  NumPy asks the kernel for transparent huge pages on every array of 4 MB
     and more (``madvise(MADV_HUGEPAGE)``); with them, one voxel written makes the
     kernel zero a whole 2 MB page instead of 4 kB, and a label volume with scattered
-    voxels is zeroed in full.  This allocation is made without that request (NumPy's
-    switch is process-wide, so it is turned off for this one call only; another
-    thread allocating at that instant at most misses a performance hint).  Measured on
-    the 300 x 512 x 512 CT detect benchmark: 3.9 s with huge pages, 1.9 s without.
+    voxels is zeroed in full.  This allocation is made without that request
+    (:func:`no_huge_pages`: NumPy's switch is process-wide, so it is turned off for
+    this one call only; another thread allocating at that instant at most misses a
+    performance hint).  Measured on the 300 x 512 x 512 CT detect benchmark: 3.9 s with
+    huge pages, 1.9 s without.
 
     The detector also takes its scratch volumes that are written in full once (the
     coarse CT of the anatomy, the rim dilations) from here.  On the shared test
@@ -57,13 +84,8 @@ def sparse_zeros(shape: Sequence[int], dtype=np.int32) -> np.ndarray:
     ndarray
         Zeros of ``shape`` and ``dtype``.
     """
-    if _set_madvise_hugepage is None:  # pragma: no cover - a NumPy without the switch
+    with no_huge_pages():
         return np.zeros(shape, dtype)
-    previous = _set_madvise_hugepage(False)
-    try:
-        return np.zeros(shape, dtype)
-    finally:
-        _set_madvise_hugepage(previous)
 
 
 def label(mask: np.ndarray, *, connectivity: int | None = None) -> tuple[np.ndarray, int]:

@@ -505,9 +505,16 @@ def test_sparse_zeros_leaves_numpys_huge_page_switch_as_it_was():
     a = sparse_zeros((3, 4, 5), np.int32)
     assert a.dtype == np.int32 and a.shape == (3, 4, 5) and not a.any()
     if _set_madvise_hugepage is not None:
+        from calcdetect.measure import no_huge_pages
+
         before = _set_madvise_hugepage(True)
         try:
             sparse_zeros((8, 1024, 1024), bool)
+            assert _set_madvise_hugepage(True) is True
+            with no_huge_pages():  # the switch is off inside, and nested blocks keep it off
+                with no_huge_pages():
+                    pass
+                assert _set_madvise_hugepage(False) is False
             assert _set_madvise_hugepage(True) is True
         finally:
             _set_madvise_hugepage(before)
