@@ -73,6 +73,8 @@ def test_rg1_zero_spacing_never_yields_mm():
         assert f["equivalent_diameter_mm"] is None and f["area_mm2"] is None
         assert f["long_axis_mm"] is None and f["centroid_mm"] is None
     assert any("assumed 0.15 mm" in w for w in report.warnings)
+    # one warning says that sizes are not in mm (the loader's, naming the file)
+    assert sum("not reported in mm" in w for w in report.warnings) == 1
 
 
 def test_rg3_no_spacing_laterality_and_j2k_twin_identical():
@@ -181,6 +183,8 @@ def test_no_spacing_reports_null_mm_and_same_foci():
     assert all(f.equivalent_diameter_mm is None and f.area_mm2 is None and f.centroid_mm is None
                for f in rep.findings)
     assert any("assumed 0.15 mm" in w for w in rep.warnings)
+    # no loader warning here: the detector itself says that sizes are not in mm
+    assert sum("not reported in mm" in w for w in rep.warnings) == 1
     # the assumed scale equals the real one here, so the same foci are found
     m = match_findings(truth, rep.findings, (0.15, 0.15))
     assert m.found >= 10 and len(m.false) == 0

@@ -1011,10 +1011,13 @@ def detect_xray(
     has_spacing = image.spacing_mm is not None
     sp = tuple(float(s) for s in image.spacing_mm) if has_spacing else (assumed_pixel_mm, assumed_pixel_mm)
     if not has_spacing:
+        # the loader has already said that sizes are not in mm (and why): say only
+        # what the detector adds, the pixel size its filters assumed
+        said = any("spacing" in w for w in image.warnings)
         warnings.append(
-            f"no pixel spacing: sizes are not reported in mm; the filters assumed {assumed_pixel_mm:g} mm "
-            "pixels (a typical CR/DR pixel), so size limits are approximate -- pass --pixel-size "
-            "for real sizes")
+            ("" if said else "no pixel spacing: sizes are not reported in mm; ")
+            + f"the filters assumed {assumed_pixel_mm:g} mm pixels (a typical CR/DR pixel), so size limits "
+            "are approximate -- pass --pixel-size for real sizes")
     elif str(image.spacing_source or "").startswith("user"):
         warnings.append(f"pixel size {sp[0]:g} x {sp[1]:g} mm given by the user")
     pix_mm = float(np.sqrt(sp[0] * sp[1]))
