@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import functools
 import os
+import queue
+import threading
 
 import cv2
 import numpy as np
@@ -63,9 +65,9 @@ class Anatomy:
     fov: np.ndarray | None    # bool, inside the reconstruction field of view (None with depth_map=False)
     internal_air: np.ndarray  # bool, air inside the body (cavities, lung, bowel gas) (idem)
     no_skin: np.ndarray | None = None  # bool per slice: body but no outside air (depth NaN)
-    air_edges: list | None = None  # per slice, outside-air pixels next to tissue (depth_mm None, no refine_edges)
+    air_edges: list | None = None  # per slice, outside-air pixels next to tissue (depth_mm None, no refine_depths)
     spacing_rc: tuple[float, float] = (1.0, 1.0)
-    refine_edges: object = None  # reduced anatomy: slice -> full-resolution air edges, computed when asked
+    refine_edges: object = None  # reduced anatomy: slice -> the whole slice's full-resolution air edges (refine_depths' fallback)
     refine_depths: object = None  # reduced anatomy: (slice, rows, cols) -> depth_at of those pixels
     factor: int = 1  # in-plane reduction of the maps (ct_anatomy_reduced)
     exact_slice: object = None  # reduced anatomy: slice -> its full-resolution Anatomy (1 slice)
@@ -90,9 +92,8 @@ class Anatomy:
             sel = np.flatnonzero(todo & (z == k))
             if self.refine_depths is not None:
                 out[sel] = self.refine_depths(int(k), y[sel], x[sel])
-                continue
-            edges = self.refine_edges(int(k)) if self.refine_edges is not None else self.air_edges[k]
-            out[sel] = _depth_points(edges, y[sel], x[sel], float(np.mean(self.spacing_rc)))
+            else:
+                out[sel] = _depth_points(self.air_edges[k], y[sel], x[sel], float(np.mean(self.spacing_rc)))
         return out
 
 
@@ -885,9 +886,6 @@ def ct_anatomy(
         # a pipeline: the slices on this thread, and the deep-core mosaics of the slices
         # already done on a second one (its large calls leave the GIL to this thread; two
         # threads on the slices' small calls mostly wait for each other)
-        import queue
-        import threading
-
         ready: queue.SimpleQueue = queue.SimpleQueue()
         failed: list = []
 
