@@ -411,7 +411,7 @@ _SCAN_KEYWORDS = (
 )
 
 
-#: Header elements a series load keeps from a quick parse (see :func:`_quick_header`):
+#: Header elements a series load keeps from a quick parse (see :func:`_quick_scan`):
 #: those it reads, those series_key and describe_series read, and the character set.
 _QUICK_KEYWORDS = _SCAN_KEYWORDS + ("SpecificCharacterSet",)
 _QUICK_HEAD_BYTES = 1 << 16  # headers larger than this are left to pydicom
@@ -486,23 +486,18 @@ def _element_header(data: bytes, pos: int, implicit: bool, all_vrs, long_vrs) ->
 _VRS: tuple[frozenset[bytes], frozenset[bytes]] = (frozenset(), frozenset())
 
 
-def _quick_header(path: Path) -> Dataset | None:
+def _quick_scan(path: Path) -> tuple[Dataset, dict[str, Any], set[int]] | None:
     """The :data:`_QUICK_KEYWORDS` elements of a file's header, raw as pydicom leaves
-    them, in a small Dataset (with the transfer syntax in its file meta), or ``None``
-    when the file is anything but a plain, well-formed little-endian DICOM file whose
-    pixel data starts within its first 64 KiB: read it with pydicom then.
+    them, in a small Dataset (with the transfer syntax in its file meta); the
+    :func:`~calcdetect.io.dicom.fast_values` of its :data:`_SCAN_KEYWORDS` (read from the
+    elements as they are found instead of looked up in the Dataset afterwards); and the
+    tags of the elements it holds.  ``None`` when the file is anything but a plain,
+    well-formed little-endian DICOM file whose pixel data starts within its first 64 KiB:
+    read it with pydicom then.
 
     A series scan parsed every element of every header with pydicom; this walks the
     elements and keeps a few (a third of the time).  Values are converted later by
-    pydicom (or :func:`~calcdetect.io.dicom.fast_values`) from the very same bytes."""
-    quick = _quick_scan(path)
-    return None if quick is None else quick[0]
-
-
-def _quick_scan(path: Path) -> tuple[Dataset, dict[str, Any], set[int]] | None:
-    """:func:`_quick_header`, with the :func:`~calcdetect.io.dicom.fast_values` of its
-    :data:`_SCAN_KEYWORDS` (read from the elements as they are found instead of looked up
-    in the Dataset afterwards) and the tags of the elements it holds.
+    pydicom (or :func:`~calcdetect.io.dicom.fast_values`) from the very same bytes.
 
     The walk first reads 8 KiB (headers are usually about 1 KiB) and only when it fails
     on those reads up to :data:`_QUICK_HEAD_BYTES` and walks again: the same result as
@@ -641,7 +636,7 @@ def _scan_one(path: Path, quick: bool = False) -> tuple[Path, Dataset | None, di
     """Header of one file, with the plain values of the canonically spelled
     :data:`_SCAN_KEYWORDS` (:func:`~calcdetect.io.dicom.fast_values`); pydicom converts
     the others, so a damaged one still makes the file unreadable.  ``quick``: only the
-    :data:`_QUICK_KEYWORDS` elements when :func:`_quick_header` can read them."""
+    :data:`_QUICK_KEYWORDS` elements when :func:`_quick_scan` can read them."""
     try:
         scanned = _quick_scan(path) if quick else None
         present = None
