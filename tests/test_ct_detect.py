@@ -454,10 +454,10 @@ def test_label_candidates_in_their_box_equals_labelling_the_volume():
     mask = np.zeros((6, 50, 64), bool)
     mask[:, 7:41, 5:52] = rng.random((6, 34, 47)) < 0.2
     ref, n_ref = label(mask)
-    out, n, fg = _label_candidates(mask)
+    out, n, fg = _label_candidates(np.ascontiguousarray(mask[:, 7:41, 5:52]), (7, 5), mask.shape)
     assert n == n_ref > 10 and out.dtype == np.int32
     assert np.array_equal(out, ref) and np.array_equal(fg, np.flatnonzero(ref))
-    out, n, fg = _label_candidates(np.zeros((3, 8, 9), bool))
+    out, n, fg = _label_candidates(np.zeros((3, 2, 4), bool), (1, 3), (3, 8, 9))
     assert n == 0 and not out.any() and fg.size == 0 and out.shape == (3, 8, 9)
 
 

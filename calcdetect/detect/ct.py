@@ -37,7 +37,7 @@ from ..errors import InvalidParameterError
 from ..image import Image
 from ..measure import _foreground, filter_labels, label, nonzero_rc, regionprops_table, select, sparse_zeros
 from ..report import Finding, Report
-from .anatomy import ANATOMY_PIXEL_MM, BlockMap, _box, _each_slice, _slice_box, anatomy_factor, ct_anatomy_reduced
+from .anatomy import ANATOMY_PIXEL_MM, BlockMap, _each_slice, _slice_box, anatomy_factor, ct_anatomy_reduced
 
 REGIONS = ("skin", "soft-tissue", "all")
 
@@ -396,24 +396,14 @@ def _candidate_mask(hu: np.ndarray, threshold: float, body, valid: np.ndarray | 
     return out, (r0, c0)
 
 
-def _label_candidates(candidates: np.ndarray, origin: tuple[int, int] | None = None,
-                      shape: tuple[int, int, int] | None = None) -> tuple[np.ndarray, int, np.ndarray]:
-    """:func:`calcdetect.measure.label` of a (slices, rows, cols) mask, written into a
-    calloc'd int32 volume (only the pages of labelled voxels are touched), and the flat
-    indices of the labelled voxels, ascending.
-
-    ``candidates`` is either the whole volume (``origin`` None: it is labelled only in
-    the rows and columns that hold candidates) or a box of a volume of ``shape`` whose
-    first row and column are ``origin`` (see :func:`_candidate_mask`), labelled as it
-    is.  A box keeps the raster order of the voxels and every component whole, so the
-    labels are the same as on the whole volume."""
-    if origin is None:
-        shape = candidates.shape
-        box = _box(candidates.any(axis=0), 0)
-        if box is None:
-            return sparse_zeros(shape, np.int32), 0, np.zeros(0, np.intp)
-        origin = (box[0].start, box[1].start)
-        candidates = np.ascontiguousarray(candidates[(slice(None),) + box])
+def _label_candidates(candidates: np.ndarray, origin: tuple[int, int],
+                      shape: tuple[int, int, int]) -> tuple[np.ndarray, int, np.ndarray]:
+    """:func:`calcdetect.measure.label` of the box ``candidates`` (C-contiguous bool) of a
+    (slices, rows, cols) volume of ``shape``, whose first row and column are ``origin``
+    (see :func:`_candidate_mask`), written into a calloc'd int32 volume of ``shape`` (only
+    the pages of labelled voxels are touched), and the flat indices of the labelled
+    voxels in that volume, ascending.  A box keeps the raster order of the voxels and
+    every component whole, so the labels are the same as on the whole volume."""
     nz, ny, nx = shape
     r0, c0 = origin
     bh, bw = candidates.shape[1:]
