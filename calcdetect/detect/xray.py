@@ -1013,7 +1013,7 @@ def detect_xray(
     if not has_spacing:
         # the loader has already said that sizes are not in mm (and why): say only
         # what the detector adds, the pixel size its filters assumed
-        said = any("spacing" in w for w in image.warnings)
+        said = any("not reported in mm" in w for w in image.warnings)
         warnings.append(
             ("" if said else "no pixel spacing: sizes are not reported in mm; ")
             + f"the filters assumed {assumed_pixel_mm:g} mm pixels (a typical CR/DR pixel), so size limits "
