@@ -32,6 +32,7 @@ sys.path.insert(0, str(HERE))
 import numpy as np  # noqa: E402
 
 import synthetic  # noqa: E402
+from run import CT_CLUTTER  # noqa: E402
 
 STAGES = ("ct_anatomy_reduced", "_candidate_mask", "_label_candidates", "regionprops_table", "noise_sigma",
           "_rim_stats", "_refine_deep", "_rim_in_deep", "_midline_bone", "filter_labels", "calcium_scores",
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--half-res", action="store_true")
-    ap.add_argument("--clutter", type=float, default=None,
+    ap.add_argument("--clutter", type=float, default=CT_CLUTTER,
                     help="dense specks per slice (default: run.py's CT_CLUTTER, the benchmark's input)")
     ap.add_argument("--full-anatomy", action="store_true",
                     help="detect with anatomy_pixel_mm=None (the anatomy at full resolution)")
@@ -53,10 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     import calcdetect
 
     ct = importlib.import_module("calcdetect.detect.ct")
-    from run import CT_CLUTTER
-
-    clutter = CT_CLUTTER if args.clutter is None else args.clutter
-    ph = synthetic.synthetic_ct(args.slices, clutter=clutter)
+    ph = synthetic.synthetic_ct(args.slices, clutter=args.clutter)
     image = calcdetect.Image(ph.hu.astype(np.float32), ph.spacing_mm, "CT")
     acc: dict[str, float] = {}
 
