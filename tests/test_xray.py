@@ -579,3 +579,113 @@ def test_loss_stage_says_where_a_missed_focus_was_lost():
     assert strict.count == 0 and vx.loss_stage(found, strict, sp) == "classifier"
     with pytest.raises(ValueError):
         vx.loss_stage(found, detect_xray(_flat_image(pixels), mask=roi), sp)
+
+
+# ---------------------------------------------------------------- dense deposits vs lead and metal
+def _limb_with_air(n: int = 700, seed: int = 11) -> np.ndarray:
+    """A soft-tissue band (signal ~1000) down the middle with direct-exposure air (~80)
+    on both sides, light noise; the field has no collimation."""
+    rng = np.random.default_rng(seed)
+    cols = np.arange(n, dtype=np.float32)
+    prof = np.where(np.abs(cols - n / 2) < n * 0.3, 1000.0, 80.0).astype(np.float32)
+    pixels = np.tile(prof, (n, 1))
+    import cv2
+
+    pixels = cv2.GaussianBlur(pixels, (0, 0), 3.0)
+    return pixels + 5.0 * rng.standard_normal((n, n)).astype(np.float32)
+
+
+def test_plateau_fraction_domed_vs_flat():
+    from calcdetect.detect.xray import plateau_fraction
+    from calcdetect.phantoms.xray import render_focus
+
+    img = np.zeros((120, 240), np.float32)
+    render_focus(img, (60.0, 60.0), 30.0, 500.0)          # projected sphere, 30 px
+    yy, xx = np.mgrid[0:120, 0:240]
+    img[(yy - 60) ** 2 + (xx - 180) ** 2 <= 15 ** 2] += 500.0  # flat disk (metal snap)
+    labels = np.zeros(img.shape, np.int32)
+    labels[30:91, 30:91] = 1
+    labels[30:91, 150:211] = 2
+    frac = plateau_fraction(img, labels, np.array([1, 2]), np.array([500.0, 500.0]))
+    # sphere: 90 % band r <= 0.436 R, 50 % band r <= 0.866 R -> (0.436 / 0.866)^2 = 0.25
+    assert abs(frac[0] - 0.25) < 0.05
+    assert frac[1] > 0.9
+
+
+def test_ring_fraction_of_object_in_air_and_in_body():
+    from calcdetect.detect.xray import ring_fraction
+
+    air = np.zeros((100, 200), bool)
+    air[:, :100] = True                    # left half is air
+    labels = np.zeros(air.shape, np.int32)
+    labels[45:55, 20:30] = 1               # deep in the air
+    labels[45:55, 95:105] = 2              # straddles the skin line
+    labels[45:55, 160:170] = 3             # deep in the body
+    frac = ring_fraction(air, labels, np.array([1, 2, 3]), 2, 6)
+    assert frac[0] == 1.0 and frac[2] == 0.0 and 0.35 < frac[1] < 0.65
+
+
+def test_dense_domed_foci_are_found_over_soft_tissue():
+    # calcinosis can be far denser than the surrounding soft tissue: a domed deposit at
+    # 40-60 % of the field's range is a finding, not a "lead marker" (it used to be set
+    # aside as too dense, with 3 mm around it)
+    from calcdetect.phantoms.xray import render_focus
+
+    pixels = _limb_with_air()
+    truth = []
+    for (r, c), d in zip([(150, 300), (300, 400), (450, 330), (560, 420)], (2.5, 4.0, 5.0, 6.0)):
+        render_focus(pixels, (float(r), float(c)), d / 0.15, 110.0 * d)  # 275-660: up to 0.7 of the range
+        truth.append({"centroid_px": [float(r), float(c)], "diameter_mm": d})
+    # a uniformly dense deposit drawn as a flat disk, far below the unexposed level
+    yy, xx = np.mgrid[0:pixels.shape[0], 0:pixels.shape[1]]
+    pixels[(yy - 250) ** 2 + (xx - 230) ** 2 <= 10 ** 2] += 400.0
+    truth.append({"centroid_px": [250.0, 230.0], "diameter_mm": 3.0})
+    rep = detect_xray(_flat_image(pixels), report_rejected=True)
+    m = match_findings(truth, rep.findings, (0.15, 0.15))
+    assert m.found == 5 and len(m.false) == 0, rep.extra["rejected"]
+    assert rep.parameters["components_too_dense"] == 0
+
+
+def test_lead_letter_in_air_and_metal_snap_in_body_are_not_findings():
+    # a non-saturated lead letter on its tape beside the limb (as on RG3_UNCR) and a flat
+    # metal disk (an ECG snap) over the limb: dense, but not calcifications
+    import cv2
+
+    pixels = _limb_with_air(seed=12)
+    letter = np.zeros(pixels.shape, np.uint8)
+    cv2.putText(letter, "R", (45, 380), cv2.FONT_HERSHEY_SIMPLEX, 2.2, 1, 12)  # ~10 mm letter in the air
+    pixels += 600.0 * cv2.GaussianBlur(letter.astype(np.float32), (0, 0), 1.0)
+    yy, xx = np.mgrid[0:pixels.shape[0], 0:pixels.shape[1]]
+    snap = ((yy - 500) ** 2 + (xx - 350) ** 2 <= 20 ** 2).astype(np.float32)  # 6 mm flat disk
+    pixels += 700.0 * cv2.GaussianBlur(snap, (0, 0), 1.0)
+    rep = detect_xray(_flat_image(pixels), report_rejected=True)
+    assert rep.count == 0, [f.centroid_px for f in rep.findings]
+    reasons = {r for c in rep.extra["rejected"] for r in c["reasons"]}
+    assert "too_dense" in reasons and "in_air" in reasons
+
+
+def test_clipped_dense_focus_is_found_and_burned_in_text_is_not():
+    # a dense deposit over bone can reach the file's limit (clipped at the level of the
+    # collimation): its top is then saturated like a lead marker.  Small, round and in
+    # the body, it is searched (it used to be set aside with 3 mm around it).  A line of
+    # saturated text in the body stays set aside.
+    import cv2
+
+    from calcdetect.phantoms.xray import render_focus
+
+    rng = np.random.default_rng(7)
+    n, level = 600, 1300.0
+    pixels = np.tile(np.linspace(100.0, 1200.0, n, dtype=np.float32), (n, 1))  # soft tissue to bone
+    pixels += 6.0 * rng.standard_normal((n, n)).astype(np.float32)
+    r, c, d_mm = 320.0, 500.0, 4.0
+    render_focus(pixels, (r, c), d_mm / 0.15, 350.0)          # ~1370 at its top: clipped at 1300
+    text = np.zeros((n, n), np.uint8)
+    cv2.putText(text, "L 12", (60, 150), cv2.FONT_HERSHEY_SIMPLEX, 1.2, 1, 3)
+    pixels[text > 0] = level
+    pixels = np.minimum(pixels, level)
+    pixels[:40] = level                                        # collimation band
+    rep = detect_xray(_flat_image(pixels))
+    assert rep.parameters["clipped_deposit_pixels"] > 0
+    assert rep.parameters["saturated_pixels"] >= int((text > 0).sum())  # the text stays set aside
+    m = match_findings([{"centroid_px": [r, c], "diameter_mm": d_mm}], rep.findings, (0.15, 0.15))
+    assert m.found == 1 and len(m.false) == 0, [f.centroid_px for f in rep.findings]

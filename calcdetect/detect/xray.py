@@ -43,10 +43,12 @@ Pipeline (all sizes in mm, converted with the pixel spacing; docs/xray.md):
    ``max_lobes`` x the median ray - vessel ends, clumps, tails); ragged
    (solidity < ``min_solidity``, unless a strong candidate's half-height outline is round:
    a focus touching a cortex leaks into it when sized, its own outline does not);
-   contrast above ``max_contrast_fraction`` of the field's dynamic range or next to such
-   an object (lead letters, metal, burned-in labels: far denser than any soft-tissue
-   deposit); saturated; more than 2 mm into the air beside the body (dust); outside the
-   exposed field.  Lung fields (chest films) are searched with a stricter cut of the same
+   contrast above ``max_contrast_fraction`` of the field's dynamic range with a flat top
+   (:func:`plateau_fraction`), or next to such an object (lead letters, metal, burned-in
+   labels attenuate fully and evenly; a dense calcification is domed and is kept);
+   saturated; outside the patient: more than 2 mm into the air beside the body (dust) or
+   with that air around most of it (:func:`ring_fraction`: a lead marker beside the limb);
+   outside the exposed field.  Lung fields (chest films) are searched with a stricter cut of the same
    score (``lung_min_confidence``; ``exclude_lungs=True`` leaves them out), and the score
    includes the candidate's surround (:func:`surround_clutter`: vessel ends, forks and
    rib crossings have arms that leave the spot).
@@ -70,7 +72,7 @@ from ..measure import filter_labels, label, regionprops_table, select
 from ..report import Finding, Report
 
 __all__ = ["blob_candidates", "detect_xray", "exposed_field", "line_opening_background", "local_cnr",
-           "radial_isotropy", "surround_clutter"]
+           "plateau_fraction", "radial_isotropy", "ring_fraction", "surround_clutter"]
 
 #: Orientations of the line segments (degrees); 10 degree steps keep a 10 mm segment
 #: within +-0.9 mm of any straight structure's axis.
@@ -620,6 +622,137 @@ def lung_fields(image: np.ndarray, field: np.ndarray, pix_mm: float, min_area_cm
     return out & field
 
 
+def ring_fraction(mask: np.ndarray, labels: np.ndarray, ids: np.ndarray, inner_px: int, outer_px: int) -> np.ndarray:
+    """Fraction of the ring around each labelled object that ``mask`` covers.
+
+    Parameters
+    ----------
+    mask : ndarray of bool
+        E.g. the direct-exposure air beside the body.
+    labels : ndarray of int
+        Label image of the objects.
+    ids : ndarray of int
+        Labels to measure.
+    inner_px, outer_px : int
+        The ring: pixels more than ``inner_px`` and at most ``outer_px`` away from the
+        object (and more than ``inner_px`` from any other object).
+
+    Returns
+    -------
+    ndarray
+        One fraction per id (0 for an object without a ring).
+    """
+    import cv2
+
+    lab = labels.astype(np.float32)  # labels below 2**24 are exact
+
+    def _reach(r):
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+        return cv2.dilate(lab, k)
+
+    ring = np.where(_reach(max(int(inner_px), 0)) == 0, _reach(max(int(outer_px), 1)), 0).astype(np.int64)
+    n = int(labels.max()) + 1
+    total = np.bincount(ring.ravel(), minlength=n)[ids]
+    hit = np.bincount(ring[mask], minlength=n)[ids]
+    return hit / np.maximum(total, 1)
+
+
+def clipped_deposits(
+    saturated: np.ndarray, air: np.ndarray, spacing: tuple[float, float], max_diameter_mm: float,
+    max_air_ring: float,
+) -> np.ndarray:
+    """Saturated objects that are the clipped tops of dense deposits, not lead or text.
+
+    A dense calcification over bone can reach the detector's (or the file's) limit; its
+    top is then held at the saturation level like a lead marker or burned-in text.  It
+    differs from them by being small, compact and round, inside the body: it is no
+    larger than a deposit (``max_diameter_mm``), its solidity is at least 0.85 (letters
+    are not convex), it is at most 2.5 times as long as wide, and the ring 1-3 mm
+    around it is neither mostly air beside the body (``max_air_ring``, where markers are
+    placed) nor saturated (other letters of a word).
+
+    Parameters
+    ----------
+    saturated : ndarray of bool
+        Saturated objects inside the field (:func:`exposed_field`).
+    air : ndarray of bool
+        Direct exposure beside the body.
+    spacing : (float, float)
+        Pixel size (mm).
+    max_diameter_mm : float
+        Largest deposit.
+    max_air_ring : float
+        Largest fraction of the ring that may be air.
+
+    Returns
+    -------
+    ndarray of bool
+        The saturated pixels that belong to clipped deposits.
+    """
+    import cv2
+
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(saturated.view(np.uint8), connectivity=8)
+    if n <= 1:
+        return np.zeros_like(saturated)
+    ids = np.arange(1, n)
+    area_mm2 = stats[1:, cv2.CC_STAT_AREA] * spacing[0] * spacing[1]
+    w, h = stats[1:, cv2.CC_STAT_WIDTH] * spacing[1], stats[1:, cv2.CC_STAT_HEIGHT] * spacing[0]
+    ok = (area_mm2 <= np.pi / 4.0 * max_diameter_mm ** 2) & (np.maximum(w, h) <= 2.5 * np.maximum(np.minimum(w, h), 1e-9))
+    if not ok.any():
+        return np.zeros_like(saturated)
+    pix = float(np.sqrt(spacing[0] * spacing[1]))
+    ring = (max(int(round(1.0 / pix)), 1), max(int(round(3.0 / pix)), 2))
+    ok &= ring_fraction(air, lab, ids, *ring) < max_air_ring
+    ok &= ring_fraction(saturated, lab, ids, *ring) < 0.1
+    for i in np.flatnonzero(ok):
+        x, y = stats[i + 1, cv2.CC_STAT_LEFT], stats[i + 1, cv2.CC_STAT_TOP]
+        sub = lab[y:y + stats[i + 1, cv2.CC_STAT_HEIGHT], x:x + stats[i + 1, cv2.CC_STAT_WIDTH]] == i + 1
+        ok[i] = _solidity(sub) >= 0.85
+    lut = np.zeros(n, bool)
+    lut[1:] = ok
+    return lut[lab]
+
+
+def plateau_fraction(image: np.ndarray, labels: np.ndarray, ids: np.ndarray, contrast: np.ndarray) -> np.ndarray:
+    """Flatness of each labelled object's top.
+
+    The fraction of an object's pixels within 10 % of its contrast below its brightest
+    pixel, over those within 50 %.  A projected sphere or any domed deposit gives about
+    0.25 (a Gaussian 0.15); a lead letter, a metal snap or a burned-in label is uniformly
+    fully attenuating and gives a plateau (0.6-0.9).  It is measured on the image, not on
+    a background-removed residual, whose openings cut into a letter's strokes.
+
+    Parameters
+    ----------
+    image : ndarray
+        The (lightly smoothed) radiograph, dense = bright.
+    labels : ndarray of int
+        Label image; the fraction is taken over each label's pixels.
+    ids : ndarray of int
+        Labels to measure.
+    contrast : ndarray
+        Each label's contrast above its local background (same units as ``image``).
+
+    Returns
+    -------
+    ndarray
+        One fraction per id (0 for a label with no pixel at half its contrast).
+    """
+    from scipy import ndimage
+
+    ids = np.asarray(ids)
+    n = int(labels.max()) + 1
+    top = np.asarray(ndimage.maximum(image, labels, ids), np.float64)
+    lut90 = np.full(n, np.inf)
+    lut50 = np.full(n, np.inf)
+    lut90[ids] = top - 0.1 * np.asarray(contrast, np.float64)
+    lut50[ids] = top - 0.5 * np.asarray(contrast, np.float64)
+    inside = labels > 0
+    n50 = np.bincount(labels[inside & (image >= lut50[labels])], minlength=n)[ids]
+    n90 = np.bincount(labels[inside & (image >= lut90[labels])], minlength=n)[ids]
+    return n90 / np.maximum(n50, 1)
+
+
 def _solidity(comp: np.ndarray) -> float:
     """Area / convex-hull area of one binary component (1.0 below 20 pixels)."""
     import cv2
@@ -863,6 +996,8 @@ def detect_xray(
     noise_mm: float = 12.0,
     border_mm: float = 4.0,
     max_contrast_fraction: float = 0.3,
+    max_plateau: float = 0.5,
+    max_air_ring: float = 0.6,
     size_level: float = 0.3,
     min_edge_mm: float = 0.15,
     clutter_quantile: float = 0.5,
@@ -910,8 +1045,18 @@ def detect_xray(
     border_mm : float
         Margin inside the exposed-field edge and the image edge that is not searched.
     max_contrast_fraction : float
-        Foci whose local contrast exceeds this fraction of the field's dynamic range are
-        lead markers, metal or burned-in text, not calcifications.
+        Foci whose local contrast exceeds this fraction of the field's dynamic range,
+        whose top is flat (``max_plateau``) and reaches within 10 % of that range of the
+        saturated (unexposed) level are lead markers, metal or burned-in text, not
+        calcifications; so is anything within 3 mm of them or of a dense object in the air.
+    max_plateau : float
+        :func:`plateau_fraction` (pixels within 10 % of the contrast below the top / pixels
+        within 50 %) from which a very dense object counts as flat-topped.  A dense
+        calcification is domed (about 0.25) and is judged like any other focus.
+    max_air_ring : float
+        A candidate whose surrounding ring (1-3 mm out) lies at least this much in the air
+        beside the body is outside the patient (:func:`ring_fraction`): a lead marker and
+        its tape placed beside the limb, a label, dust.
     size_level : float
         Fraction of a focus's peak contrast at which its extent is measured.
     min_edge_mm : float
@@ -998,6 +1143,10 @@ def detect_xray(
             raise InvalidParameterError(f"{name} must be a finite number, got {v!r}")
     if grow > threshold:
         raise InvalidParameterError(f"grow ({grow}) must not exceed threshold ({threshold})")
+    if not 0 < max_air_ring <= 1:
+        raise InvalidParameterError(f"max_air_ring must be in (0, 1], got {max_air_ring!r}")
+    if not 0 < max_plateau <= 1:
+        raise InvalidParameterError(f"max_plateau must be in (0, 1], got {max_plateau!r}")
     if not 0 < size_level < 1:
         raise InvalidParameterError(f"size_level must be between 0 and 1, got {size_level}")
     if min_diameter_mm < 0 or min_diameter_mm >= max_diameter_mm:
@@ -1034,12 +1183,6 @@ def detect_xray(
     kin = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin_px + 1, 2 * margin_px + 1))
     searchable = cv2.erode(field.view(np.uint8), kin, borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
     sat_margin = max(int(round(3.0 / pix_mm)), 1)
-    if saturated.any():
-        ks = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * sat_margin + 1, 2 * sat_margin + 1))
-        near_sat = cv2.dilate(saturated.view(np.uint8), ks) > 0
-        searchable &= ~near_sat
-    else:
-        near_sat = saturated
 
     # 2. background removal
     sig_px = smooth_mm / pix_mm
@@ -1058,6 +1201,7 @@ def detect_xray(
     # enclosed dark regions (lungs) are body.  Foci more than 2 mm into the air are dust.
     dark = field & (smooth < p_lo + 0.1 * dyn)
     deep_air = np.zeros_like(dark)
+    air = deep_air
     if dark.any():
         n_d, lab_d = cv2.connectedComponents(dark.view(np.uint8), connectivity=8)
         edge_ring = ~field
@@ -1072,6 +1216,18 @@ def detect_xray(
             ra = max(int(round(2.0 / pix_mm)), 1)
             ka = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * ra + 1, 2 * ra + 1))
             deep_air = cv2.erode(air.view(np.uint8), ka) > 0
+
+    # saturated objects inside the field (lead, text) are set aside with 3 mm around them;
+    # a small round one inside the body is the clipped top of a dense deposit, and is
+    # searched like any other focus
+    n_clipped = 0
+    if saturated.any():
+        clipped = clipped_deposits(saturated, air, sp, max_diameter_mm, max_air_ring)
+        n_clipped = int(clipped.sum())
+        saturated = saturated & ~clipped
+    if saturated.any():
+        ks = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * sat_margin + 1, 2 * sat_margin + 1))
+        searchable &= ~(cv2.dilate(saturated.view(np.uint8), ks) > 0)
 
     # lung fields: large dark regions enclosed by the body (Otsu split of the field).
     # Vessels seen end-on, granulomas and nodule edges there look exactly like small
@@ -1104,6 +1260,7 @@ def detect_xray(
         "max_diameter_mm": max_diameter_mm, "max_elongation": max_elongation,
         "background_mm": background_mm, "smooth_mm": smooth_mm, "noise_mm": noise_mm,
         "border_mm": border_mm, "max_contrast_fraction": max_contrast_fraction,
+        "max_plateau": max_plateau, "max_air_ring": max_air_ring,
         "size_level": size_level, "min_edge_mm": min_edge_mm, "min_solidity": min_solidity, "exclude_lungs": exclude_lungs,
         "lungs_searched": bool(search_lungs and lungs.any()), "lung_min_confidence": float(lung_min_confidence),
         "clutter_quantile": clutter_quantile, "clutter_line_mm": clutter_line_mm, "assumed_pixel_mm": None if has_spacing else assumed_pixel_mm,
@@ -1181,20 +1338,43 @@ def detect_xray(
         else:
             round_ = np.zeros(t["label"].size, bool)
         elongated = (np.minimum(long_ax / short_ax, ratio0) > max_elongation) & ~too_small
-        too_dense = contrast > max_contrast_fraction * dyn
-        # anything touching a too-dense object's neighbourhood (letter strokes, metal edges)
+        cy = np.clip(np.rint(t["centroid-0"]).astype(int), 0, rows - 1)
+        cx = np.clip(np.rint(t["centroid-1"]).astype(int), 0, cols - 1)
+        outside = np.zeros(t["label"].size, bool) if mask is None else ~mask[cy, cx]
+        in_air = deep_air[cy, cx]
+        if air.any():
+            # an object with the air beside the body all around it lies outside the
+            # patient (a lead marker and its tape placed beside the limb, dust, a label)
+            ring_px = (max(int(round(1.0 / pix_mm)), 1), max(int(round(3.0 / pix_mm)), 2))
+            air_ring = ring_fraction(air, size_lab, t["label"], *ring_px)
+            in_air |= air_ring >= max_air_ring
+        else:
+            air_ring = np.zeros(t["label"].size)
+        # far denser than soft tissue, flat-topped and at the unexposed level: lead, metal,
+        # a label.  A dense calcification is domed (its projected thickness falls off
+        # towards its rim) and only partly attenuating, so density alone does not reject it.
+        dense = contrast > max_contrast_fraction * dyn
+        too_dense = dense.copy()
         dense_px = (resid > max_contrast_fraction * dyn) & field
+        if dense.any():
+            # metal and lead attenuate (nearly) fully: a flat top at (or near) the
+            # saturated level of the unexposed plate
+            flat = ((plateau_fraction(smooth, size_lab, t["label"][dense], contrast[dense]) >= max_plateau)
+                    & (t["intensity_max"][dense] >= sat_level - 0.1 * dyn))
+            too_dense[np.flatnonzero(dense)[~flat]] = False
+            domed = np.flatnonzero(dense & ~too_dense & ~in_air)
+            if domed.size:  # a dense deposit in the body does not set aside what is around it
+                lut_d = np.zeros(int(size_lab.max()) + 1, bool)
+                lut_d[t["label"][domed]] = True
+                dense_px &= ~lut_d[size_lab]
+        # anything within reach of a lead-like object (the rest of a letter, metal edges)
         if dense_px.any():
             kd2 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * sat_margin + 1, 2 * sat_margin + 1))
             dense_zone = cv2.dilate(dense_px.view(np.uint8), kd2) > 0
             hit = np.unique(size_lab[dense_zone & (size_lab > 0)])
-            near_dense = np.isin(t["label"], hit) & ~too_dense
+            near_dense = np.isin(t["label"], hit) & ~too_dense & ~in_air
         else:
             near_dense = np.zeros_like(too_dense)
-        cy = np.clip(np.rint(t["centroid-0"]).astype(int), 0, rows - 1)
-        cx = np.clip(np.rint(t["centroid-1"]).astype(int), 0, cols - 1)
-        outside = np.zeros_like(too_dense) if mask is None else ~mask[cy, cx]
-        in_air = deep_air[cy, cx]
         # the extent may grow past the searched area: the centre must lie inside it
         off_field = ~searchable[cy, cx]
         edge_like = (edge_mm < min_edge_mm) & ~(too_small | too_large | elongated)
@@ -1263,7 +1443,7 @@ def detect_xray(
                  "score": float(score[i]), "iso_ratio": float(iso_ratio[i]), "iso_lobes": float(iso_lobes[i]),
                  "confidence": None if np.isnan(confidence[i]) else float(confidence[i]),
                  "diameter_mm": float(diam[i]), "contrast_fraction": float(contrast[i] / dyn),
-                 "surround": float(surround[i]), "in_lung": bool(in_lung[i]),
+                 "surround": float(surround[i]), "in_lung": bool(in_lung[i]), "air_ring": float(air_ring[i]),
                  "scale_mm": None if b_score is None else float(b_scale[t["label"][i] - 1]),
                  "reasons": [r for r, v in reasons.items() if v[i]]}
                 for i in np.flatnonzero(~keep)]
@@ -1310,6 +1490,8 @@ def detect_xray(
             ))
     params.update({f"components_{k_}": v for k_, v in counts.items()})
     params["components_prefiltered"] = n_pre
+    if n_clipped:
+        params["clipped_deposit_pixels"] = n_clipped
     if saturated.any():
         params["saturated_pixels"] = int(saturated.sum())
         warnings.append(
