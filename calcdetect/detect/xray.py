@@ -666,8 +666,9 @@ def clipped_deposits(
     A dense calcification over bone can reach the detector's (or the file's) limit; its
     top is then held at the saturation level like a lead marker or burned-in text.  It
     differs from them by being small, compact and round, inside the body: it is no
-    larger than a deposit (``max_diameter_mm``), its solidity is at least 0.85 (letters
-    are not convex), it is at most 2.5 times as long as wide, and the ring 1-3 mm
+    larger than a deposit (``max_diameter_mm``), its solidity after a one-pixel opening and a
+    0.3 mm closing (noise makes the rim of a clipped top ragged) is at least 0.85 (letters are not
+    convex), it is at most 2.5 times as long as wide, and the ring 1-3 mm
     around it is neither mostly air beside the body (``max_air_ring``, where markers are
     placed) nor saturated (other letters of a word).
 
@@ -704,10 +705,16 @@ def clipped_deposits(
     ring = (max(int(round(1.0 / pix)), 1), max(int(round(3.0 / pix)), 2))
     ok &= ring_fraction(air, lab, ids, *ring) < max_air_ring
     ok &= ring_fraction(saturated, lab, ids, *ring) < 0.1
+    # a clipped top is ragged at its rim where noise crosses the level: open it (one
+    # pixel, spurs) and close it (0.3 mm) before judging its convexity
+    rc = max(int(round(0.3 / pix)), 1)
+    kc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rc + 1, 2 * rc + 1))
     for i in np.flatnonzero(ok):
         x, y = stats[i + 1, cv2.CC_STAT_LEFT], stats[i + 1, cv2.CC_STAT_TOP]
         sub = lab[y:y + stats[i + 1, cv2.CC_STAT_HEIGHT], x:x + stats[i + 1, cv2.CC_STAT_WIDTH]] == i + 1
-        ok[i] = _solidity(sub) >= 0.85
+        sub = cv2.morphologyEx(np.pad(sub, rc + 1).view(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        sub = cv2.morphologyEx(sub, cv2.MORPH_CLOSE, kc) > 0
+        ok[i] = sub.any() and _solidity(sub) >= 0.85
     lut = np.zeros(n, bool)
     lut[1:] = ok
     return lut[lab]
