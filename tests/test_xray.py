@@ -689,3 +689,35 @@ def test_clipped_dense_focus_is_found_and_burned_in_text_is_not():
     assert rep.parameters["saturated_pixels"] >= int((text > 0).sum())  # the text stays set aside
     m = match_findings([{"centroid_px": [r, c], "diameter_mm": d_mm}], rep.findings, (0.15, 0.15))
     assert m.found == 1 and len(m.false) == 0, [f.centroid_px for f in rep.findings]
+
+
+def test_burned_in_band_along_the_border_is_not_searched():
+    # RG1_UNCR carries a noise-free grey-scale strip along its top edge; the corners of
+    # its bars look like small bright foci.  A band without image noise along the
+    # border is not the patient.
+    from calcdetect.detect.xray import burned_in_bands
+
+    rng = np.random.default_rng(3)
+    n = 600
+    pixels = 800.0 + 40.0 * rng.standard_normal((n, n)).astype(np.float32)
+    band = np.zeros((30, n), np.float32)
+    for k, x0 in enumerate(range(0, n, 60)):           # bars of rising grey, each a ramp
+        band[:, x0:x0 + 60] = 1200.0 + 60.0 * (k % 4) + np.linspace(0.0, 50.0, 60)[None, :len(band[0, x0:x0 + 60])]
+    band[24:, 100:130] = 1500.0                        # a bright corner at the band's edge
+    pixels[:30] = band
+    image = _flat_image(pixels)
+    got = burned_in_bands(image.pixels, np.ones((n, n), bool))
+    assert got[:24].mean() > 0.9 and not got[40:].any()
+    rep = detect_xray(image)
+    assert rep.parameters["burned_in_band_pixels"] > 0.8 * 30 * n
+    assert all(f.centroid_px[0] > 50 for f in rep.findings)
+    # a noiseless synthetic image has no measurable noise: nothing is taken as a band
+    assert not burned_in_bands(np.zeros((100, 100), np.float32), np.ones((100, 100), bool)).any()
+
+
+def test_rg1_original_has_at_most_one_finding_at_any_stated_pixel_size():
+    # the top band's bar corners used to give a second false finding at 0.2 mm
+    for ps in (0.1, 0.15, 0.2):
+        rep = detect_xray(calcdetect.load(_data("RG1_UNCR.dcm"), pixel_size_mm=ps))
+        assert rep.count <= 1, (ps, [f.centroid_px for f in rep.findings])
+        assert rep.parameters["burned_in_band_pixels"] > 15000

@@ -657,6 +657,57 @@ def ring_fraction(mask: np.ndarray, labels: np.ndarray, ids: np.ndarray, inner_p
     return hit / np.maximum(total, 1)
 
 
+def burned_in_bands(pixels: np.ndarray, field: np.ndarray) -> np.ndarray:
+    """Bands along the image border that hold no image noise: burned-in labels and bars.
+
+    Every exposed pixel carries quantum noise in every direction.  A grey-scale strip, a
+    label or a step wedge written into the pixels (RG1_UNCR's top band) is smooth in at
+    least one direction.  A pixel is noise-free when the mean absolute difference to its
+    neighbour, over a 9 x 9 window, is below a tenth of the image's median in the
+    quieter of the two directions.  Connected noise-free regions that touch the image
+    border and lie along it as a band (at most a tenth of the image deep, at least a
+    quarter of the border long) are returned; smaller or deeper ones (a lossy codec
+    smooths dark corners too) are left to the other tests.
+
+    Parameters
+    ----------
+    pixels : ndarray
+        Radiograph.
+    field : ndarray of bool
+        Exposed field; the noise level is its median.
+
+    Returns
+    -------
+    ndarray of bool
+        The bands (empty when the image has no measurable noise, such as a synthetic one,
+        or when a fifth of it or more looks noise-free).
+    """
+    import cv2
+
+    p = np.asarray(pixels, np.float32)
+    rows, cols = p.shape
+    if rows < 16 or cols < 16 or not field.any():
+        return np.zeros(p.shape, bool)
+    dv = np.zeros_like(p)
+    dv[1:] = np.abs(np.diff(p, axis=0))
+    dh = np.zeros_like(p)
+    dh[:, 1:] = np.abs(np.diff(p, axis=1))
+    quiet = np.minimum(cv2.blur(dv, (9, 9)), cv2.blur(dh, (9, 9)))
+    level = float(np.median(quiet[field]))
+    flag = quiet < 0.1 * level
+    if level <= 0 or flag.mean() >= 0.2:
+        return np.zeros(p.shape, bool)
+    flag &= field
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(flag.view(np.uint8), connectivity=8)
+    keep = np.zeros(n, bool)
+    for i in range(1, n):
+        x, y, w, h = (int(v) for v in stats[i, :4])
+        along_rows = (y == 0 or y + h == rows) and h <= 0.1 * rows and w >= 0.25 * cols
+        along_cols = (x == 0 or x + w == cols) and w <= 0.1 * cols and h >= 0.25 * rows
+        keep[i] = along_rows or along_cols
+    return keep[lab]
+
+
 def clipped_deposits(
     saturated: np.ndarray, air: np.ndarray, spacing: tuple[float, float], max_diameter_mm: float,
     max_air_ring: float,
@@ -1186,6 +1237,10 @@ def detect_xray(
     if not field.any():
         raise InvalidParameterError("the radiograph has no exposed field (every pixel is saturated or padding)",
                                     path=image.source)
+    # grey-scale bars and labels burned in along the border are not the patient
+    bands = burned_in_bands(pixels, field)
+    if bands.any():
+        field &= ~bands
     margin_px = max(int(round(border_mm / pix_mm)), 1)
     kin = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin_px + 1, 2 * margin_px + 1))
     searchable = cv2.erode(field.view(np.uint8), kin, borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
@@ -1523,6 +1578,10 @@ def detect_xray(
     if outside_frac > 0.01:
         warnings.append(f"{100 * outside_frac:.0f}% of the image is outside the exposed field "
                         "(collimation or unexposed border) and was not searched")
+    if bands.any():
+        params["burned_in_band_pixels"] = int(bands.sum())
+        warnings.append(f"{100 * float(bands.mean()):.1f}% of the image is a noise-free band along its border "
+                        "(burned-in bars or labels) and was not searched")
     params["field_fraction"] = float(field.mean())
     params["field_range"] = dyn
     extra = {"geometry": {k_: (image.geometry or {}).get(k_) for k_ in
