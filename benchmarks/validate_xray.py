@@ -129,6 +129,8 @@ def main(argv=None) -> int:
     ap.add_argument("--contrast-per-mm", type=float, default=0.02,
                     help="peak contrast per mm of diameter, as a fraction of the body signal range")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--blur-mm", type=float, default=0.0,
+                    help="Gaussian sigma (mm) of the inserted foci (a real system's unsharpness)")
     ap.add_argument("--clip", action="store_true",
                     help="clip the inserted foci at the image's maximum (a detector without headroom)")
     ap.add_argument("--json", help="also write the raw numbers here")
@@ -176,7 +178,7 @@ def main(argv=None) -> int:
             foci = random_foci(original, args.foci, diameters_mm=(1.0, 6.0),
                                contrast_per_mm=args.contrast_per_mm * rng_sig, allowed=body, seed=seed,
                                min_gap_mm=6.0)
-            img, truth = insert_foci(original, foci, clip=args.clip)
+            img, truth = insert_foci(original, foci, clip=args.clip, blur_mm=args.blur_mm)
             t0 = time.time()
             rep = detect_xray(img, **opts)
             dt = time.time() - t0

@@ -721,3 +721,15 @@ def test_rg1_original_has_at_most_one_finding_at_any_stated_pixel_size():
         rep = detect_xray(calcdetect.load(_data("RG1_UNCR.dcm"), pixel_size_mm=ps))
         assert rep.count <= 1, (ps, [f.centroid_px for f in rep.findings])
         assert rep.parameters["burned_in_band_pixels"] > 15000
+
+
+def test_insert_foci_blur_keeps_the_signal_and_lowers_the_peak():
+    base = _flat_image(np.full((200, 200), 100.0, np.float32))
+    foci = [{"centroid_px": [100.0, 100.0], "diameter_mm": 2.0, "contrast": 50.0}]
+    sharp, _ = insert_foci(base, foci)
+    soft, _ = insert_foci(base, foci, blur_mm=0.3)
+    a, b = sharp.pixels - 100.0, soft.pixels - 100.0
+    assert abs(b.sum() - a.sum()) < 1e-3 * a.sum()        # blurring moves signal, adds none
+    assert 0.5 * a.max() < b.max() < 0.95 * a.max()
+    with pytest.raises(calcdetect.CalcdetectError):
+        insert_foci(base, foci, blur_mm=-1.0)

@@ -313,6 +313,7 @@ def insert_foci(
     *,
     spacing_mm: Sequence[float] | None = None,
     clip: bool = False,
+    blur_mm: float = 0.0,
 ) -> tuple[Image, list[dict[str, Any]]]:
     """Add foci of known size and contrast to a (real) radiograph.
 
@@ -328,7 +329,11 @@ def insert_foci(
         it is then also set on the returned image (``spacing_source`` says so).
     clip : bool
         Clip to the image's maximum (a detector without headroom: a dense focus over
-        bone then saturates and is set aside like a lead marker).  Off by default.
+        bone then saturates).  Off by default.
+    blur_mm : float
+        Gaussian sigma (mm) applied to the foci before they are added: the unsharpness
+        of a real focal spot and detector, which the image itself already has.  0 (the
+        default) adds perfectly sharp projected spheres.
 
     Returns
     -------
@@ -343,14 +348,21 @@ def insert_foci(
         sp = tuple(image.require_spacing("inserting foci of a size in mm"))
     if abs(sp[0] - sp[1]) > 1e-6 * max(sp):
         raise InvalidParameterError("insert_foci needs square pixels")
+    if not (np.isfinite(blur_mm) and blur_mm >= 0):
+        raise InvalidParameterError(f"blur_mm must be >= 0, got {blur_mm!r}")
     pixels = image.pixels.astype(np.float32).copy()
     hi = float(image.pixels.max())
+    added = np.zeros_like(pixels) if blur_mm > 0 else pixels
     truth = []
     for f in foci:
         d = float(f["diameter_mm"])
-        render_focus(pixels, f["centroid_px"], d / sp[0], float(f["contrast"]))
+        render_focus(added, f["centroid_px"], d / sp[0], float(f["contrast"]))
         truth.append({"centroid_px": [float(v) for v in f["centroid_px"]], "diameter_mm": d,
                       "contrast": float(f["contrast"])})
+    if blur_mm > 0:
+        import cv2
+
+        pixels += cv2.GaussianBlur(added, (0, 0), blur_mm / sp[0])
     if clip:
         pixels = np.minimum(pixels, hi)
     changes: dict[str, Any] = {}
