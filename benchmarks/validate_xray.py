@@ -43,16 +43,22 @@ from calcdetect.validation import match_findings  # noqa: E402
 IMAGES = {"chest RG1_UNCR": "RG1_UNCR.dcm", "tibia RG3_UNCR": "RG3_UNCR.dcm"}
 
 
-def body_and_range(image, spacing):
-    """Exposed body pixels (not air, not collimation) and the body signal range."""
+def body_and_range(image, spacing, *, edge_mm: float = 10.0, body_level: float = 0.25):
+    """Exposed body pixels (not air, not collimation) and the body signal range.
+
+    The body is where the signal exceeds ``body_level`` of the field's p1-p99 range above
+    its p1, eroded by ``edge_mm`` (away from the skin line, the field edge and the image
+    edge).  The defaults keep foci 10 mm inside; ``--edge-mm 3 --body-level 0.1`` lets
+    them reach the thin soft tissue near the skin, where calcinosis cutis lies.
+    """
     import cv2
 
     field, saturated, _ = exposed_field(image.pixels, spacing, valid=image.valid_mask)
     vals = image.pixels[field]
     p1, p99 = np.percentile(vals, [1, 99])
-    body = field & (image.pixels > p1 + 0.25 * (p99 - p1))
-    # keep away from the field edge and the image edge (10 mm)
-    r = int(round(10.0 / spacing[0]))
+    body = field & (image.pixels > p1 + body_level * (p99 - p1))
+    # keep away from the skin line, the field edge and the image edge
+    r = max(int(round(edge_mm / spacing[0])), 1)
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
     body = cv2.erode(body.view(np.uint8), k, borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
     return body, float(p99 - p1)
@@ -129,6 +135,10 @@ def main(argv=None) -> int:
     ap.add_argument("--contrast-per-mm", type=float, default=0.02,
                     help="peak contrast per mm of diameter, as a fraction of the body signal range")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--edge-mm", type=float, default=10.0,
+                    help="keep inserted foci this far inside the body outline and the field edge")
+    ap.add_argument("--body-level", type=float, default=0.25,
+                    help="body = signal above this fraction of the field range (lower reaches thinner tissue)")
     ap.add_argument("--blur-mm", type=float, default=0.0,
                     help="Gaussian sigma (mm) of the inserted foci (a real system's unsharpness)")
     ap.add_argument("--clip", action="store_true",
@@ -155,7 +165,7 @@ def main(argv=None) -> int:
         t0 = time.time()
         rep0 = detect_xray(original, **opts)
         dt0 = time.time() - t0
-        body, rng_sig = body_and_range(original, sp)
+        body, rng_sig = body_and_range(original, sp, edge_mm=args.edge_mm, body_level=args.body_level)
         import cv2
 
         from calcdetect.detect.xray import exposed_field as _field, lung_fields
