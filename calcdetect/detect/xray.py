@@ -635,7 +635,9 @@ def ring_fraction(mask: np.ndarray, labels: np.ndarray, ids: np.ndarray, inner_p
         Labels to measure.
     inner_px, outer_px : int
         The ring: pixels more than ``inner_px`` and at most ``outer_px`` away from the
-        object (and more than ``inner_px`` from any other object).
+        object (and more than ``inner_px`` from any other object), in the chessboard
+        distance (square neighbourhoods: OpenCV dilates by a rectangle in constant time
+        per pixel, by a disk of 3 mm six times slower).
 
     Returns
     -------
@@ -647,8 +649,7 @@ def ring_fraction(mask: np.ndarray, labels: np.ndarray, ids: np.ndarray, inner_p
     lab = labels.astype(np.float32)  # labels below 2**24 are exact
 
     def _reach(r):
-        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-        return cv2.dilate(lab, k)
+        return cv2.dilate(lab, np.ones((2 * r + 1, 2 * r + 1), np.uint8))
 
     ring = np.where(_reach(max(int(inner_px), 0)) == 0, _reach(max(int(outer_px), 1)), 0).astype(np.int64)
     n = int(labels.max()) + 1
@@ -693,19 +694,18 @@ def burned_in_bands(pixels: np.ndarray, field: np.ndarray) -> np.ndarray:
     dh = np.zeros_like(p)
     dh[:, 1:] = np.abs(np.diff(p, axis=1))
     quiet = np.minimum(cv2.blur(dv, (9, 9)), cv2.blur(dh, (9, 9)))
-    level = float(np.median(quiet[field]))
+    level = float(np.median(quiet[::3, ::3][field[::3, ::3]]))  # a ninth of the pixels is plenty
     flag = quiet < 0.1 * level
     if level <= 0 or flag.mean() >= 0.2:
         return np.zeros(p.shape, bool)
     flag &= field
     n, lab, stats, _ = cv2.connectedComponentsWithStats(flag.view(np.uint8), connectivity=8)
-    keep = np.zeros(n, bool)
-    for i in range(1, n):
-        x, y, w, h = (int(v) for v in stats[i, :4])
-        along_rows = (y == 0 or y + h == rows) and h <= 0.1 * rows and w >= 0.25 * cols
-        along_cols = (x == 0 or x + w == cols) and w <= 0.1 * cols and h >= 0.25 * rows
-        keep[i] = along_rows or along_cols
-    return keep[lab]
+    x, y, w, h = (stats[:, i] for i in range(4))
+    along_rows = ((y == 0) | (y + h == rows)) & (h <= 0.1 * rows) & (w >= 0.25 * cols)
+    along_cols = ((x == 0) | (x + w == cols)) & (w <= 0.1 * cols) & (h >= 0.25 * rows)
+    keep = along_rows | along_cols
+    keep[0] = False
+    return keep[lab] if keep.any() else np.zeros(p.shape, bool)
 
 
 def clipped_deposits(
