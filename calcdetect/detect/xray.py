@@ -776,9 +776,12 @@ def plateau_fraction(image: np.ndarray, labels: np.ndarray, ids: np.ndarray, con
 
     The fraction of an object's pixels within 10 % of its contrast below its brightest
     pixel, over those within 50 %.  A projected sphere or any domed deposit gives about
-    0.25 (a Gaussian 0.15); a lead letter, a metal snap or a burned-in label is uniformly
-    fully attenuating and gives a plateau (0.6-0.9).  It is measured on the image, not on
-    a background-removed residual, whose openings cut into a letter's strokes.
+    0.25 (a Gaussian 0.15); a metal snap or a block of burned-in label is uniformly fully
+    attenuating and gives a plateau (0.7-0.95).  A letter whose strokes fall into
+    several candidates need not (RG3's unsaturated lead R gives 0.17 and 0.43); a marker
+    beside the body is recognised by the air around it instead (:func:`ring_fraction`).
+    It is measured on the image, not on a background-removed residual, whose openings
+    cut into strokes.
 
     Parameters
     ----------
@@ -1561,8 +1564,9 @@ def detect_xray(
             f"metal) and {sat_margin * pix_mm:.0f} mm around them were not searched")
     if counts["too_dense"] or counts["near_dense"]:
         warnings.append(
-            f"{counts['too_dense'] + counts['near_dense']} very dense object(s) (contrast above "
-            f"{max_contrast_fraction:g} of the image range: lead markers, metal, labels) were set aside")
+            f"{counts['too_dense'] + counts['near_dense']} lead- or metal-like object(s) (contrast above "
+            f"{max_contrast_fraction:g} of the image range with a flat top at the unexposed level, or next to "
+            "such an object or a dense one in the air: markers, metal, labels) were set aside")
     if lungs.any():
         params["lung_fraction"] = float(lungs.mean())
     if lungs.any() and search_lungs and use_classifier:
