@@ -545,6 +545,25 @@ def test_lossy_chest_twin_has_no_finding_in_the_lung_fields():
     assert not any(f.extra["in_lung"] for f in rep.findings)
     lung_cands = [c for c in rep.extra["rejected"] if c["in_lung"] and c["confidence"] is not None]
     assert max(c["confidence"] for c in lung_cands) > 3.0  # it is a candidate, and a strong one
+    # the file says it went through lossy compression: the stricter lung cut applies, warned
+    from calcdetect.detect.xray import LOSSY_LUNG_CLASSIFIER_CUT, LUNG_CLASSIFIER_CUT
+
+    assert image.metadata["LossyImageCompression"] == "01"
+    assert rep.parameters["lossy_compressed"] is True
+    assert rep.parameters["lung_min_confidence"] == LOSSY_LUNG_CLASSIFIER_CUT > LUNG_CLASSIFIER_CUT
+    assert any("lossy compression" in w for w in rep.warnings)
+
+
+def test_lossy_compressed_from_the_dicom_tag_or_a_lossy_transfer_syntax():
+    from calcdetect.detect.xray import lossy_compressed
+
+    base = _flat_image(np.zeros((50, 50), np.float32))
+    assert not lossy_compressed(base)
+    assert lossy_compressed(base.with_pixels(base.pixels, metadata={"LossyImageCompression": "01"}))
+    assert not lossy_compressed(base.with_pixels(base.pixels, metadata={"LossyImageCompression": "00"}))
+    assert lossy_compressed(base.with_pixels(base.pixels, metadata={"TransferSyntaxUID": "1.2.840.10008.1.2.4.50"}))
+    # JPEG 2000 may be lossless or lossy: only the tag decides
+    assert not lossy_compressed(base.with_pixels(base.pixels, metadata={"TransferSyntaxUID": "1.2.840.10008.1.2.4.91"}))
 
 
 def test_loss_stage_says_where_a_missed_focus_was_lost():

@@ -990,8 +990,9 @@ def basic_metadata(ds: Dataset) -> dict[str, Any]:
         Keyword -> plain value (see :func:`dicom_value`) of the fields present and not
         empty among Modality, the study/series/SOP UIDs, description, body part,
         manufacturer, photometric and bit depth, laterality and view, contrast, slice
-        thickness (mm), kVp and kernel; plus ``"TransferSyntaxUID"`` (``str``) when
-        recorded.  No patient name, ID or dates.
+        thickness (mm), kVp and kernel, and whether the pixels went through lossy
+        compression (``LossyImageCompression`` ``"01"``, with ratio and method); plus
+        ``"TransferSyntaxUID"`` (``str``) when recorded.  No patient name, ID or dates.
     """
     keys = (
         "Modality", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
@@ -999,6 +1000,7 @@ def basic_metadata(ds: Dataset) -> dict[str, Any]:
         "ManufacturerModelName", "PhotometricInterpretation", "BitsStored", "PixelRepresentation",
         "ImageLaterality", "Laterality", "ViewPosition", "PatientOrientation", "PatientPosition",
         "ContrastBolusAgent", "ContrastBolusRoute", "SliceThickness", "KVP", "ConvolutionKernel",
+        "LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod",
     )
     meta: dict[str, Any] = {}
     for key in keys:
