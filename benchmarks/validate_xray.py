@@ -13,6 +13,9 @@ the image's own body signal range (p1-p99 inside the field), so it means the sam
     python benchmarks/validate_xray.py                 # the table in docs/xray.md
     python benchmarks/validate_xray.py --trials 2 --contrast-per-mm 0.01
     python benchmarks/validate_xray.py --seed 7 --diagnose    # where each missed focus was lost
+    python benchmarks/validate_xray.py --contrast-per-mm 0.08 --clip   # dense foci, clipped at the image maximum
+    python benchmarks/validate_xray.py --blur-mm 0.3                   # foci as unsharp as a real system
+    python benchmarks/validate_xray.py --edge-mm 3 --body-level 0.1    # foci near the skin line too
 
 ``--diagnose`` runs the detector with ``report_rejected=True`` and gives every missed focus
 the stage at which it was lost (:func:`loss_stage`): never a candidate, displaced (a
