@@ -676,11 +676,20 @@ def test_lead_letter_in_air_and_metal_snap_in_body_are_not_findings():
     pixels += 600.0 * cv2.GaussianBlur(letter.astype(np.float32), (0, 0), 1.0)
     yy, xx = np.mgrid[0:pixels.shape[0], 0:pixels.shape[1]]
     snap = ((yy - 500) ** 2 + (xx - 350) ** 2 <= 20 ** 2).astype(np.float32)  # 6 mm flat disk
-    pixels += 700.0 * cv2.GaussianBlur(snap, (0, 0), 1.0)
+    pixels += 1000.0 * cv2.GaussianBlur(snap, (0, 0), 1.0)
+    pixels = np.minimum(pixels, 2000.0)
+    pixels[:40] = 2000.0  # collimation: the unexposed plateau the fully attenuating snap reaches
     rep = detect_xray(_flat_image(pixels), report_rejected=True)
     assert rep.count == 0, [f.centroid_px for f in rep.findings]
     reasons = {r for c in rep.extra["rejected"] for r in c["reasons"]}
     assert "too_dense" in reasons and "in_air" in reasons
+    # the same flat round disk 70 % of the way up to that level is a dense deposit
+    pixels = _limb_with_air(seed=12)
+    pixels += 700.0 * cv2.GaussianBlur(snap, (0, 0), 1.0)
+    pixels[:40] = 2000.0
+    rep = detect_xray(_flat_image(pixels))
+    m = match_findings([{"centroid_px": [500.0, 350.0], "diameter_mm": 6.0}], rep.findings, (0.15, 0.15))
+    assert m.found == 1 and len(m.false) == 0
 
 
 def test_clipped_dense_focus_is_found_and_burned_in_text_is_not():

@@ -1081,6 +1081,7 @@ def detect_xray(
     border_mm: float = 4.0,
     max_contrast_fraction: float = 0.3,
     max_plateau: float = 0.5,
+    unexposed_margin: float = 0.03,
     max_air_ring: float = 0.6,
     size_level: float = 0.3,
     min_edge_mm: float = 0.15,
@@ -1129,14 +1130,23 @@ def detect_xray(
     border_mm : float
         Margin inside the exposed-field edge and the image edge that is not searched.
     max_contrast_fraction : float
-        Foci whose local contrast exceeds this fraction of the field's dynamic range,
-        whose top is flat (``max_plateau``) and reaches within 10 % of that range of the
-        saturated (unexposed) level are lead markers, metal or burned-in text, not
-        calcifications; so is anything within 3 mm of them or of a dense object in the air.
+        Foci whose local contrast exceeds this fraction of the field's dynamic range and
+        whose top is flat (``max_plateau``) are lead markers, metal or burned-in text, not
+        calcifications, when they are not round (a letter, an irregular piece: solidity
+        below ``min_solidity`` or long/short axis above 1.5) or when their top
+        lies at the saturated (unexposed) level of the image's plateau
+        (``unexposed_margin``: a fully attenuating snap or coin).  A flat round dense
+        object below that level, or on an image without a saturated plateau, is a dense
+        deposit.  Anything within 3 mm of lead or metal, or of a dense object in the air,
+        is set aside too.
     max_plateau : float
         :func:`plateau_fraction` (pixels within 10 % of the contrast below the top / pixels
         within 50 %) from which a very dense object counts as flat-topped.  A dense
         calcification is domed (about 0.25) and is judged like any other focus.
+    unexposed_margin : float
+        How far (fraction of the field's range) below the saturated plateau a flat dense
+        top may lie and still count as fully attenuating (scatter lifts metal slightly
+        off the collimated level); a top more than 1 % of the range above it is signal.
     max_air_ring : float
         A candidate whose surrounding ring (1-3 mm out) lies at least this much in the air
         beside the body is outside the patient (:func:`ring_fraction`): a lead marker and
@@ -1233,6 +1243,8 @@ def detect_xray(
         raise InvalidParameterError(f"grow ({grow}) must not exceed threshold ({threshold})")
     if not 0 < max_air_ring <= 1:
         raise InvalidParameterError(f"max_air_ring must be in (0, 1], got {max_air_ring!r}")
+    if not (np.isfinite(unexposed_margin) and unexposed_margin >= 0):
+        raise InvalidParameterError(f"unexposed_margin must be >= 0, got {unexposed_margin!r}")
     if not 0 < max_plateau <= 1:
         raise InvalidParameterError(f"max_plateau must be in (0, 1], got {max_plateau!r}")
     if not 0 < size_level < 1:
@@ -1264,6 +1276,9 @@ def detect_xray(
 
     # 1. exposed field, saturated objects
     field, saturated, sat_level = exposed_field(pixels, sp, valid=valid)
+    # a real saturated plateau (collimation, unexposed border): the level of no exposure
+    n_valid = pixels.size if valid is None else int(np.count_nonzero(valid))
+    has_plateau = bool(np.count_nonzero(pixels >= sat_level) >= 0.005 * max(n_valid, 1))
     if not field.any():
         raise InvalidParameterError("the radiograph has no exposed field (every pixel is saturated or padding)",
                                     path=image.source)
@@ -1352,7 +1367,7 @@ def detect_xray(
         "max_diameter_mm": max_diameter_mm, "max_elongation": max_elongation,
         "background_mm": background_mm, "smooth_mm": smooth_mm, "noise_mm": noise_mm,
         "border_mm": border_mm, "max_contrast_fraction": max_contrast_fraction,
-        "max_plateau": max_plateau, "max_air_ring": max_air_ring,
+        "max_plateau": max_plateau, "unexposed_margin": unexposed_margin, "max_air_ring": max_air_ring,
         "size_level": size_level, "min_edge_mm": min_edge_mm, "min_solidity": min_solidity, "exclude_lungs": exclude_lungs,
         "lungs_searched": bool(search_lungs and lungs.any()), "lung_min_confidence": float(lung_min_confidence),
         "lossy_compressed": lossy,
@@ -1443,17 +1458,32 @@ def detect_xray(
             in_air |= air_ring >= max_air_ring
         else:
             air_ring = np.zeros(t["label"].size)
-        # far denser than soft tissue, flat-topped and at the unexposed level: lead, metal,
+        # far denser than soft tissue, flat-topped and at the unexposed plateau: lead, metal,
         # a label.  A dense calcification is domed (its projected thickness falls off
         # towards its rim) and only partly attenuating, so density alone does not reject it.
         dense = contrast > max_contrast_fraction * dyn
         too_dense = dense.copy()
         dense_px = (resid > max_contrast_fraction * dyn) & field
         if dense.any():
-            # metal and lead attenuate (nearly) fully: a flat top at (or near) the
-            # saturated level of the unexposed plate
+            # lead and metal are uniformly thick: a flat top.  A flat letter or a flat
+            # irregular piece is lead or metal; a flat *round* top is metal (a snap, a
+            # coin) only when it is fully attenuating, i.e. at the level of the unexposed
+            # plate, which only an image with a saturated plateau (collimation, an
+            # unexposed border) shows.  Otherwise it is a dense deposit seen as a disk.
+            # Above that level nothing was attenuated more than by the collimator: it is
+            # signal (a dense focus on an image with headroom)
+            top = t["intensity_max"][dense]
+            at_level = (has_plateau & (top >= sat_level - unexposed_margin * dyn)
+                        & (top <= sat_level + 0.01 * dyn))
+            # round: a convex, nearly isotropic extent (the half-height rays of
+            # radial_isotropy start at the peak, which on a flat top lies anywhere)
+            idx = np.flatnonzero(dense)
+            sol_d = np.array([_solidity(size_lab[int(t["bbox-0"][i]):int(t["bbox-2"][i]),
+                                                 int(t["bbox-1"][i]):int(t["bbox-3"][i])] == t["label"][i])
+                              for i in idx])
+            round_top = (sol_d >= min_solidity) & (long_ax[idx] / short_ax[idx] <= 1.5)
             flat = ((plateau_fraction(smooth, size_lab, t["label"][dense], contrast[dense]) >= max_plateau)
-                    & (t["intensity_max"][dense] >= sat_level - 0.1 * dyn))
+                    & (at_level | ~round_top))
             too_dense[np.flatnonzero(dense)[~flat]] = False
             domed = np.flatnonzero(dense & ~too_dense & ~in_air)
             if domed.size:  # a dense deposit in the body does not set aside what is around it
