@@ -44,8 +44,9 @@ Pipeline (all sizes in mm, converted with the pixel spacing; docs/xray.md):
    (solidity < ``min_solidity``, unless a strong candidate's half-height outline is round:
    a focus touching a cortex leaks into it when sized, its own outline does not);
    contrast above ``max_contrast_fraction`` of the field's dynamic range with a flat top
-   (:func:`plateau_fraction`), or next to such an object (lead letters, metal, burned-in
-   labels attenuate fully and evenly; a dense calcification is domed and is kept);
+   (:func:`plateau_fraction`) that is not round or lies at the unexposed plateau, or next
+   to such an object (lead letters, metal, burned-in labels are uniformly thick; a dense
+   calcification is domed, or a round disk below the unexposed level, and is kept);
    saturated; outside the patient: more than 2 mm into the air beside the body (dust) or
    with that air around most of it (:func:`ring_fraction`: a lead marker beside the limb);
    outside the exposed field.  Lung fields (chest films) are searched with a stricter cut of the same
@@ -64,6 +65,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from pydicom import uid
 
 from ..distribution import describe_distribution
 from ..errors import InvalidParameterError
@@ -122,7 +124,7 @@ LUNG_CLASSIFIER_CUT = 3.0
 #: the contrast-to-clutter scores are measured against, so they read high.
 LOSSY_LUNG_CLASSIFIER_CUT = 4.0
 #: Transfer syntaxes that are always lossy (JPEG baseline / extended, JPEG-LS near-lossless).
-_LOSSY_TRANSFER_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81"})
+_LOSSY_TRANSFER_SYNTAXES = frozenset({str(uid.JPEGBaseline8Bit), str(uid.JPEGExtended12Bit), str(uid.JPEGLSNearLossless)})
 
 
 def lossy_compressed(image: Image) -> bool:
@@ -645,6 +647,11 @@ def lung_fields(image: np.ndarray, field: np.ndarray, pix_mm: float, min_area_cm
     return out & field
 
 
+def _ring_1_3_mm(pix_mm: float) -> tuple[int, int]:
+    """The ring 1-3 mm out from an object, in pixels (inner, outer) for :func:`ring_fraction`."""
+    return max(int(round(1.0 / pix_mm)), 1), max(int(round(3.0 / pix_mm)), 2)
+
+
 def ring_fraction(mask: np.ndarray, labels: np.ndarray, ids: np.ndarray, inner_px: int, outer_px: int) -> np.ndarray:
     """Fraction of the ring around each labelled object that ``mask`` covers.
 
@@ -776,7 +783,7 @@ def clipped_deposits(
     if not ok.any():
         return np.zeros_like(saturated)
     pix = float(np.sqrt(spacing[0] * spacing[1]))
-    ring = (max(int(round(1.0 / pix)), 1), max(int(round(3.0 / pix)), 2))
+    ring = _ring_1_3_mm(pix)
     ok &= ring_fraction(air, lab, ids, *ring) < max_air_ring
     ok &= ring_fraction(saturated, lab, ids, *ring) < 0.1
     # a clipped top is ragged at its rim where noise crosses the level: open it (one
@@ -835,6 +842,17 @@ def plateau_fraction(image: np.ndarray, labels: np.ndarray, ids: np.ndarray, con
     n50 = np.bincount(labels[inside & (image >= lut50[labels])], minlength=n)[ids]
     n90 = np.bincount(labels[inside & (image >= lut90[labels])], minlength=n)[ids]
     return n90 / np.maximum(n50, 1)
+
+
+def _label_solidities(labels: np.ndarray, table: dict, which: np.ndarray) -> np.ndarray:
+    """:func:`_solidity` of the components ``which`` (indices into ``table``, a
+    :func:`~calcdetect.measure.regionprops_table` of ``labels``), each cut from its box."""
+    out = np.empty(len(which))
+    for j, i in enumerate(which):
+        box = (slice(int(table["bbox-0"][i]), int(table["bbox-2"][i])),
+               slice(int(table["bbox-1"][i]), int(table["bbox-3"][i])))
+        out[j] = _solidity(labels[box] == table["label"][i])
+    return out
 
 
 def _solidity(comp: np.ndarray) -> float:
@@ -1453,14 +1471,14 @@ def detect_xray(
         if air.any():
             # an object with the air beside the body all around it lies outside the
             # patient (a lead marker and its tape placed beside the limb, dust, a label)
-            ring_px = (max(int(round(1.0 / pix_mm)), 1), max(int(round(3.0 / pix_mm)), 2))
-            air_ring = ring_fraction(air, size_lab, t["label"], *ring_px)
+            air_ring = ring_fraction(air, size_lab, t["label"], *_ring_1_3_mm(pix_mm))
             in_air |= air_ring >= max_air_ring
         else:
             air_ring = np.zeros(t["label"].size)
-        # far denser than soft tissue, flat-topped and at the unexposed plateau: lead, metal,
-        # a label.  A dense calcification is domed (its projected thickness falls off
-        # towards its rim) and only partly attenuating, so density alone does not reject it.
+        # far denser than soft tissue and flat-topped, and a letter or irregular piece or
+        # at the unexposed plateau: lead, metal, a label.  A dense calcification is domed
+        # (its projected thickness falls off towards its rim) and only partly attenuating,
+        # so density alone does not reject it.
         dense = contrast > max_contrast_fraction * dyn
         too_dense = dense.copy()
         dense_px = (resid > max_contrast_fraction * dyn) & field
@@ -1478,13 +1496,11 @@ def detect_xray(
             # round: a convex, nearly isotropic extent (the half-height rays of
             # radial_isotropy start at the peak, which on a flat top lies anywhere)
             idx = np.flatnonzero(dense)
-            sol_d = np.array([_solidity(size_lab[int(t["bbox-0"][i]):int(t["bbox-2"][i]),
-                                                 int(t["bbox-1"][i]):int(t["bbox-3"][i])] == t["label"][i])
-                              for i in idx])
-            round_top = (sol_d >= min_solidity) & (long_ax[idx] / short_ax[idx] <= 1.5)
-            flat = ((plateau_fraction(smooth, size_lab, t["label"][dense], contrast[dense]) >= max_plateau)
+            round_top = ((_label_solidities(size_lab, t, idx) >= min_solidity)
+                         & (long_ax[idx] / short_ax[idx] <= 1.5))
+            flat = ((plateau_fraction(smooth, size_lab, t["label"][idx], contrast[idx]) >= max_plateau)
                     & (at_level | ~round_top))
-            too_dense[np.flatnonzero(dense)[~flat]] = False
+            too_dense[idx[~flat]] = False
             domed = np.flatnonzero(dense & ~too_dense & ~in_air)
             if domed.size:  # a dense deposit in the body does not set aside what is around it
                 lut_d = np.zeros(int(size_lab.max()) + 1, bool)
@@ -1507,9 +1523,7 @@ def detect_xray(
         # scars are ragged (solidity = area / convex hull area)
         hard = too_small | too_large | too_dense | near_dense | outside | in_air | off_field
         solidity = np.ones(t["label"].size)
-        for i in np.flatnonzero(~hard):
-            sl = (slice(int(t["bbox-0"][i]), int(t["bbox-2"][i])), slice(int(t["bbox-1"][i]), int(t["bbox-3"][i])))
-            solidity[i] = _solidity(shape_lab[sl] == t["label"][i])
+        solidity[~hard] = _label_solidities(shape_lab, t, np.flatnonzero(~hard))
         fine_cnr = tz["intensity_max"]
         if b_score is not None:
             # the matched filter finds a focus at its own scale; at full resolution it must
@@ -1623,8 +1637,8 @@ def detect_xray(
     if counts["too_dense"] or counts["near_dense"]:
         warnings.append(
             f"{counts['too_dense'] + counts['near_dense']} lead- or metal-like object(s) (contrast above "
-            f"{max_contrast_fraction:g} of the image range with a flat top at the unexposed level, or next to "
-            "such an object or a dense one in the air: markers, metal, labels) were set aside")
+            f"{max_contrast_fraction:g} of the image range with a flat top, not round or at the unexposed "
+            "level, or next to such an object or a dense one in the air: markers, metal, labels) were set aside")
     if lungs.any():
         params["lung_fraction"] = float(lungs.mean())
     if lungs.any() and search_lungs and use_classifier:
