@@ -119,7 +119,7 @@ def _label(rows: list[dict], truth: list[dict]) -> None:
 def candidate_rows(report, truth: list[dict]) -> list[dict]:
     """Every candidate of a ``classifier=False, report_rejected=True`` report with the
     features, its reasons, and its truth label (``truth``: index or None)."""
-    keys = ("score", "cnr", "edge_mm", "solidity", "iso_ratio", "surround")
+    keys = ("score", "cnr", "edge_mm", "solidity", "iso_ratio", "surround", "contrast")
     rows = [dict({k: float(f.extra[k]) for k in keys}, centroid_px=list(f.centroid_px),
                  diameter_mm=float(f.equivalent_diameter_mm), in_lung=bool(f.extra["in_lung"]), reasons=[])
             for f in report.findings]

@@ -45,6 +45,26 @@ from calcdetect.validation import match_findings  # noqa: E402
 
 IMAGES = {"chest RG1_UNCR": "RG1_UNCR.dcm", "tibia RG3_UNCR": "RG3_UNCR.dcm"}
 
+#: Real radiographs that no detector setting was chosen on (``--images held-out``): the
+#: cat thorax of the ``deid-data`` package (MIT; DX, lateral, Agfa, processed for
+#: presentation, 2614 x 3072, ImagerPixelSpacing 0.14 mm, a burned-in "R" marker).  It has
+#: its own pixel size, which is used instead of ``--pixel-size``.
+HELD_OUT_IMAGES = {"cat thorax DX": "animals/cat.dcm"}
+
+IMAGE_SETS = {"dev": tuple(IMAGES), "held-out": tuple(HELD_OUT_IMAGES), "all": tuple(IMAGES) + tuple(HELD_OUT_IMAGES)}
+
+
+def image_path(name: str) -> str:
+    """Path of a validation image: pydicom-data for :data:`IMAGES`, deid-data for the others."""
+    if name in IMAGES:
+        return get_testdata_file(IMAGES[name])
+    try:
+        import deid_data
+    except ImportError:
+        raise SystemExit(f"{name} comes with the deid-data package: pip install deid-data "
+                         "(or pip install -e '.[bench]')") from None
+    return str(Path(deid_data.__file__).resolve().parent / "data" / HELD_OUT_IMAGES[name])
+
 
 def body_and_range(image, spacing, *, edge_mm: float = 10.0, body_level: float = 0.25):
     """Exposed body pixels (not air, not collimation) and the body signal range.
@@ -69,7 +89,7 @@ def body_and_range(image, spacing, *, edge_mm: float = 10.0, body_level: float =
 
 #: The lead "R" marker of RG3_UNCR (rows, cols; located by eye on the image: a square of
 #: tape with the letter, next to the collimation edge).
-MARKER_BOX = {"tibia RG3_UNCR": (1370, 1130, 1475, 1230)}
+MARKER_BOX = {"tibia RG3_UNCR": (1370, 1130, 1475, 1230), "cat thorax DX": (2300, 1080, 2510, 1240)}
 
 
 def in_box(findings, box, margin_px):
@@ -132,7 +152,11 @@ def loss_stage(truth: dict, report, spacing_mm, *, taken: bool = False) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pixel-size", type=float, default=0.15, help="stated pixel size (mm)")
+    ap.add_argument("--pixel-size", type=float, default=0.15,
+                    help="stated pixel size (mm) of the images without one (RG1, RG3)")
+    ap.add_argument("--images", choices=sorted(IMAGE_SETS), default="dev",
+                    help="dev: the chest and tibia the detector was tuned on; held-out: films it "
+                         "never saw (deid-data's cat thorax); all: both")
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--foci", type=int, default=10, help="foci inserted per trial")
     ap.add_argument("--contrast-per-mm", type=float, default=0.02,
@@ -156,15 +180,19 @@ def main(argv=None) -> int:
     if args.diagnose:
         opts["report_rejected"] = True
     stages: dict[str, dict[str, int]] = {}
-    sp = (args.pixel_size, args.pixel_size)
     rows_out = []
     totals = {"truth": 0, "found": 0, "truth_ge2": 0, "found_ge2": 0, "false": 0, "images": 0,
               "marker_false": 0}
     size_err = []
-    print(f"pixel size {args.pixel_size} mm stated; contrast {args.contrast_per_mm:g} x range per mm; "
+    print(f"pixel size {args.pixel_size} mm stated where a file has none; contrast {args.contrast_per_mm:g} x range per mm; "
           f"{args.trials} trials x {args.foci} foci per image; seed {args.seed}; options {opts}")
-    for name, fname in IMAGES.items():
-        original = calcdetect.load(get_testdata_file(fname), pixel_size_mm=args.pixel_size)
+    names = IMAGE_SETS[args.images]
+    for name in names:
+        original = calcdetect.load(image_path(name))
+        if original.spacing_mm is None:  # RG1 and RG3: no usable pixel size, one is stated
+            original = calcdetect.load(image_path(name), pixel_size_mm=args.pixel_size)
+        sp = tuple(float(v) for v in original.spacing_mm)
+        pix = float(np.sqrt(sp[0] * sp[1]))
         t0 = time.time()
         rep0 = detect_xray(original, **opts)
         dt0 = time.time() - t0
@@ -174,11 +202,11 @@ def main(argv=None) -> int:
         from calcdetect.detect.xray import exposed_field as _field, lung_fields
 
         _f, _, _ = _field(original.pixels, sp)
-        lungs = lung_fields(cv2.GaussianBlur(original.pixels, (0, 0), 0.2 / args.pixel_size), _f, args.pixel_size)
+        lungs = lung_fields(cv2.GaussianBlur(original.pixels, (0, 0), 0.2 / pix), _f, pix)
         box = MARKER_BOX.get(name)
-        margin = int(round(3.0 / args.pixel_size))
+        margin = int(round(3.0 / pix))
         if box is not None:  # no focus is inserted within 15 mm of the marker
-            far = int(round(15.0 / args.pixel_size))
+            far = int(round(15.0 / pix))
             body[max(box[0] - far, 0):box[2] + far, max(box[1] - far, 0):box[3] + far] = False
             totals["marker_false"] += len(in_box(rep0.findings, box, margin))
         print(f"{name}: original {rep0.count} finding(s) in {dt0:.2f} s"
@@ -241,7 +269,7 @@ def main(argv=None) -> int:
           f"false findings {totals['false']} in {totals['images']} images = {fp:.2f}/image  "
           f"size error median {np.median(err):+.2f} mm, |err| 90th pct {np.percentile(np.abs(err), 90):.2f} mm; "
           f"findings on the lead marker {totals['marker_false']}")
-    for name in IMAGES:
+    for name in names:
         sub = [r for r in rows_out if r["image"] == name and r["trial"] != "original"]
         orig = [r for r in rows_out if r["image"] == name and r["trial"] == "original"][0]
         t = sum(r["truth"] for r in sub)

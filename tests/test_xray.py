@@ -761,3 +761,33 @@ def test_insert_foci_blur_keeps_the_signal_and_lowers_the_peak():
     assert 0.5 * a.max() < b.max() < 0.95 * a.max()
     with pytest.raises(calcdetect.CalcdetectError):
         insert_foci(base, foci, blur_mm=-1.0)
+
+
+# ---------------------------------------------------------------- a film nothing was tuned on
+def _deid_cat() -> str:
+    """deid-data's cat thorax: a real DX (Agfa, processed for presentation, 0.14 mm
+    ImagerPixelSpacing, a burned-in "R" marker).  No detector setting was chosen on it."""
+    try:
+        import deid_data
+    except ImportError:
+        pytest.skip("deid-data is not installed (pip install -e '.[test]')")
+    return str(Path(deid_data.__file__).resolve().parent / "data" / "animals" / "cat.dcm")
+
+
+@pytest.fixture(scope="module")
+def cat_film():
+    image = calcdetect.load(_deid_cat())
+    return image, detect_xray(image)
+
+
+def test_cat_dx_spacing_from_imager_pixel_spacing_and_no_false_finding(cat_film):
+    image, rep = cat_film
+    assert image.shape == (2614, 3072)
+    assert image.spacing_mm == pytest.approx((0.14, 0.14))
+    assert image.spacing_source == "ImagerPixelSpacing"
+    assert any("no EstimatedRadiographicMagnificationFactor" in w for w in image.warnings)
+    # spine, ribs, bowel gas, the heart border and the "R" marker: nothing is a focus
+    assert rep.count == 0, [(f.centroid_px, f.equivalent_diameter_mm) for f in rep.findings]
+    # the marker's letter is saturated and set aside with the lead-like objects around it
+    assert rep.parameters["saturated_pixels"] > 500
+    assert rep.parameters["components_too_dense"] + rep.parameters["components_near_dense"] >= 1
