@@ -69,7 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from calcdetect.detect.xray import candidate_features  # noqa: E402
-from validate_xray import IMAGES, MARKER_BOX, body_and_range  # noqa: E402
+from validate_xray import IMAGE_SETS, MARKER_BOX, body_and_range, image_path  # noqa: E402
 
 #: Development seeds and contrasts (fraction of the body signal range per mm of diameter).
 DEV_SEEDS = (1, 7)
@@ -89,34 +89,36 @@ TOLERANCE = 0.002
 # ---------------------------------------------------------------------------- candidates
 
 def _load(name: str):
+    """A validation image with its own pixel size, or ``PIXEL_MM`` stated when it has none."""
     import calcdetect
-    from pydicom.data import get_testdata_file
 
-    return calcdetect.load(get_testdata_file(IMAGES[name]), pixel_size_mm=PIXEL_MM)
+    image = calcdetect.load(image_path(name))
+    return image if image.spacing_mm is not None else calcdetect.load(image_path(name), pixel_size_mm=PIXEL_MM)
 
 
 def _allowed_body(name: str, original):
     """Where ``validate_xray`` may place foci, and the body signal range."""
-    body, rng = body_and_range(original, (PIXEL_MM, PIXEL_MM))
+    pix = float(original.spacing_mm[0])
+    body, rng = body_and_range(original, tuple(original.spacing_mm))
     box = MARKER_BOX.get(name)
     if box is not None:  # no focus within 15 mm of the lead marker
-        far = int(round(15.0 / PIXEL_MM))
+        far = int(round(15.0 / pix))
         body[max(box[0] - far, 0):box[2] + far, max(box[1] - far, 0):box[3] + far] = False
     return body, rng
 
 
-def _label(rows: list[dict], truth: list[dict]) -> None:
+def _label(rows: list[dict], truth: list[dict], pixel_mm: float = PIXEL_MM) -> None:
     """Index of the nearest inserted focus within max(2 mm, 0.75 d) of each row, or None."""
     for r in rows:
         best = None
         for i, t in enumerate(truth):
-            d = float(np.hypot(*(np.subtract(r["centroid_px"], t["centroid_px"]) * PIXEL_MM)))
+            d = float(np.hypot(*(np.subtract(r["centroid_px"], t["centroid_px"]) * pixel_mm)))
             if d <= max(2.0, 0.75 * t["diameter_mm"]) and (best is None or d < best[0]):
                 best = (d, i)
         r["truth"] = None if best is None else best[1]
 
 
-def candidate_rows(report, truth: list[dict]) -> list[dict]:
+def candidate_rows(report, truth: list[dict], pixel_mm: float = PIXEL_MM) -> list[dict]:
     """Every candidate of a ``classifier=False, report_rejected=True`` report with the
     features, its reasons, and its truth label (``truth``: index or None)."""
     keys = ("score", "cnr", "edge_mm", "solidity", "iso_ratio", "surround", "contrast")
@@ -126,7 +128,7 @@ def candidate_rows(report, truth: list[dict]) -> list[dict]:
     rows += [dict({k: float(c[k]) for k in keys}, centroid_px=list(c["centroid_px"]),
                   diameter_mm=float(c["diameter_mm"]), in_lung=bool(c["in_lung"]), reasons=list(c["reasons"]))
              for c in report.extra["rejected"]]
-    _label(rows, truth)
+    _label(rows, truth, pixel_mm)
     return rows
 
 
@@ -149,15 +151,16 @@ def _run(task: tuple) -> dict:
     rep = detect_xray(img, classifier=False, exclude_lungs=False, min_score=dump_min_score, report_rejected=True)
     truth = [{"centroid_px": [float(v) for v in t["centroid_px"]], "diameter_mm": float(t["diameter_mm"])}
              for t in truth]
-    return {"image": name, "tag": tag, "seed": seed, "contrast": cpm, "truth": truth,
-            "cands": candidate_rows(rep, truth), "seconds": time.time() - t0}
+    pix = float(original.spacing_mm[0])
+    return {"image": name, "tag": tag, "seed": seed, "contrast": cpm, "truth": truth, "pixel_mm": pix,
+            "cands": candidate_rows(rep, truth, pix), "seconds": time.time() - t0}
 
 
 def collect(seeds=DEV_SEEDS, contrasts=DEV_CONTRASTS, trials=TRIALS, jobs=2, dump_min_score=8.0,
-            verbose=True) -> list[dict]:
+            verbose=True, names=IMAGE_SETS["dev"]) -> list[dict]:
     """Run the detector on the development set; one dict per image run."""
     tasks = []
-    for name in IMAGES:
+    for name in names:
         tasks.append((name, None, None, None, dump_min_score))
         tasks += [(name, s, c, t, dump_min_score) for s in seeds for c in contrasts for t in range(trials)]
     runs = []
@@ -301,6 +304,57 @@ def sweep_line(runs: list[dict], rows: list[dict], keep: np.ndarray, cut: float)
             + ", ".join(f"{k} {v}" for k, v in false_orig.items()))
 
 
+def film_lines(runs: list[dict], rows: list[dict], keep: np.ndarray, film: str) -> str:
+    """Foci found and false findings per image of one film, per contrast, and on its original."""
+    parts = []
+    for cpm in sorted({r["contrast"] for r in runs if r["image"] == film and r["seed"] is not None}):
+        idx = {i for i, r in enumerate(runs) if r["image"] == film and r["contrast"] == cpm}
+        hits = {(r["run"], r["truth"]) for r, k in zip(rows, keep) if k and r["run"] in idx and r["truth"] is not None}
+        false = sum(1 for r, k in zip(rows, keep) if k and r["run"] in idx and r["truth"] is None)
+        n = sum(len(runs[i]["truth"]) for i in idx)
+        parts.append(f"{100 * cpm:g} %/mm found {len(hits)}/{n}, false {false / max(len(idx), 1):.2f}/image")
+    orig = {i for i, r in enumerate(runs) if r["image"] == film and r["seed"] is None}
+    parts.append(f"original {sum(1 for r, k in zip(rows, keep) if k and r['run'] in orig)}")
+    return "; ".join(parts)
+
+
+def leave_one_film_out(runs: list[dict], train: list[dict], edge: list[dict], l2: float,
+                       max_false: float = 0.55) -> list[str]:
+    """Does the second stage transfer to a film it was not fit on?
+
+    For each film, the model is fit on the training rows of the other films only, and its
+    cut is the lowest of -1, -0.75, ..., 4 at which those films have at most ``max_false``
+    false findings per image (originals included; the frozen fit runs at 0.53 on its
+    development table).  The lung and edge-like cuts are at least ``LUNG_CLASSIFIER_CUT``
+    and ``EDGE_OVERRIDE_CUT``.  The left-out film is then decided with those weights and
+    that cut.  With two films this is a fit on one film; the frozen weights are the
+    left-out fit for any film they were not fit on.
+    """
+    from calcdetect.detect import xray
+
+    rows = train + edge
+    films = sorted({r["image"] for r in runs})
+    film_of = np.array([runs[r["run"]]["image"] for r in rows])
+    fitted = np.array([not r.get("edge_like") for r in rows])
+    y = np.array([r["truth"] is not None for r in rows], float)
+    X = feature_matrix(rows)
+    out = []
+    for film in films:
+        others = film_of != film
+        w, b = fit_logistic(X[others & fitted], y[others & fitted], l2)
+        n_other = sum(1 for r in runs if r["image"] != film)
+        chosen = 4.0
+        for cut in np.arange(-1.0, 4.01, 0.25):
+            keep = decisions(rows, w, b, cut, max(cut, xray.EDGE_OVERRIDE_CUT), max(cut, xray.LUNG_CLASSIFIER_CUT))
+            if np.count_nonzero(keep & others & (y == 0)) <= max_false * n_other:
+                chosen = float(cut)
+                break
+        keep = decisions(rows, w, b, chosen, max(chosen, xray.EDGE_OVERRIDE_CUT),
+                         max(chosen, xray.LUNG_CLASSIFIER_CUT))
+        out.append(f"  {film:15s} fit on the others, cut {chosen:+.2f}: {film_lines(runs, rows, keep, film)}")
+    return out
+
+
 # ---------------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
@@ -312,6 +366,10 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", help="candidate table (JSON): read if it exists, else written after regenerating")
     ap.add_argument("--jobs", type=int, default=2, help="detector runs in parallel")
     ap.add_argument("--l2", type=float, default=1.0, help="L2 penalty on the standardised weights")
+    ap.add_argument("--images", choices=sorted(IMAGE_SETS), default="dev",
+                    help="films of the table: dev (RG1, RG3: the frozen fit) or all (the cat film too)")
+    ap.add_argument("--leave-one-film-out", action="store_true",
+                    help="also fit on all films but one and decide the one left out (with --images all)")
     ap.add_argument("--dump-min-score", type=float, default=8.0,
                     help="detector min_score for the table (rows below 10 are dropped afterwards)")
     args = ap.parse_args(argv)
@@ -327,7 +385,7 @@ def main(argv=None) -> int:
         print(f"regenerating the candidate table: seeds {DEV_SEEDS}, contrasts {DEV_CONTRASTS}, "
               f"{TRIALS} trials x {FOCI} foci, originals; detector classifier=False, "
               f"min_score={args.dump_min_score:g}")
-        runs = collect(jobs=args.jobs, dump_min_score=args.dump_min_score)
+        runs = collect(jobs=args.jobs, dump_min_score=args.dump_min_score, names=IMAGE_SETS[args.images])
         if cache is not None:
             cache.write_text(json.dumps(runs))
             print(f"candidate table written to {cache}")
@@ -361,6 +419,13 @@ def main(argv=None) -> int:
     print(f"lung cut sweep (cut {cut:g} outside the lung fields):")
     for c in (1.0, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0):
         print("  lung " + sweep_line(runs, rows, decisions(rows, w, b, cut, edge_cut, c), c))
+    if args.leave_one_film_out:
+        print("frozen weights, per film:")
+        keep_frozen = decisions(rows, xray.CLASSIFIER_W, xray.CLASSIFIER_B, cut, edge_cut, lung_cut)
+        for film in sorted({r["image"] for r in runs}):
+            print(f"  {film:15s} frozen, cut {cut:+.2f}: {film_lines(runs, rows, keep_frozen, film)}")
+        print(f"leave one film out (L2 {args.l2:g}):")
+        print("\n".join(leave_one_film_out(runs, train, edge, args.l2)))
     print(f"table {t_table:.0f} s, fit {t_fit:.2f} s")
     if not args.check:
         return 0

@@ -22,6 +22,7 @@ from calcdetect.phantoms.xray import (
     radiograph_phantom,
     random_foci,
     render_focus,
+    storable_max,
     write_radiograph_dicom,
 )
 from calcdetect.validation import match_findings
@@ -791,3 +792,18 @@ def test_cat_dx_spacing_from_imager_pixel_spacing_and_no_false_finding(cat_film)
     # the marker's letter is saturated and set aside with the lead-like objects around it
     assert rep.parameters["saturated_pixels"] > 500
     assert rep.parameters["components_too_dense"] + rep.parameters["components_near_dense"] >= 1
+
+
+def test_inserted_foci_never_exceed_what_the_file_can_store():
+    # a 12-bit film cannot hold 4096: an inserted focus above it would lift the
+    # saturation level the detector reads off the image (and free burned-in graphics)
+    base = _flat_image(np.full((200, 200), 4000.0, np.float32))
+    foci = [{"centroid_px": [100.0, 100.0], "diameter_mm": 3.0, "contrast": 500.0}]
+    free, _ = insert_foci(base, foci)
+    assert free.pixels.max() == pytest.approx(4500.0, rel=0.01)  # no BitsStored: not limited
+    twelve = base.with_pixels(base.pixels, metadata={"BitsStored": 12, "PixelRepresentation": 0})
+    assert storable_max(twelve) == 4095.0
+    held, _ = insert_foci(twelve, foci)
+    assert held.pixels.max() == 4095.0
+    assert np.count_nonzero(held.pixels == 4095.0) > 100  # the top of the focus is clipped
+    assert storable_max(base) is None

@@ -307,6 +307,22 @@ def random_foci(
     return out
 
 
+def storable_max(image: Image) -> float | None:
+    """The largest value the image's file can hold (``2**BitsStored - 1``, unsigned), or None.
+
+    The radiograph loader keeps the stored values (inverted within the stored range for
+    MONOCHROME1), so this is also the largest pixel value a real exposure can give.
+    """
+    try:
+        bits = int(image.metadata.get("BitsStored") or 0)
+        signed = int(image.metadata.get("PixelRepresentation") or 0) == 1
+    except (TypeError, ValueError):
+        return None
+    if not 1 <= bits <= 32:
+        return None
+    return float(2 ** (bits - 1) - 1 if signed else 2 ** bits - 1)
+
+
 def insert_foci(
     image: Image,
     foci: Sequence[dict[str, Any]],
@@ -329,7 +345,11 @@ def insert_foci(
         it is then also set on the returned image (``spacing_source`` says so).
     clip : bool
         Clip to the image's maximum (a detector without headroom: a dense focus over
-        bone then saturates).  Off by default.
+        bone then saturates).  Off by default.  Whatever ``clip`` says, the result is
+        always clipped to the largest value the file can store (``2**BitsStored - 1``
+        when the metadata has BitsStored): a 12-bit film cannot hold 4096, and a value
+        above every stored one would move the saturation level the detector reads off
+        the image.
     blur_mm : float
         Gaussian sigma (mm) applied to the foci before they are added: the unsharpness
         of a real focal spot and detector, which the image itself already has.  0 (the
@@ -365,6 +385,9 @@ def insert_foci(
         pixels += cv2.GaussianBlur(added, (0, 0), blur_mm / sp[0])
     if clip:
         pixels = np.minimum(pixels, hi)
+    storable = storable_max(image)
+    if storable is not None:
+        pixels = np.minimum(pixels, np.float32(storable))
     changes: dict[str, Any] = {}
     if image.spacing_mm is None or tuple(image.spacing_mm) != sp:
         changes = {"spacing_mm": sp, "spacing_source": "stated for validation (insert_foci)"}
