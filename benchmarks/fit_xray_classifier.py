@@ -69,7 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from calcdetect.detect.xray import candidate_features  # noqa: E402
-from validate_xray import IMAGE_SETS, MARKER_BOX, body_and_range, image_path  # noqa: E402
+from validate_xray import IMAGE_SETS, away_from_marker, body_and_range, image_path  # noqa: E402
 
 #: Development seeds and contrasts (fraction of the body signal range per mm of diameter).
 DEV_SEEDS = (1, 7)
@@ -98,13 +98,8 @@ def _load(name: str):
 
 def _allowed_body(name: str, original):
     """Where ``validate_xray`` may place foci, and the body signal range."""
-    pix = float(original.spacing_mm[0])
     body, rng = body_and_range(original, tuple(original.spacing_mm))
-    box = MARKER_BOX.get(name)
-    if box is not None:  # no focus within 15 mm of the lead marker
-        far = int(round(15.0 / pix))
-        body[max(box[0] - far, 0):box[2] + far, max(box[1] - far, 0):box[3] + far] = False
-    return body, rng
+    return away_from_marker(body, name, float(original.spacing_mm[0])), rng
 
 
 def _label(rows: list[dict], truth: list[dict], pixel_mm: float = PIXEL_MM) -> None:

@@ -104,6 +104,16 @@ def pixel_noise(image, body: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(hp - np.median(hp))))
 
 
+def away_from_marker(body: np.ndarray, name: str, pix_mm: float, far_mm: float = 15.0) -> np.ndarray:
+    """``body`` without the film's marker box (``MARKER_BOX``) grown by ``far_mm``, in place:
+    no focus is inserted within 15 mm of a lead marker."""
+    box = MARKER_BOX.get(name)
+    if box is not None:
+        far = int(round(far_mm / pix_mm))
+        body[max(box[0] - far, 0):box[2] + far, max(box[1] - far, 0):box[3] + far] = False
+    return body
+
+
 def in_box(findings, box, margin_px):
     r0, c0, r1, c1 = box
     return [f for f in findings if r0 - margin_px <= f.centroid_px[0] <= r1 + margin_px
@@ -222,9 +232,8 @@ def main(argv=None) -> int:
         lungs = lung_fields(cv2.GaussianBlur(original.pixels, (0, 0), 0.2 / pix), _f, pix)
         box = MARKER_BOX.get(name)
         margin = int(round(3.0 / pix))
-        if box is not None:  # no focus is inserted within 15 mm of the marker
-            far = int(round(15.0 / pix))
-            body[max(box[0] - far, 0):box[2] + far, max(box[1] - far, 0):box[3] + far] = False
+        away_from_marker(body, name, pix)
+        if box is not None:
             totals["marker_false"] += len(in_box(rep0.findings, box, margin))
         noise = pixel_noise(original, body)
         per_mm = (args.contrast_per_noise * noise if args.contrast_per_noise is not None
