@@ -33,7 +33,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -165,6 +164,11 @@ def froc_ct(trials: int, seed: int) -> dict:
 
 
 # --------------------------------------------------------------------------- radiograph
+#: Inserted contrast per mm of diameter, as a multiple of each film's pixel noise
+#: (``validate_xray.py --contrast-per-noise``): the same visibility on every film.
+CONTRAST_PER_NOISE = 5.0
+
+
 def froc_xray(trials: int, seed: int) -> dict:
     import validate_xray
     from calcdetect.detect.xray import detect_xray as real_detect
@@ -176,7 +180,8 @@ def froc_xray(trials: int, seed: int) -> dict:
 
     def spy_detect(img, **kw):
         by_t = {t: real_detect(img, min_confidence=t, **kw) for t in thresholds}
-        name = "chest RG1" if "RG1" in str(img.source) else "tibia RG3"
+        src = str(img.source)
+        name = "chest RG1" if "RG1" in src else "tibia RG3" if "RG3" in src else "cat DX (unseen)"
         runs[id(by_t[default].findings)] = (name, by_t)
         return by_t[default]
 
@@ -189,14 +194,16 @@ def froc_xray(trials: int, seed: int) -> dict:
     validate_xray.detect_xray, validate_xray.match_findings = spy_detect, spy_match
     t0 = time.time()
     try:
-        validate_xray.main(["--trials", str(trials), "--seed", str(seed)])
+        validate_xray.main(["--trials", str(trials), "--seed", str(seed), "--images", "all",
+                            "--contrast-per-noise", str(CONTRAST_PER_NOISE)])
     finally:
         validate_xray.detect_xray, validate_xray.match_findings = real_detect, real_match
     out = {"modality": "radiograph", "parameter": "detect_xray min_confidence (second-stage classifier logit), rerun at each value",
-           "default": default, "trials": trials, "seed": seed, "contrast_per_mm": 0.02, "curves": {},
+           "default": default, "trials": trials, "seed": seed, "contrast_per_noise": CONTRAST_PER_NOISE,
+           "curves": {},
            "originals": [{"image": name, "findings_at_threshold": {str(t): by_t[t].count for t in thresholds}}
                          for k, (name, by_t) in runs.items() if k not in matched]}
-    for which in ("all", "tibia RG3", "chest RG1"):
+    for which in ("all", "tibia RG3", "chest RG1", "cat DX (unseen)"):
         keys = [k for k, (name, _) in runs.items() if k in matched and which in ("all", name)]
         rows = []
         for t in thresholds:
@@ -212,14 +219,15 @@ def froc_xray(trials: int, seed: int) -> dict:
               flush=True)
     out["seconds"] = round(time.time() - t0, 1)
     fig, ax = plt.subplots(figsize=(8, 5.8))
-    colors = {"all": "k", "tibia RG3": "tab:green", "chest RG1": "tab:red"}
+    colors = {"all": "k", "tibia RG3": "tab:green", "chest RG1": "tab:red", "cat DX (unseen)": "tab:blue"}
     for name, c in out["curves"].items():
         _plot(ax, c["rows"], f"{name} ({c['cases']} images, {c['inserted']} foci)", c["default_point"],
               colors[name], annotate=(name != "all"))
     ax.set_xscale("symlog", linthresh=1.0)
     _finish(ax, f"Radiograph FROC: min_confidence of detect_xray swept {thresholds[0]:g} to {thresholds[-1]:g} "
                 "(labels: logit; star: default 0.5)\n"
-                "foci 1-6 mm, contrast 2 % of the body signal range per mm, inserted in pydicom-data RG1/RG3",
+                f"foci 1-6 mm, contrast per mm {CONTRAST_PER_NOISE:g} x each film's pixel noise, in pydicom-data "
+                "RG1/RG3\nand deid-data's cat DX (never tuned on)",
             "false findings per radiograph (symlog scale)")
     ax.set_xlim(-0.05, None)
     ticks = [t for t in (0, 0.5, 1, 2, 5, 10, 20, 50) if t <= ax.get_xlim()[1]]
