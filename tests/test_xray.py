@@ -556,6 +556,35 @@ def test_lossy_chest_twin_has_no_finding_in_the_lung_fields():
     assert any("lossy compression" in w for w in rep.warnings)
 
 
+@pytest.mark.parametrize("name", ["RG1_J2KI.dcm", "RG1_UNCI.dcm"])
+def test_lossy_chest_twin_untouched_gives_no_finding_and_inserted_foci_are_found(name):
+    # outside the lungs too the codec inflates the full-resolution CNR of faint swells: at
+    # the lossless cut (0.5) the untouched lossy twin had two findings (1.06 and 1.2) and
+    # every image with inserted foci two false ones; the lossy cut (1.5) keeps them out
+    # and still finds clearly visible foci in the soft tissue below the lungs
+    from calcdetect.detect.xray import CLASSIFIER_CUT, LOSSY_CLASSIFIER_CUT
+
+    image = calcdetect.load(_data(name), pixel_size_mm=0.15)
+    rep = detect_xray(image, report_rejected=True)
+    assert rep.parameters["min_confidence"] == LOSSY_CLASSIFIER_CUT == CLASSIFIER_CUT + 1.0
+    assert rep.count == 0, [(f.centroid_px, f.extra["confidence"]) for f in rep.findings]
+    body_cands = [c["confidence"] for c in rep.extra["rejected"]
+                  if c["reasons"] == ["low_confidence"] and not c["in_lung"]]
+    assert max(body_cands) > CLASSIFIER_CUT  # what the lossless cut would have reported
+    assert any("lossy compression" in w and "1.5" in w for w in rep.warnings)
+    px = image.pixels
+    allowed = np.zeros(px.shape, bool)
+    allowed[1350:1750, 300:1600] = True  # below the lung fields: heart, liver, soft tissue
+    lo, hi = np.percentile(px, [1, 99])
+    allowed &= px > lo + 0.25 * (hi - lo)
+    foci = random_foci(image, 6, diameters_mm=(2.5, 5.0), contrast_per_mm=0.08 * (hi - lo), allowed=allowed,
+                       seed=3, min_gap_mm=8.0)
+    img, truth = insert_foci(image, foci)
+    rep = detect_xray(img)
+    m = match_findings(truth, rep.findings, image.spacing_mm)
+    assert m.found == 6 and not m.false, (m.missed, [rep.findings[j].centroid_px for j in m.false])
+
+
 def test_lossy_compressed_from_the_dicom_tag_or_a_lossy_transfer_syntax():
     from calcdetect.detect.xray import lossy_compressed
 
