@@ -859,3 +859,81 @@ def test_foci_inserted_into_the_cat_film_are_found_and_sized(cat_film):
     m = match_findings(truth, rep.findings, image.spacing_mm)
     assert m.found == 6 and not m.false, (m.missed, [rep.findings[j].centroid_px for j in m.false])
     assert max(abs(e) for e in m.size_errors_mm) < 0.5
+
+
+# ---------------------------------------------------------------- 8-bit and JPEG exports (round 8)
+def test_value_step_is_the_stored_level_spacing():
+    from calcdetect.detect.xray import value_step
+
+    rng = np.random.default_rng(0)
+    eight = rng.integers(0, 256, (400, 400)).astype(np.float32)
+    assert value_step(eight) == 1.0
+    assert value_step(eight * 257) == 257.0          # 8-bit stretched to 16 bits
+    assert value_step(eight * 0.5 + 3) == 0.5        # a rescale slope
+    with_foci = eight.copy()
+    with_foci[:60, :60] += rng.random((60, 60)).astype(np.float32)  # foci added in memory
+    assert value_step(with_foci) == 1.0
+    assert value_step(rng.random((400, 400))) < 1e-3  # continuous values: no step to speak of
+    assert value_step(np.ones((5, 5))) == 0.0
+    mask = np.zeros(eight.shape, bool)
+    mask[:200, :200] = True
+    assert value_step(eight * 4, mask) == 4.0
+
+
+def _export_8bit(path: str, out: Path, quality: int | None) -> Path:
+    """A radiograph as a user might export it: windowed to 8 bits, PNG or JPEG."""
+    px = calcdetect.load(path).pixels.astype(np.float64)
+    lo, hi = np.percentile(px, [0.5, 99.9])
+    q = np.clip(np.round((px - lo) * 255 / (hi - lo)), 0, 255).astype(np.uint8)
+    if quality is None:
+        cv2.imwrite(str(out), q)
+    else:
+        cv2.imwrite(str(out), q, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return out
+
+
+def test_jpeg_export_of_the_tibia_gives_no_false_finding(tmp_path):
+    # RG3 saved as an 8-bit JPEG (quality 75) at a stated 0.2 mm: the codec flattens the
+    # soft tissue to single grey levels (a MAD of zero) and leaves one-level block edges,
+    # which had contrast-to-noise ratios in the thousands: 50 findings.  A rise of under 3
+    # grey levels is now no focus, and a JPEG file counts as lossy compressed.
+    from calcdetect.detect.xray import lossy_compressed
+
+    jpg = _export_8bit(_data("RG3_UNCR.dcm"), tmp_path / "tibia.jpg", 75)
+    image = calcdetect.load(jpg, modality="XRAY", pixel_size_mm=0.2)
+    assert lossy_compressed(image)
+    rep = detect_xray(image, report_rejected=True)
+    assert rep.count == 0, [(f.centroid_px, f.extra["contrast"]) for f in rep.findings]
+    assert rep.parameters["value_step"] == 1.0
+    below = [c for c in rep.extra["rejected"] if "below_step" in c["reasons"]]
+    assert len(below) >= 40 and all(c["contrast"] < 3.0 for c in below)
+    assert any("grey levels" in w for w in rep.warnings)
+    # the rule off: the block edges come back
+    assert detect_xray(image, min_steps=0).count >= 20
+    # a PNG export of the same film is not lossy, and gives nothing either
+    png = calcdetect.load(_export_8bit(_data("RG3_UNCR.dcm"), tmp_path / "tibia.png", None), modality="XRAY",
+                          pixel_size_mm=0.2)
+    assert not lossy_compressed(png) and detect_xray(png).count == 0
+
+
+def test_foci_in_a_jpeg_export_are_found(tmp_path):
+    # foci drawn into the 8-bit film before it is saved as JPEG (quality 90) rise tens
+    # of grey levels: all found, nothing added
+    from calcdetect.image import Image
+
+    src = calcdetect.load(_data("RG3_UNCR.dcm"), pixel_size_mm=0.2)
+    px = src.pixels.astype(np.float64)
+    lo, hi = np.percentile(px, [0.5, 99.9])
+    eight = np.clip((px - lo) * 255 / (hi - lo), 0, 255)
+    allowed = np.zeros(eight.shape, bool)
+    allowed[300:1300, 700:1050] = True  # the leg: soft tissue and the tibia
+    allowed &= eight > 60
+    holder = Image(pixels=eight.astype(np.float32), spacing_mm=(0.2, 0.2), modality="XRAY", source="<8 bit>")
+    foci = random_foci(holder, 6, diameters_mm=(2.0, 5.0), contrast_per_mm=8.0, allowed=allowed, seed=2,
+                       min_gap_mm=8.0)
+    with_foci, truth = insert_foci(holder, foci)
+    out = tmp_path / "foci.jpg"
+    cv2.imwrite(str(out), np.clip(np.round(with_foci.pixels), 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    rep = detect_xray(calcdetect.load(out, modality="XRAY", pixel_size_mm=0.2))
+    m = match_findings(truth, rep.findings, (0.2, 0.2))
+    assert m.found == 6 and not m.false, (m.missed, [rep.findings[j].centroid_px for j in m.false])

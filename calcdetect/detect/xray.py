@@ -74,7 +74,7 @@ from ..measure import filter_labels, label, regionprops_table, select
 from ..report import Finding, Report
 
 __all__ = ["blob_candidates", "detect_xray", "exposed_field", "line_opening_background", "local_cnr",
-           "lossy_compressed", "plateau_fraction", "radial_isotropy", "ring_fraction", "surround_clutter"]
+           "lossy_compressed", "plateau_fraction", "value_step", "radial_isotropy", "ring_fraction", "surround_clutter"]
 
 #: Orientations of the line segments (degrees); 10 degree steps keep a 10 mm segment
 #: within +-0.9 mm of any straight structure's axis.
@@ -136,15 +136,56 @@ _LOSSY_TRANSFER_SYNTAXES = frozenset({str(uid.JPEGBaseline8Bit), str(uid.JPEGExt
 
 
 def lossy_compressed(image: Image) -> bool:
-    """Whether the image's pixels went through lossy compression (DICOM says so).
+    """Whether the image's pixels went through lossy compression.
 
-    ``LossyImageCompression`` "01" (kept even after decompression, as in RG1_UNCI) or a
-    transfer syntax that is always lossy.  A raster file or a file without the tag is not
+    DICOM says so with ``LossyImageCompression`` "01" (kept even after decompression, as
+    in RG1_UNCI) or a transfer syntax that is always lossy; a JPEG raster file
+    (``.jpg``/``.jpeg``, which :func:`calcdetect.io.raster.load_raster` records as the
+    ``format``) always is.  A PNG or TIFF file, or a DICOM file without the tag, is not
     taken as lossy.
     """
     meta = image.metadata or {}
     return (str(meta.get("LossyImageCompression", "")).strip() == "01"
-            or str(meta.get("TransferSyntaxUID", "")) in _LOSSY_TRANSFER_SYNTAXES)
+            or str(meta.get("TransferSyntaxUID", "")) in _LOSSY_TRANSFER_SYNTAXES
+            or str(meta.get("format", "")).lower() in ("jpg", "jpeg"))
+
+
+def value_step(pixels: np.ndarray, where: np.ndarray | None = None, max_samples: int = 200_000) -> float:
+    """The smallest difference between two stored values: the image's quantisation step.
+
+    Radiographs are stored as integers (times the linear rescale slope, if any), so no
+    contrast finer than this step exists in the file, and where a codec or a smooth
+    region leaves many pixels at exactly the same value the robust noise (a MAD) can be
+    zero: a bump of one grey level then has an arbitrarily large contrast-to-noise ratio.
+    The step is the least gap between neighbouring distinct values of a regular sample of
+    the pixels (``where``, when given) that occur more than once: 1 for integer
+    data, the slope for rescaled data, 257 for an 8-bit image stretched to 16 bits, and
+    unaffected by non-integer pixels that occur once (foci added in memory); next to
+    nothing for continuous values (a float image made in memory) and 0 for a constant
+    image.
+
+    Parameters
+    ----------
+    pixels : ndarray
+    where : ndarray of bool, optional
+        Pixels to sample (the exposed field).
+    max_samples : int
+
+    Returns
+    -------
+    float
+    """
+    vals = pixels[where] if where is not None else pixels.ravel()
+    if vals.size == 0:
+        return 0.0
+    vals = vals[:: max(1, vals.size // max_samples)]
+    u, n = np.unique(vals.astype(np.float64), return_counts=True)
+    # stored levels recur; values met once (continuous data, foci added in memory) do not
+    rec = u[n >= 2]
+    u = rec if rec.size >= 2 else u
+    if u.size < 2:
+        return 0.0
+    return float(np.diff(u).min())
 #: An edge-like candidate (contrast / background slope < ``min_edge_mm``) is kept only when
 #: its score reaches this much.  Round 3: on the development runs every non-focus candidate
 #: that was rejected as edge-like alone scored -0.7 or less, and 3 of the 6 foci lost as
@@ -1125,6 +1166,7 @@ def detect_xray(
     round_lobes: float = 1.5,
     exclude_lungs: bool | None = None,
     lung_min_confidence: float | None = None,
+    min_steps: float = 3.0,
     assumed_pixel_mm: float = 0.15,
     mask: np.ndarray | None = None,
     report_rejected: bool = False,
@@ -1216,6 +1258,11 @@ def detect_xray(
         (:func:`candidate_confidence`) instead of the separate faint / lobed / ragged cuts;
         an edge-like candidate is kept when its score reaches ``EDGE_OVERRIDE_CUT``.  ``False``: the
         previous rules.
+    min_steps : float
+        A candidate must rise at least this many quantisation steps of the file
+        (:func:`value_step`, one grey level of an 8-bit image) above its background;
+        below that its contrast-to-noise ratio means nothing (a codec's flat regions have
+        no noise).  0 turns the rule off.
     min_confidence : float, optional
         Classifier logit a candidate must reach outside the lung fields.  Default:
         ``CLASSIFIER_CUT`` (0.5), or ``LOSSY_CLASSIFIER_CUT`` (1.5) when the image went
@@ -1271,6 +1318,8 @@ def detect_xray(
             raise InvalidParameterError(f"{name} must be a finite number, got {v!r}")
     if grow > threshold:
         raise InvalidParameterError(f"grow ({grow}) must not exceed threshold ({threshold})")
+    if not (np.isfinite(min_steps) and min_steps >= 0):
+        raise InvalidParameterError(f"min_steps must be a number >= 0, got {min_steps!r}")
     if not 0 < max_air_ring <= 1:
         raise InvalidParameterError(f"max_air_ring must be in (0, 1], got {max_air_ring!r}")
     if not (np.isfinite(unexposed_margin) and unexposed_margin >= 0):
@@ -1316,6 +1365,7 @@ def detect_xray(
     bands = burned_in_bands(pixels, field)
     if bands.any():
         field &= ~bands
+    step = value_step(pixels, field) if min_steps > 0 else 0.0
     margin_px = max(int(round(border_mm / pix_mm)), 1)
     kin = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin_px + 1, 2 * margin_px + 1))
     searchable = cv2.erode(field.view(np.uint8), kin, borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
@@ -1400,7 +1450,7 @@ def detect_xray(
         "max_plateau": max_plateau, "unexposed_margin": unexposed_margin, "max_air_ring": max_air_ring,
         "size_level": size_level, "min_edge_mm": min_edge_mm, "min_solidity": min_solidity, "exclude_lungs": exclude_lungs,
         "lungs_searched": bool(search_lungs and lungs.any()), "lung_min_confidence": float(lung_min_confidence),
-        "lossy_compressed": lossy,
+        "lossy_compressed": lossy, "min_steps": min_steps, "value_step": step,
         "clutter_quantile": clutter_quantile, "clutter_line_mm": clutter_line_mm, "assumed_pixel_mm": None if has_spacing else assumed_pixel_mm,
         "blob_scales_mm": [float(v) for v in blob_scales_mm], "min_score": min_score,
         "strong_score": strong_score, "classifier": use_classifier, "min_confidence": float(min_confidence), "min_cnr": min_cnr, "max_lobes": max_lobes,
@@ -1413,7 +1463,7 @@ def detect_xray(
     size_labels = np.zeros((rows, cols), np.int32)
     counts = {"too_small": 0, "too_large": 0, "elongated": 0, "too_dense": 0, "near_dense": 0, "outside_roi": 0,
               "edge_like": 0, "in_air": 0, "ragged": 0, "off_field": 0, "faint": 0, "lobed": 0,
-              "low_confidence": 0}
+              "low_confidence": 0, "below_step": 0}
     if n:
         t0 = regionprops_table(labels, resid, spacing=sp)
         peak_res = t0["intensity_max"]
@@ -1460,6 +1510,10 @@ def detect_xray(
         short_ax = np.maximum(t["axis_minor_length"], 1e-9)
         contrast = tr["intensity_max"]
         too_small = diam < min_diameter_mm
+        # no rise of a few grey levels is a focus, whatever its contrast-to-noise ratio: on
+        # an 8-bit JPEG the codec leaves flat regions at exactly one value (a MAD of zero)
+        # and its block edges are one or two levels high
+        below_step = contrast < min_steps * step
         too_large = diam > max_diameter_mm
         ratio0 = np.array([first_ratio.get(int(v), np.inf) for v in t["label"]])
         # elongated by both the first and the refined extent: edge / cortex fragments
@@ -1530,10 +1584,10 @@ def detect_xray(
         off_field = ~searchable[cy, cx]
         edge_like = (edge_mm < min_edge_mm) & ~(too_small | too_large | elongated)
         keep = ~(too_small | too_large | elongated | too_dense | near_dense | outside | edge_like | in_air
-                 | off_field)
+                 | off_field | below_step)
         # compactness: a deposit is a convex-ish lump; trabecular clumps and physeal
         # scars are ragged (solidity = area / convex hull area)
-        hard = too_small | too_large | too_dense | near_dense | outside | in_air | off_field
+        hard = too_small | too_large | too_dense | near_dense | outside | in_air | off_field | below_step
         solidity = np.ones(t["label"].size)
         solidity[~hard] = _label_solidities(shape_lab, t, np.flatnonzero(~hard))
         fine_cnr = tz["intensity_max"]
@@ -1576,12 +1630,12 @@ def detect_xray(
                   "near_dense": int(near_dense.sum()), "outside_roi": int(outside.sum()),
                   "edge_like": int(edge_like.sum()), "in_air": int(in_air.sum()), "ragged": int(ragged.sum()),
                   "off_field": int(off_field.sum()), "faint": int(faint.sum()), "lobed": int(lobed.sum()),
-                  "low_confidence": int(low_conf.sum())}
+                  "low_confidence": int(low_conf.sum()), "below_step": int(below_step.sum())}
         if report_rejected:
             reasons = {"too_small": too_small, "too_large": too_large, "elongated": elongated,
                        "too_dense": too_dense, "near_dense": near_dense, "outside_roi": outside,
                        "edge_like": edge_like, "in_air": in_air, "ragged": ragged, "off_field": off_field,
-                       "faint": faint, "lobed": lobed, "low_confidence": low_conf}
+                       "faint": faint, "lobed": lobed, "low_confidence": low_conf, "below_step": below_step}
             rejected_list = [
                 {"centroid_px": [float(t["centroid-0"][i]), float(t["centroid-1"][i])],
                  "equivalent_diameter_px": float(np.sqrt(4.0 * t["num_pixels"][i] / np.pi)),
@@ -1646,6 +1700,11 @@ def detect_xray(
         warnings.append(
             f"{int(saturated.sum())} saturated pixel(s) inside the field (lead marker, burned-in text or "
             f"metal) and {sat_margin * pix_mm:.0f} mm around them were not searched")
+    if counts["below_step"]:
+        warnings.append(
+            f"{counts['below_step']} candidate(s) rose less than {min_steps:g} grey levels (the file's value step, "
+            f"{step:g}) above their background and were not considered: no focus is that faint, and where a "
+            "codec has flattened the noise their contrast-to-noise ratio means nothing")
     if counts["too_dense"] or counts["near_dense"]:
         warnings.append(
             f"{counts['too_dense'] + counts['near_dense']} lead- or metal-like object(s) (contrast above "
