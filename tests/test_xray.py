@@ -937,3 +937,14 @@ def test_foci_in_a_jpeg_export_are_found(tmp_path):
     rep = detect_xray(calcdetect.load(out, modality="XRAY", pixel_size_mm=0.2))
     m = match_findings(truth, rep.findings, (0.2, 0.2))
     assert m.found == 6 and not m.false, (m.missed, [rep.findings[j].centroid_px for j in m.false])
+
+
+def test_coarse_pixels_are_warned():
+    from calcdetect.detect.xray import COARSEST_PIXEL_MM
+
+    image, _ = radiograph_phantom(seed=0)
+    fine = detect_xray(image)
+    assert not any("coarser than" in w for w in fine.warnings)
+    coarse = detect_xray(_flat_image(cv2.resize(image.pixels, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA),
+                                     spacing=2 * COARSEST_PIXEL_MM))
+    assert any("coarser than" in w and "full-resolution" in w for w in coarse.warnings)

@@ -131,6 +131,10 @@ LOSSY_LUNG_CLASSIFIER_CUT = 4.0
 #: inserted foci; at 1.5 they give none, and the lossy benchmark (``validate_xray.py
 #: --images lossy``) loses 1 of 50 chest foci at 2 and 4 %/mm and none at 8 %/mm.
 LOSSY_CLASSIFIER_CUT = CLASSIFIER_CUT + (LOSSY_LUNG_CLASSIFIER_CUT - LUNG_CLASSIFIER_CUT)
+#: Pixels coarser than this (mm) get a warning (round 8): the rules and the second stage were
+#: developed at 0.1-0.2 mm.  RG1 and RG3 halved in size and stated at 0.3 or 0.4 mm give
+#: 2-4 findings on the untouched films; at the plates' own pixel size they give 0-1.
+COARSEST_PIXEL_MM = 0.25
 #: Transfer syntaxes that are always lossy (JPEG baseline / extended, JPEG-LS near-lossless).
 _LOSSY_TRANSFER_SYNTAXES = frozenset({str(uid.JPEGBaseline8Bit), str(uid.JPEGExtended12Bit), str(uid.JPEGLSNearLossless)})
 
@@ -1349,6 +1353,11 @@ def detect_xray(
     elif str(image.spacing_source or "").startswith("user"):
         warnings.append(f"pixel size {sp[0]:g} x {sp[1]:g} mm given by the user")
     pix_mm = float(np.sqrt(sp[0] * sp[1]))
+    if pix_mm > COARSEST_PIXEL_MM:
+        warnings.append(
+            f"{pix_mm:.2g} mm pixels are coarser than the {COARSEST_PIXEL_MM:g} mm this detector was developed "
+            f"and measured for (CR/DR plates have 0.1-0.2 mm): a {3 * pix_mm:.1f} mm focus spans 3 pixels, its "
+            "shape cannot be judged, and false findings are more likely -- use the full-resolution image")
     pixels = np.ascontiguousarray(image.pixels, dtype=np.float32)
     valid = image.valid_mask
     rows, cols = pixels.shape
