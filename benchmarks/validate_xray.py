@@ -16,6 +16,8 @@ the image's own body signal range (p1-p99 inside the field), so it means the sam
     python benchmarks/validate_xray.py --contrast-per-mm 0.08 --clip   # dense foci, clipped at the image maximum
     python benchmarks/validate_xray.py --blur-mm 0.3                   # foci as unsharp as a real system
     python benchmarks/validate_xray.py --edge-mm 3 --body-level 0.1    # foci near the skin line too
+    python benchmarks/validate_xray.py --images lossy                  # the lossy JPEG 2000 twins
+    python benchmarks/validate_xray.py --export jpg90                  # 8-bit JPEG exports, read from disk
 
 ``--diagnose`` runs the detector with ``report_rejected=True`` and gives every missed focus
 the stage at which it was lost (:func:`loss_stage`): never a candidate, displaced (a
@@ -122,6 +124,25 @@ def away_from_marker(body: np.ndarray, name: str, pix_mm: float, far_mm: float =
     return body
 
 
+#: ``--export``: how a user might have saved the film (8 bits, windowed to the original's
+#: p0.5-p99.9), as format and JPEG quality.
+EXPORTS = {"png8": ("png", None), "jpg95": ("jpg", 95), "jpg90": ("jpg", 90), "jpg75": ("jpg", 75)}
+
+
+def exported(image, window, kind: str, folder: str, tag: str):
+    """``image`` as a user's 8-bit export (``EXPORTS``), written to ``folder`` and read back
+    with :func:`calcdetect.load` (``modality="XRAY"`` and the image's pixel size), so the
+    raster path and the codec are measured too."""
+    import cv2
+
+    ext, quality = EXPORTS[kind]
+    lo, hi = window
+    q = np.clip(np.round((image.pixels.astype(np.float64) - lo) * 255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+    path = str(Path(folder) / f"{tag}.{ext}")
+    cv2.imwrite(path, q, [] if quality is None else [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return calcdetect.load(path, modality="XRAY", pixel_size_mm=tuple(image.spacing_mm))
+
+
 def in_box(findings, box, margin_px):
     r0, c0, r1, c1 = box
     return [f for f in findings if r0 - margin_px <= f.centroid_px[0] <= r1 + margin_px
@@ -204,6 +225,9 @@ def main(argv=None) -> int:
                     help="Gaussian sigma (mm) of the inserted foci (a real system's unsharpness)")
     ap.add_argument("--clip", action="store_true",
                     help="clip the inserted foci at the image's maximum (a detector without headroom)")
+    ap.add_argument("--export", choices=sorted(EXPORTS),
+                    help="run on each image saved as a user might export it: 8 bits (windowed to the "
+                         "original's p0.5-p99.9) as PNG or JPEG of the given quality, read back from disk")
     ap.add_argument("--json", help="also write the raw numbers here")
     ap.add_argument("--diagnose", action="store_true",
                     help="give each missed focus the stage it was lost at (development seeds only)")
@@ -221,7 +245,8 @@ def main(argv=None) -> int:
     unit = (f"{args.contrast_per_noise:g} x pixel noise" if args.contrast_per_noise is not None
             else f"{args.contrast_per_mm:g} x range")
     print(f"pixel size {args.pixel_size} mm stated where a file has none; contrast {unit} per mm; "
-          f"{args.trials} trials x {args.foci} foci per image; seed {args.seed}; options {opts}")
+          f"{args.trials} trials x {args.foci} foci per image; seed {args.seed}; options {opts}"
+          + (f"; every image saved as {args.export} and read back" if args.export else ""))
     names = IMAGE_SETS[args.images]
     for name in names:
         original = calcdetect.load(image_path(name))
@@ -230,7 +255,13 @@ def main(argv=None) -> int:
         sp = tuple(float(v) for v in original.spacing_mm)
         pix = float(np.sqrt(sp[0] * sp[1]))
         t0 = time.time()
-        rep0 = detect_xray(original, **opts)
+        if args.export:
+            import tempfile
+
+            export_dir = tempfile.mkdtemp(prefix="validate_xray_")
+            window = tuple(float(v) for v in np.percentile(original.pixels, [0.5, 99.9]))
+        rep0 = detect_xray(exported(original, window, args.export, export_dir, "original") if args.export
+                           else original, **opts)
         dt0 = time.time() - t0
         body, rng_sig = body_and_range(original, sp, edge_mm=args.edge_mm, body_level=args.body_level)
         import cv2
@@ -262,6 +293,8 @@ def main(argv=None) -> int:
                                contrast_per_mm=per_mm, allowed=body, seed=seed,
                                min_gap_mm=6.0)
             img, truth = insert_foci(original, foci, clip=args.clip, blur_mm=args.blur_mm)
+            if args.export:
+                img = exported(img, window, args.export, export_dir, f"trial{trial}")
             t0 = time.time()
             rep = detect_xray(img, **opts)
             dt = time.time() - t0
