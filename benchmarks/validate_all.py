@@ -7,8 +7,10 @@ repository root):
 2. ``validate_ct.py --trials 5 --seed 1``                     (CT, native profile)
 3. ``validate_xray.py --trials 5``                            (radiographs, 2 %/mm)
 4. ``validate_xray.py --trials 3 --contrast-per-mm 0.04``     (radiographs, 4 %/mm)
-5. ``validate_ultrasound.py --trials 20``                     (ultrasound)
-6. ``froc.py``                                                (docs/froc_*.png, docs/froc_*.json)
+5. ``validate_xray.py --images lossy --seed 12345 --contrast-per-mm 0.04``   (lossy twins)
+6. ``validate_xray.py --export jpg90 --seed 12345 --contrast-per-mm 0.04``    (8-bit JPEG exports)
+7. ``validate_ultrasound.py --trials 20``                     (ultrasound)
+8. ``froc.py``                                                (docs/froc_*.png, docs/froc_*.json)
 
 Each step's printed table goes to ``<out>/<step>.txt`` (and is echoed), its raw numbers
 to ``<out>/<step>.json``; the default ``<out>`` is ``out/validation/`` (git-ignored).
@@ -46,6 +48,15 @@ STEPS = {
                   [f"{B}/validate_xray.py", "--trials", "1", "--json", "{json}"]),
     "xray_4pct": ([f"{B}/validate_xray.py", "--trials", "3", "--contrast-per-mm", "0.04", "--json", "{json}"],
                   [f"{B}/validate_xray.py", "--trials", "1", "--contrast-per-mm", "0.04", "--json", "{json}"]),
+    # round 8: the films as users also hold them (lossy twins; 8-bit JPEG exports read back)
+    "xray_lossy": ([f"{B}/validate_xray.py", "--images", "lossy", "--trials", "5", "--seed", "12345",
+                    "--contrast-per-mm", "0.04", "--json", "{json}"],
+                   [f"{B}/validate_xray.py", "--images", "lossy", "--trials", "1", "--contrast-per-mm", "0.04",
+                    "--json", "{json}"]),
+    "xray_jpg90": ([f"{B}/validate_xray.py", "--export", "jpg90", "--trials", "5", "--seed", "12345",
+                    "--contrast-per-mm", "0.04", "--json", "{json}"],
+                   [f"{B}/validate_xray.py", "--export", "jpg90", "--trials", "1", "--contrast-per-mm", "0.04",
+                    "--json", "{json}"]),
     "ultrasound": ([f"{B}/validate_ultrasound.py", "--trials", "20", "--json", "{json}"],
                    [f"{B}/validate_ultrasound.py", "--trials", "2", "--json", "{json}"]),
     "froc": ([f"{B}/froc.py"], [f"{B}/froc.py", "--trials", "1", "--out", "{dir}"]),

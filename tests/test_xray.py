@@ -948,3 +948,28 @@ def test_coarse_pixels_are_warned():
     coarse = detect_xray(_flat_image(cv2.resize(image.pixels, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA),
                                      spacing=2 * COARSEST_PIXEL_MM))
     assert any("coarser than" in w and "full-resolution" in w for w in coarse.warnings)
+
+
+def test_validate_xray_exports_and_lossy_twins(tmp_path):
+    """benchmarks/validate_xray.py --export / --images lossy: the film goes through the
+    raster loader as an 8-bit file, and the lossy twins are the dev films' J2KI copies."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "validate_xray.py"
+    spec = importlib.util.spec_from_file_location("validate_xray", path)
+    vx = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vx)
+    from calcdetect.detect.xray import lossy_compressed
+
+    image, _ = radiograph_phantom(seed=0)
+    window = tuple(np.percentile(image.pixels, [0.5, 99.9]))
+    jpg = vx.exported(image, window, "jpg90", str(tmp_path), "t")
+    png = vx.exported(image, window, "png8", str(tmp_path), "t")
+    assert (tmp_path / "t.jpg").exists() and (tmp_path / "t.png").exists()
+    assert jpg.modality == png.modality == "XRAY" and jpg.spacing_mm == png.spacing_mm == image.spacing_mm
+    assert lossy_compressed(jpg) and not lossy_compressed(png)
+    assert png.pixels.max() == 255 and png.pixels.min() == 0
+    assert set(vx.IMAGE_SETS["lossy"]) == set(vx.LOSSY_IMAGES)
+    twin = calcdetect.load(vx.image_path("tibia RG3_J2KI (lossy)"))
+    assert lossy_compressed(twin) and twin.shape == (1760, 1760)
+    assert vx.MARKER_BOX["tibia RG3_J2KI (lossy)"] == vx.MARKER_BOX["tibia RG3_UNCR"]
