@@ -973,3 +973,23 @@ def test_validate_xray_exports_and_lossy_twins(tmp_path):
     twin = calcdetect.load(vx.image_path("tibia RG3_J2KI (lossy)"))
     assert lossy_compressed(twin) and twin.shape == (1760, 1760)
     assert vx.MARKER_BOX["tibia RG3_J2KI (lossy)"] == vx.MARKER_BOX["tibia RG3_UNCR"]
+
+
+def test_an_8_bit_rendering_gets_the_stricter_cuts(tmp_path):
+    # RG1 scaled to 8 bits (a PNG as a viewer would save it): quantising the 15-bit
+    # signal to 256 levels flattens the noise like a codec, and at the lossless cuts the
+    # untouched film has 2 findings; an 8-bit raster file gets the lossy cuts
+    from calcdetect.detect.xray import CLASSIFIER_CUT, LUNG_CLASSIFIER_CUT, display_rendering
+
+    px = calcdetect.load(_data("RG1_UNCR.dcm")).pixels
+    eight = np.round((px - px.min()) / np.ptp(px) * 255).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "chest.png"), eight)
+    image = calcdetect.load(tmp_path / "chest.png", modality="XRAY", pixel_size_mm=0.15)
+    assert display_rendering(image)
+    rep = detect_xray(image)
+    assert rep.count == 0 and rep.parameters["min_confidence"] == 1.5
+    assert any("8-bit rendering" in w for w in rep.warnings)
+    assert detect_xray(image, min_confidence=CLASSIFIER_CUT, lung_min_confidence=LUNG_CLASSIFIER_CUT).count >= 2
+    # a 16-bit file keeps the film's levels: not a rendering
+    cv2.imwrite(str(tmp_path / "chest16.png"), px.astype(np.uint16))
+    assert not display_rendering(calcdetect.load(tmp_path / "chest16.png", modality="XRAY", pixel_size_mm=0.15))

@@ -74,7 +74,7 @@ from ..measure import filter_labels, label, regionprops_table, select
 from ..report import Finding, Report
 
 __all__ = ["blob_candidates", "detect_xray", "exposed_field", "line_opening_background", "local_cnr",
-           "lossy_compressed", "plateau_fraction", "value_step", "radial_isotropy", "ring_fraction", "surround_clutter"]
+           "display_rendering", "lossy_compressed", "plateau_fraction", "value_step", "radial_isotropy", "ring_fraction", "surround_clutter"]
 
 #: Orientations of the line segments (degrees); 10 degree steps keep a 10 mm segment
 #: within +-0.9 mm of any straight structure's axis.
@@ -152,6 +152,19 @@ def lossy_compressed(image: Image) -> bool:
     return (str(meta.get("LossyImageCompression", "")).strip() == "01"
             or str(meta.get("TransferSyntaxUID", "")) in _LOSSY_TRANSFER_SYNTAXES
             or str(meta.get("format", "")).lower() in ("jpg", "jpeg"))
+
+
+def display_rendering(image: Image) -> bool:
+    """Whether the image is an 8-bit raster file (PNG/JPEG/TIFF, grey or colour).
+
+    Such a file is a rendering for display: the film's 10-16 bit signal was windowed and
+    quantised to 256 levels, which, like a lossy codec, flattens the pixel noise and fine
+    clutter the detector's contrast-to-noise scores are measured against (round 8: RG1
+    scaled to 8 bits gives the untouched film 2-3 findings at the lossless cuts).
+    """
+    meta = image.metadata or {}
+    return (str(meta.get("format", "")).lower() in ("png", "jpg", "jpeg", "tif", "tiff")
+            and str(meta.get("dtype", "")) == "uint8")
 
 
 def value_step(pixels: np.ndarray, where: np.ndarray | None = None, max_samples: int = 200_000) -> float:
@@ -1313,10 +1326,15 @@ def detect_xray(
         if not (np.isfinite(v) and v > 0):
             raise InvalidParameterError(f"{name} must be a positive number, got {v!r}")
     lossy = lossy_compressed(image)
+    rendering = display_rendering(image)
+    # the codec, or the 8-bit rendering, flattened the noise the scores are measured against
+    reduced = lossy or rendering
+    why_reduced = ("the image went through lossy compression" if lossy
+                   else "the image is an 8-bit rendering (windowed and quantised for display)")
     if min_confidence is None:
-        min_confidence = LOSSY_CLASSIFIER_CUT if lossy else CLASSIFIER_CUT
+        min_confidence = LOSSY_CLASSIFIER_CUT if reduced else CLASSIFIER_CUT
     if lung_min_confidence is None:
-        lung_min_confidence = LOSSY_LUNG_CLASSIFIER_CUT if lossy else LUNG_CLASSIFIER_CUT
+        lung_min_confidence = LOSSY_LUNG_CLASSIFIER_CUT if reduced else LUNG_CLASSIFIER_CUT
     for name, v in (("min_confidence", min_confidence), ("lung_min_confidence", lung_min_confidence)):
         if not np.isfinite(v):
             raise InvalidParameterError(f"{name} must be a finite number, got {v!r}")
@@ -1459,7 +1477,7 @@ def detect_xray(
         "max_plateau": max_plateau, "unexposed_margin": unexposed_margin, "max_air_ring": max_air_ring,
         "size_level": size_level, "min_edge_mm": min_edge_mm, "min_solidity": min_solidity, "exclude_lungs": exclude_lungs,
         "lungs_searched": bool(search_lungs and lungs.any()), "lung_min_confidence": float(lung_min_confidence),
-        "lossy_compressed": lossy, "min_steps": min_steps, "value_step": step,
+        "lossy_compressed": lossy, "display_rendering": rendering, "min_steps": min_steps, "value_step": step,
         "clutter_quantile": clutter_quantile, "clutter_line_mm": clutter_line_mm, "assumed_pixel_mm": None if has_spacing else assumed_pixel_mm,
         "blob_scales_mm": [float(v) for v in blob_scales_mm], "min_score": min_score,
         "strong_score": strong_score, "classifier": use_classifier, "min_confidence": float(min_confidence), "min_cnr": min_cnr, "max_lobes": max_lobes,
@@ -1726,14 +1744,14 @@ def detect_xray(
             f"lung fields ({100 * float(lungs.mean()):.0f}% of the image) were searched with a stricter "
             f"second stage (confidence of at least {lung_min_confidence:g} instead of {min_confidence:g}): "
             "vessels seen end-on, vessel forks and rib crossings there mimic calcified foci"
-            + ("; the image went through lossy compression, which removes the noise and clutter these "
-               "scores are measured against, so the lung cut is the stricter one for lossy images"
-               if lossy and lung_min_confidence == LOSSY_LUNG_CLASSIFIER_CUT else ""))
-    if lossy and use_classifier and min_confidence == LOSSY_CLASSIFIER_CUT:
+            + (f"; {why_reduced}, which removes the noise and clutter these scores are measured "
+               "against, so the lung cut is the stricter one"
+               if reduced and lung_min_confidence == LOSSY_LUNG_CLASSIFIER_CUT else ""))
+    if reduced and use_classifier and min_confidence == LOSSY_CLASSIFIER_CUT:
         warnings.append(
-            f"the image went through lossy compression (DICOM says so), which removes the noise and fine "
-            f"clutter the detector's scores are measured against: candidates need a confidence of at least "
-            f"{min_confidence:g} instead of {CLASSIFIER_CUT:g}, so faint foci may be missed")
+            f"{why_reduced}, which removes the noise and fine clutter the detector's scores are measured "
+            f"against: candidates need a confidence of at least {min_confidence:g} instead of "
+            f"{CLASSIFIER_CUT:g}, so faint foci may be missed -- use the original DICOM when you have it")
     elif lungs.any() and not search_lungs:
         warnings.append(
             f"lung fields ({100 * float(lungs.mean()):.0f}% of the image) were not searched: vessels seen "
