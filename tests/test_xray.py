@@ -993,3 +993,33 @@ def test_an_8_bit_rendering_gets_the_stricter_cuts(tmp_path):
     # a 16-bit file keeps the film's levels: not a rendering
     cv2.imwrite(str(tmp_path / "chest16.png"), px.astype(np.uint16))
     assert not display_rendering(calcdetect.load(tmp_path / "chest16.png", modality="XRAY", pixel_size_mm=0.15))
+
+
+def test_an_8_bit_secondary_capture_radiograph_is_a_rendering(tmp_path):
+    # the same 8-bit rendering of RG1 stored as a DICOM secondary capture (BitsStored 8)
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    from calcdetect.detect.xray import display_rendering
+
+    px = calcdetect.load(_data("RG1_UNCR.dcm")).pixels
+    eight = np.round((px - px.min()) / np.ptp(px) * 255).astype(np.uint8)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(tmp_path / "sc.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.ConversionType = "OT", "WSD"
+    ds.PatientOrientation = ["L", "F"]
+    ds.Rows, ds.Columns = eight.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelSpacing = [0.15, 0.15]
+    ds.PixelData = eight.tobytes()
+    ds.save_as(tmp_path / "sc.dcm", enforce_file_format=True)
+    image = calcdetect.load(tmp_path / "sc.dcm", modality="XRAY")
+    assert image.modality == "XRAY" and tuple(image.spacing_mm) == (0.15, 0.15)
+    assert display_rendering(image)
+    rep = detect_xray(image)
+    assert rep.count == 0 and rep.parameters["min_confidence"] == 1.5

@@ -155,16 +155,21 @@ def lossy_compressed(image: Image) -> bool:
 
 
 def display_rendering(image: Image) -> bool:
-    """Whether the image is an 8-bit raster file (PNG/JPEG/TIFF, grey or colour).
+    """Whether the image is an 8-bit rendering: a PNG/JPEG/TIFF file of 8 bits (grey or
+    colour), or a DICOM radiograph with ``BitsStored`` of 8 or less (a secondary capture).
 
-    Such a file is a rendering for display: the film's 10-16 bit signal was windowed and
+    Such an image is a rendering for display: the film's 10-16 bit signal was windowed and
     quantised to 256 levels, which, like a lossy codec, flattens the pixel noise and fine
     clutter the detector's contrast-to-noise scores are measured against (round 8: RG1
     scaled to 8 bits gives the untouched film 2-3 findings at the lossless cuts).
     """
     meta = image.metadata or {}
-    return (str(meta.get("format", "")).lower() in ("png", "jpg", "jpeg", "tif", "tiff")
-            and str(meta.get("dtype", "")) == "uint8")
+    if str(meta.get("format", "")).lower() in ("png", "jpg", "jpeg", "tif", "tiff"):
+        return str(meta.get("dtype", "")) == "uint8"
+    try:  # a DICOM radiograph stored in 8 bits (a secondary capture of a film or screen)
+        return 0 < int(meta.get("BitsStored") or 0) <= 8
+    except (TypeError, ValueError):
+        return False
 
 
 def value_step(pixels: np.ndarray, where: np.ndarray | None = None, max_samples: int = 200_000) -> float:
