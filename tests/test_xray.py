@@ -572,6 +572,10 @@ def test_lossy_chest_twin_untouched_gives_no_finding_and_inserted_foci_are_found
                   if c["reasons"] == ["low_confidence"] and not c["in_lung"]]
     assert max(body_cands) > CLASSIFIER_CUT  # what the lossless cut would have reported
     assert any("lossy compression" in w and "1.5" in w for w in rep.warnings)
+    # with the lungs left out, both warnings are given
+    unsearched = detect_xray(image, exclude_lungs=True).warnings
+    assert any("were not searched: vessels" in w for w in unsearched)
+    assert any("lossy compression" in w and "1.5" in w for w in unsearched)
     px = image.pixels
     allowed = np.zeros(px.shape, bool)
     allowed[1350:1750, 300:1600] = True  # below the lung fields: heart, liver, soft tissue

@@ -73,8 +73,9 @@ from ..image import Image
 from ..measure import filter_labels, label, regionprops_table, select
 from ..report import Finding, Report
 
-__all__ = ["blob_candidates", "detect_xray", "exposed_field", "line_opening_background", "local_cnr",
-           "display_rendering", "lossy_compressed", "plateau_fraction", "value_step", "radial_isotropy", "ring_fraction", "surround_clutter"]
+__all__ = ["blob_candidates", "detect_xray", "display_rendering", "exposed_field", "line_opening_background",
+           "local_cnr", "lossy_compressed", "plateau_fraction", "radial_isotropy", "ring_fraction",
+           "surround_clutter", "value_step"]
 
 #: Orientations of the line segments (degrees); 10 degree steps keep a 10 mm segment
 #: within +-0.9 mm of any straight structure's axis.
@@ -1258,7 +1259,8 @@ def detect_xray(
         Classifier logit a candidate inside a lung field must reach; an edge-like one needs
         the larger of this and ``EDGE_OVERRIDE_CUT``.  Default: ``LUNG_CLASSIFIER_CUT``, or
         ``LOSSY_LUNG_CLASSIFIER_CUT`` when the image went through lossy compression
-        (:func:`lossy_compressed`; a warning says so).
+        (:func:`lossy_compressed`) or is an 8-bit rendering (:func:`display_rendering`); a
+        warning says so.
     min_solidity : float
         Smallest area / convex-hull area of a reported focus (deposits are compact
         lumps; trabecular clumps are ragged).
@@ -1288,7 +1290,8 @@ def detect_xray(
     min_confidence : float, optional
         Classifier logit a candidate must reach outside the lung fields.  Default:
         ``CLASSIFIER_CUT`` (0.5), or ``LOSSY_CLASSIFIER_CUT`` (1.5) when the image went
-        through lossy compression (:func:`lossy_compressed`; a warning says so).  Lower
+        through lossy compression (:func:`lossy_compressed`) or is an 8-bit rendering
+        (:func:`display_rendering`); a warning says so.  Lower
         finds more foci and more false ones (the radiograph FROC curve sweeps it).
     strong_score : float
         Below this score a candidate also needs ``threshold`` on the full-resolution CNR
@@ -1752,15 +1755,15 @@ def detect_xray(
             + (f"; {why_reduced}, which removes the noise and clutter these scores are measured "
                "against, so the lung cut is the stricter one"
                if reduced and lung_min_confidence == LOSSY_LUNG_CLASSIFIER_CUT else ""))
+    elif lungs.any() and not search_lungs:
+        warnings.append(
+            f"lung fields ({100 * float(lungs.mean()):.0f}% of the image) were not searched: vessels seen "
+            "end-on, granulomas and nodules there mimic calcified foci (exclude_lungs=False searches them)")
     if reduced and use_classifier and min_confidence == LOSSY_CLASSIFIER_CUT:
         warnings.append(
             f"{why_reduced}, which removes the noise and fine clutter the detector's scores are measured "
             f"against: candidates need a confidence of at least {min_confidence:g} instead of "
             f"{CLASSIFIER_CUT:g}, so faint foci may be missed -- use the original DICOM when you have it")
-    elif lungs.any() and not search_lungs:
-        warnings.append(
-            f"lung fields ({100 * float(lungs.mean()):.0f}% of the image) were not searched: vessels seen "
-            "end-on, granulomas and nodules there mimic calcified foci (exclude_lungs=False searches them)")
     outside_frac = 1.0 - float(field.mean())
     if outside_frac > 0.01:
         warnings.append(f"{100 * outside_frac:.0f}% of the image is outside the exposed field "
