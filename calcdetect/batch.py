@@ -178,12 +178,14 @@ def read_sidecar(image_path: str | Path) -> tuple[dict[str, Any], Path] | None:
 
     The sidecar is ``NAME.json`` next to ``NAME.png`` (``.jpg``, ``.tif``, ...) and holds
     ``{"modality": "US", "pixel_size_mm": 0.1}``; ``pixel_size_mm`` may also be
-    ``[row, col]``.  Both keys are optional.
+    ``[row, col]``, and a radiograph that stores dense tissue as dark says
+    ``"invert": true``.  All keys are optional.
 
     Returns
     -------
     (dict, Path) or None
-        ``{"modality": ..., "pixel_size_mm": ...}`` (validated) and the sidecar path.
+        ``{"modality": ..., "pixel_size_mm": ..., "invert": ...}`` (validated, only the keys
+        given) and the sidecar path.
 
     Raises
     ------
@@ -222,6 +224,11 @@ def read_sidecar(image_path: str | Path) -> tuple[dict[str, Any], Path] | None:
             raise InvalidParameterError(f"sidecar pixel_size_mm {ps!r} must be a positive number or [row, col]",
                                         path=side, fix='e.g. "pixel_size_mm": 0.1')
         out["pixel_size_mm"] = values[0] if len(values) == 1 else (values[0], values[1])
+    if data.get("invert") is not None:
+        if not isinstance(data["invert"], bool):
+            raise InvalidParameterError(f"sidecar invert {data['invert']!r} must be true or false", path=side,
+                                        fix='e.g. "invert": true for a radiograph stored dense = dark')
+        out["invert"] = data["invert"]
     return out, side
 
 
@@ -431,13 +438,15 @@ def _load(job: Job, load_options: Mapping[str, Any]):
     opts = {k: v for k, v in dict(load_options or {}).items() if v is not None}
     opts.pop("series_uid", None)
     pixel_size = opts.pop("pixel_size_mm", None)
+    if job.kind != "raster":
+        opts.pop("invert", None)  # DICOM says how it stores dense tissue (MONOCHROME1)
     if job.kind == "raster":
         opts.pop("frame", None)
         note = "user (--pixel-size)"
         side = read_sidecar(job.paths[0])
         if side is not None:
             meta, side_path = side
-            opts.update({k: v for k, v in meta.items() if k == "modality"})
+            opts.update({k: v for k, v in meta.items() if k in ("modality", "invert")})
             if "pixel_size_mm" in meta:
                 pixel_size, note = meta["pixel_size_mm"], f"sidecar {side_path.name}"
         image = load(job.paths[0], pixel_size_mm=pixel_size, **opts)

@@ -46,6 +46,9 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
                    help="pixel size in mm for files without one (raster files, zero-spacing radiographs)")
     p.add_argument("--modality", choices=["CT", "XRAY", "US"], type=str.upper,
                    help="modality of PNG/JPEG/TIFF inputs (DICOM files say it themselves)")
+    p.add_argument("--invert", action="store_true", default=None,
+                   help="PNG/JPEG/TIFF radiographs that store dense tissue as dark (raw MONOCHROME1 values): "
+                        "reflect them so that dense is bright (DICOM files say it themselves)")
     p.add_argument("--region", choices=["skin", "soft-tissue", "all"], default=None,
                    help="CT: where to look (default: skin = dermis and subcutaneous tissue)")
     p.add_argument("--threshold", type=float, metavar="HU", default=None,
@@ -118,7 +121,7 @@ def load_options(args: argparse.Namespace) -> dict:
     Returns
     -------
     dict
-        ``pixel_size_mm``, ``modality``, ``series_uid`` and ``frame``.
+        ``pixel_size_mm``, ``modality``, ``series_uid``, ``frame`` and ``invert``.
 
     Raises
     ------
@@ -132,7 +135,7 @@ def load_options(args: argparse.Namespace) -> dict:
         except ValueError:
             raise InvalidParameterError(f"--frames {frame!r} must be a frame index or 'all'") from None
     return {"pixel_size_mm": args.pixel_size, "modality": args.modality,
-            "series_uid": args.series, "frame": frame}
+            "series_uid": args.series, "frame": frame, "invert": getattr(args, "invert", None)}
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:

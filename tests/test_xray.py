@@ -1027,3 +1027,41 @@ def test_an_8_bit_secondary_capture_radiograph_is_a_rendering(tmp_path):
     assert display_rendering(image)
     rep = detect_xray(image)
     assert rep.count == 0 and rep.parameters["min_confidence"] == 1.5
+
+
+# ---------------------------------------------------------------- raster radiographs stored dense = dark
+def test_invert_a_raster_radiograph_stored_dense_dark(tmp_path, capsys):
+    # RG1's raw MONOCHROME1 values saved as a 16-bit PNG (dense = dark, as pixel_array
+    # gives them): read as they are, air and lung look like foci and the film has many
+    # findings; inverted, it reads like the DICOM (its one finding at 0.15 mm)
+    from calcdetect import cli
+    from calcdetect.batch import _load, find_inputs, read_sidecar
+    from calcdetect.errors import InvalidParameterError
+
+    raw = pydicom.dcmread(_data("RG1_UNCR.dcm")).pixel_array
+    png = tmp_path / "chest_raw.png"
+    cv2.imwrite(str(png), raw.astype(np.uint16))
+    as_is = calcdetect.load(png, modality="XRAY", pixel_size_mm=0.15)
+    assert detect_xray(as_is).count >= 5
+    inv = calcdetect.load(png, modality="XRAY", pixel_size_mm=0.15, invert=True)
+    np.testing.assert_array_equal(inv.pixels.astype(np.float64), 65535.0 - raw)
+    assert any("inverted as asked" in w for w in inv.warnings)
+    dicom = detect_xray(calcdetect.load(_data("RG1_UNCR.dcm"), pixel_size_mm=0.15))
+    rep = detect_xray(inv)
+    assert rep.count == dicom.count == 1
+    assert np.allclose(rep.findings[0].centroid_px, dicom.findings[0].centroid_px, atol=1.0)
+    # refused where it cannot apply: DICOM says MONOCHROME1 itself; ultrasound is not inverted
+    with pytest.raises(InvalidParameterError, match="DICOM files say"):
+        calcdetect.load(_data("RG1_UNCR.dcm"), invert=True)
+    with pytest.raises(InvalidParameterError, match="radiographs"):
+        calcdetect.load(png, modality="US", pixel_size_mm=0.15, invert=True)
+    # the CLI flag, and the sidecar key in a folder run
+    assert cli.main(["detect", str(png), "--modality", "XRAY", "--pixel-size", "0.15", "--invert", "--compact"]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 1
+    (tmp_path / "chest_raw.json").write_text('{"modality": "XRAY", "pixel_size_mm": 0.15, "invert": true}')
+    assert read_sidecar(png)[0]["invert"] is True
+    job = next(j for j in find_inputs(tmp_path)[0] if j.kind == "raster")
+    np.testing.assert_array_equal(_load(job, {}).pixels, inv.pixels)
+    (tmp_path / "chest_raw.json").write_text('{"modality": "XRAY", "invert": "yes"}')
+    with pytest.raises(InvalidParameterError, match="invert"):
+        read_sidecar(png)

@@ -66,6 +66,7 @@ def load(
     series_uid: str | None = None,
     frame: int | str | None = None,
     max_pixels: int | None = None,
+    invert: bool = False,
 ) -> Image:
     """Load an image file or a folder holding one DICOM series.
 
@@ -87,6 +88,11 @@ def load(
     max_pixels : int, optional
         Refuse images above this many pixels before allocating (default from
         ``CALCDETECT_MAX_PIXELS``, else 1.5e9).
+    invert : bool
+        A PNG/JPEG/TIFF radiograph that stores dense tissue as dark (raw MONOCHROME1
+        values saved without their photometric interpretation): reflect its values so
+        that dense is bright.  DICOM files say this themselves (MONOCHROME1), so it is
+        refused for them.
 
     Returns
     -------
@@ -106,13 +112,17 @@ def load(
             raise InvalidParameterError(f"modality {modality!r} is not CT, XRAY or US")
     if not path.exists():
         raise UnreadableFileError("no such file or folder", path=path, fix="check the path")
+    if invert and (path.is_dir() or path.suffix.lower() not in RASTER_SUFFIXES):
+        raise InvalidParameterError(
+            "invert applies to PNG/JPEG/TIFF radiographs; DICOM files say how they store dense tissue "
+            "(MONOCHROME1 is inverted automatically)", path=path, fix="drop invert / --invert")
     if path.is_dir():
         from .ct import load_ct_series
 
         image = load_ct_series(path, series_uid=series_uid, budget=max_pixels)
         return _apply_pixel_size(image, pixel_size_mm)
     if path.suffix.lower() in RASTER_SUFFIXES:
-        return load_raster(path, modality=modality, pixel_size_mm=pixel_size_mm)
+        return load_raster(path, modality=modality, pixel_size_mm=pixel_size_mm, invert=bool(invert))
     from .nifti import is_nifti
 
     if is_nifti(path):

@@ -119,7 +119,8 @@ def to_grey(rgb: np.ndarray) -> np.ndarray:
 
 
 def load_raster(
-    path: str | Path, *, modality: str | None, pixel_size_mm: float | tuple[float, float] | None = None
+    path: str | Path, *, modality: str | None, pixel_size_mm: float | tuple[float, float] | None = None,
+    invert: bool = False,
 ) -> Image:
     """Load a PNG/JPEG/TIFF frame as an :class:`Image`.
 
@@ -131,6 +132,12 @@ def load_raster(
         ignored.
     pixel_size_mm : float or (float, float), optional
         Physical pixel size (row, col) in mm.  Without it, mm fields are null.
+    invert : bool
+        Radiographs only: the file stores dense tissue as dark values (a MONOCHROME1
+        radiograph's raw values saved without their photometric interpretation).  The
+        values are reflected within the file's range (``dtype`` maximum minus the value),
+        as the DICOM loader does for MONOCHROME1, so that bone, calcium and lead are
+        bright; a warning says so.  A raster file cannot tell, so nothing is guessed.
 
     Returns
     -------
@@ -143,7 +150,7 @@ def load_raster(
     Raises
     ------
     InvalidParameterError
-        ``modality`` is ``None`` or ``"CT"``.
+        ``modality`` is ``None`` or ``"CT"``, or ``invert`` for an ultrasound frame.
     UnreadableFileError
         As for :func:`read_raster`.
     """
@@ -158,6 +165,11 @@ def load_raster(
             "CT must be loaded from DICOM (raster files do not hold Hounsfield units)", path=path,
             fix="give the DICOM file or series folder",
         )
+    if invert and modality != "XRAY":
+        raise InvalidParameterError(
+            "invert applies to radiographs (dense stored as dark), not to ultrasound frames", path=path,
+            fix="drop invert / --invert",
+        )
     arr = read_raster(path)
     color = None
     if arr.ndim == 3:
@@ -166,6 +178,12 @@ def load_raster(
     else:
         grey = arr.astype(np.float32)
     warns: list[str] = []
+    if invert:
+        top = float(np.iinfo(arr.dtype).max) if np.issubdtype(arr.dtype, np.integer) else float(np.nanmax(grey))
+        grey = (np.float32(top) - grey).astype(np.float32)
+        color = None  # overlays are drawn on the inverted grey values
+        warns.append(f"{Path(path).name}: inverted as asked (dense stored as dark): {top:g} - value, so that "
+                     "dense is bright")
     spacing = None
     if pixel_size_mm is not None:
         spacing = (float(pixel_size_mm),) * 2 if np.isscalar(pixel_size_mm) else tuple(map(float, pixel_size_mm))
