@@ -438,8 +438,6 @@ def _load(job: Job, load_options: Mapping[str, Any]):
     opts = {k: v for k, v in dict(load_options or {}).items() if v is not None}
     opts.pop("series_uid", None)
     pixel_size = opts.pop("pixel_size_mm", None)
-    if job.kind != "raster":
-        opts.pop("invert", None)  # DICOM says how it stores dense tissue (MONOCHROME1)
     if job.kind == "raster":
         opts.pop("frame", None)
         note = "user (--pixel-size)"
@@ -453,6 +451,7 @@ def _load(job: Job, load_options: Mapping[str, Any]):
         if pixel_size is not None:
             image.spacing_source = note
         return image
+    opts.pop("invert", None)  # DICOM says how it stores dense tissue (MONOCHROME1)
     if job.kind == "series":
         from .io.ct import load_ct_series
         from .io.dicom import read_header

@@ -31,6 +31,17 @@ from calcdetect.validation import match_findings
 CR_SMALL = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" / "77654033" / "CR1" / "6154"
 
 
+def _validate_xray():
+    """benchmarks/validate_xray.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "validate_xray.py"
+    spec = importlib.util.spec_from_file_location("validate_xray", path)
+    vx = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vx)
+    return vx
+
+
 def _data(name: str) -> str:
     path = get_testdata_file(name)
     if path is None:
@@ -604,12 +615,7 @@ def test_lossy_compressed_from_the_dicom_tag_or_a_lossy_transfer_syntax():
 def test_loss_stage_says_where_a_missed_focus_was_lost():
     """benchmarks/validate_xray.py --diagnose: each missed focus gets the stage it was lost
     at, checked against foci whose fate is known by construction."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "validate_xray.py"
-    spec = importlib.util.spec_from_file_location("validate_xray", path)
-    vx = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(vx)
+    vx = _validate_xray()
     rng = np.random.default_rng(4)
     pixels = np.tile(np.linspace(500.0, 1250.0, 400, dtype=np.float32), (400, 1))  # a body-like ramp
     pixels += 6.0 * rng.standard_normal((400, 400)).astype(np.float32)
@@ -884,18 +890,6 @@ def test_value_step_is_the_stored_level_spacing():
     assert value_step(eight * 4, mask) == 4.0
 
 
-def _export_8bit(path: str, out: Path, quality: int | None) -> Path:
-    """A radiograph as a user might export it: windowed to 8 bits, PNG or JPEG."""
-    px = calcdetect.load(path).pixels.astype(np.float64)
-    lo, hi = np.percentile(px, [0.5, 99.9])
-    q = np.clip(np.round((px - lo) * 255 / (hi - lo)), 0, 255).astype(np.uint8)
-    if quality is None:
-        cv2.imwrite(str(out), q)
-    else:
-        cv2.imwrite(str(out), q, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return out
-
-
 def test_jpeg_export_of_the_tibia_gives_no_false_finding(tmp_path):
     # RG3 saved as an 8-bit JPEG (quality 75) at a stated 0.2 mm: the codec flattens the
     # soft tissue to single grey levels (a MAD of zero) and leaves one-level block edges,
@@ -903,9 +897,11 @@ def test_jpeg_export_of_the_tibia_gives_no_false_finding(tmp_path):
     # grey levels is now no focus, and a JPEG file counts as lossy compressed.
     from calcdetect.detect.xray import lossy_compressed
 
-    jpg = _export_8bit(_data("RG3_UNCR.dcm"), tmp_path / "tibia.jpg", 75)
-    image = calcdetect.load(jpg, modality="XRAY", pixel_size_mm=0.2)
-    assert lossy_compressed(image)
+    vx = _validate_xray()  # its export helper: windowed to p0.5-p99.9, 8 bits, read back
+    film = calcdetect.load(_data("RG3_UNCR.dcm"), pixel_size_mm=0.2)
+    window = tuple(np.percentile(film.pixels, [0.5, 99.9]))
+    image = vx.exported(film, window, "jpg75", str(tmp_path), "tibia")
+    assert lossy_compressed(image) and image.spacing_mm == (0.2, 0.2)
     rep = detect_xray(image, report_rejected=True)
     assert rep.count == 0, [(f.centroid_px, f.extra["contrast"]) for f in rep.findings]
     assert rep.parameters["value_step"] == 1.0
@@ -915,8 +911,7 @@ def test_jpeg_export_of_the_tibia_gives_no_false_finding(tmp_path):
     # the rule off: the block edges come back
     assert detect_xray(image, min_steps=0).count >= 20
     # a PNG export of the same film is not lossy, and gives nothing either
-    png = calcdetect.load(_export_8bit(_data("RG3_UNCR.dcm"), tmp_path / "tibia.png", None), modality="XRAY",
-                          pixel_size_mm=0.2)
+    png = vx.exported(film, window, "png8", str(tmp_path), "tibia")
     assert not lossy_compressed(png) and detect_xray(png).count == 0
 
 
@@ -957,12 +952,7 @@ def test_coarse_pixels_are_warned():
 def test_validate_xray_exports_and_lossy_twins(tmp_path):
     """benchmarks/validate_xray.py --export / --images lossy: the film goes through the
     raster loader as an 8-bit file, and the lossy twins are the dev films' J2KI copies."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "validate_xray.py"
-    spec = importlib.util.spec_from_file_location("validate_xray", path)
-    vx = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(vx)
+    vx = _validate_xray()
     from calcdetect.detect.xray import lossy_compressed
 
     image, _ = radiograph_phantom(seed=0)
