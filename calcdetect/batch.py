@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from ._threads import parallel_each
 from .errors import CalcdetectError, InvalidParameterError
+from .image import MODALITIES, USER_SPACING
 from .outputs import write_text_atomic
 
 if TYPE_CHECKING:  # annotations only
@@ -59,7 +60,6 @@ IGNORED_NAMES = ("DICOMDIR", "README", "LICENSE", "LICENCE", "NOTICE", "Thumbs.d
 #: Marker file written into every output folder; folders holding it are never walked.
 OUTPUT_MARKER = ".calcdetect-output"
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
-MODALITIES = ("CT", "XRAY", "US")
 
 
 # ============================================================================ data
@@ -440,7 +440,7 @@ def _load(job: Job, load_options: Mapping[str, Any]):
     pixel_size = opts.pop("pixel_size_mm", None)
     if job.kind == "raster":
         opts.pop("frame", None)
-        note = "user (--pixel-size)"
+        note = USER_SPACING
         side = read_sidecar(job.paths[0])
         if side is not None:
             meta, side_path = side
@@ -466,6 +466,33 @@ def _load(job: Job, load_options: Mapping[str, Any]):
     if pixel_size is not None and image.spacing_mm is None:
         image = _apply_pixel_size(image, pixel_size)
     return image
+
+
+def _applied_load_options(job: Job, load_options: Mapping[str, Any] | None,
+                          spacing_from_file: bool) -> dict[str, Any]:
+    """The load options that decide ``job``'s result, as plain JSON data.
+
+    Recorded in each report as ``"load_options"`` and compared on resuming, so that a
+    changed ``--pixel-size``, ``--modality`` or ``--invert`` redoes exactly the inputs it
+    changes.  Mirrors :func:`_load`: a raster sidecar wins over the options; a DICOM
+    input ignores ``invert`` and, when it names its modality, ``modality``; a pixel size
+    only counts for an input without a spacing of its own (``spacing_from_file`` False).
+    """
+    opts = {k: v for k, v in dict(load_options or {}).items() if v is not None and k != "series_uid"}
+    if job.kind == "raster":
+        opts.pop("frame", None)
+        side = read_sidecar(job.paths[0])
+        if side is not None:
+            opts.update({k: v for k, v in side[0].items() if k in ("modality", "invert", "pixel_size_mm")})
+    else:
+        opts.pop("invert", None)
+        if job.modality in MODALITIES:
+            opts.pop("modality", None)
+        if spacing_from_file:
+            opts.pop("pixel_size_mm", None)
+    if not opts.get("invert"):
+        opts.pop("invert", None)
+    return json.loads(json.dumps(opts))  # tuples become lists, as in the JSON read back
 
 
 def run_job(
@@ -514,6 +541,8 @@ def run_job(
         report = detect(image, **_split_options(detect_options, image.modality))
         data = report.to_dict()
         data["input"] = job.input
+        own_spacing = image.spacing_mm is not None and image.spacing_source != USER_SPACING
+        data["load_options"] = _applied_load_options(job, load_options, own_spacing)
         if write_outputs:
             from .render import save_overlay
 
@@ -586,9 +615,10 @@ def report_from_dict(data: Mapping[str, Any]) -> Report:
 
 
 def _up_to_date(job: Job, out: Path, detect_options: Mapping[str, Any] | None,
-                dicom_outputs: Sequence[str] = ()) -> dict | None:
+                dicom_outputs: Sequence[str] = (),
+                load_options: Mapping[str, Any] | None = None) -> dict | None:
     """The earlier report of ``job`` when its JSON and PNG exist, are newer than every
-    input file (and sidecar) and were made with the same detector options."""
+    input file (and sidecar) and were made with the same detector and load options."""
     base = out / job.name
     js, png = base.parent / (base.name + ".json"), base.parent / (base.name + ".png")
     try:
@@ -607,6 +637,9 @@ def _up_to_date(job: Job, out: Path, detect_options: Mapping[str, Any] | None,
     for key, value in _split_options(detect_options, data.get("modality", "")).items():
         if key in params and params[key] != value:
             return None
+    own_spacing = data.get("spacing_mm") is not None and data.get("spacing_source") != USER_SPACING
+    if _applied_load_options(job, load_options, own_spacing) != (data.get("load_options") or {}):
+        return None
     if dicom_outputs:
         if sorted(data.get("dicom_outputs_requested") or []) != sorted(dicom_outputs):
             return None
@@ -851,7 +884,7 @@ def annotate(
 
     todo: list[Job] = []
     for j in job_list:
-        data = None if overwrite else _up_to_date(j, out, detect_options, dicom_outputs)
+        data = None if overwrite else _up_to_date(j, out, detect_options, dicom_outputs, load_options)
         if data is not None:
             result.reports[j.name] = data
             result.skipped.append(j.name)

@@ -33,7 +33,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from .errors import CalcdetectError, InconsistentSeriesError, InvalidParameterError, UnsupportedImageError
-from .image import Image
+from .image import USER_SPACING, Image
 from .outputs import write_bytes_atomic
 from .report import Finding, Report
 
@@ -531,7 +531,7 @@ def _fix_projection_geometry(seg: Dataset, source: Dataset, image: Image) -> Non
     spacing = [float(v) for v in measures.get("PixelSpacing") or []]
     if len(spacing) == 2 and all(v > 0 for v in spacing):
         return
-    if image.spacing_mm is not None and image.spacing_source != "user (--pixel-size)":
+    if image.spacing_mm is not None and image.spacing_source != USER_SPACING:
         measures.PixelSpacing = [f"{v:.6g}" for v in image.spacing_mm[-2:]]
     else:
         del shared[0].PixelMeasuresSequence

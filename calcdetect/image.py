@@ -17,6 +17,10 @@ from .errors import CalcdetectError, InvalidParameterError, NoSpacingError, Unre
 
 MODALITIES = ("CT", "XRAY", "US")
 
+#: ``Image.spacing_source`` of a pixel size the user stated (``--pixel-size``,
+#: ``pixel_size_mm=`` or a raster sidecar) rather than one read from the file.
+USER_SPACING = "user (--pixel-size)"
+
 #: Physical pixel sizes outside this range (mm) are not images calcdetect can measure:
 #: they are unit mistakes (micrometres, metres) or damaged headers.  Detectors convert
 #: mm to pixels, so a 1e-30 mm pixel would ask for absurd filter sizes.

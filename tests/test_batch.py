@@ -238,6 +238,50 @@ def test_resume_skips_up_to_date_and_overwrite_redoes(folder, tmp_path):
     assert sorted(fifth.processed) == sorted(j for j in good if j in ("ct/series", "single/CT_small.dcm"))
 
 
+def test_resume_redoes_exactly_the_inputs_a_changed_load_option_changes(folder, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(folder / "raster" / "focus.png", src / "plain.png")  # no sidecar: takes the options
+    shutil.copy(folder / "raster" / "focus.png", src / "focus.png")
+    shutil.copy(folder / "raster" / "focus.json", src / "focus.json")  # its sidecar says 0.2 mm
+    shutil.copy(get_testdata_file("CT_small.dcm"), src / "ct.dcm")  # its own PixelSpacing
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del ds.PixelSpacing
+    ds.SeriesInstanceUID = ds.SeriesInstanceUID + ".9"  # a series of its own, not the CT's
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID + ".9"
+    ds.save_as(src / "nospacing.dcm")
+    out = tmp_path / "out"
+
+    def run(**load):
+        res = annotate(src, out, jobs=1, quiet=True, load_options={"modality": "XRAY", **load})
+        assert not res.errors, res.errors
+        return sorted(res.processed)
+
+    assert len(run(pixel_size_mm=0.3)) == 4
+    plain = json.loads((out / "plain.png.json").read_text())
+    assert plain["spacing_mm"] == [0.3, 0.3]
+    assert plain["load_options"] == {"modality": "XRAY", "pixel_size_mm": 0.3}
+    assert json.loads((out / "ct.dcm.json").read_text())["load_options"] == {}  # CT says both itself
+    assert run(pixel_size_mm=0.3) == []
+    # a new pixel size reaches only the inputs without one of their own
+    assert run(pixel_size_mm=0.25) == ["nospacing.dcm", "plain.png"]
+    assert json.loads((out / "plain.png.json").read_text())["spacing_mm"] == [0.25, 0.25]
+    assert json.loads((out / "nospacing.dcm.json").read_text())["spacing_mm"] == [0.25, 0.25]
+    assert json.loads((out / "focus.png.json").read_text())["spacing_mm"] == [0.2, 0.2]
+    # inverting concerns raster files only (DICOM says MONOCHROME1 itself)
+    assert run(pixel_size_mm=0.25, invert=True) == ["focus.png", "plain.png"]
+    # a report written before load options were recorded is redone when options are given
+    report = out / "ct.dcm.json"
+    data = json.loads(report.read_text())
+    del data["load_options"]
+    report.write_text(json.dumps(data))
+    assert run(pixel_size_mm=0.25, invert=True) == []  # CT uses none of them: still equal
+    data = json.loads((out / "plain.png.json").read_text())
+    del data["load_options"]
+    (out / "plain.png.json").write_text(json.dumps(data))
+    assert run(pixel_size_mm=0.25, invert=True) == ["plain.png"]
+
+
 def test_report_round_trip_gives_same_rows():
     from calcdetect import detect, load
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import InvalidParameterError, UnreadableFileError, UnsupportedImageError
-from ..image import SPACING_RANGE_MM, Image, plausible_spacing
+from ..image import SPACING_RANGE_MM, USER_SPACING, Image, plausible_spacing
 from .dicom import RADIOGRAPH_MODALITIES, check_budget, claimed_pixels, read_header, sop_class_name
 from .raster import RASTER_SUFFIXES, load_raster
 
@@ -51,7 +51,7 @@ def _apply_pixel_size(image: Image, pixel_size_mm: float | Sequence[float] | Non
         )
     image.warnings[:] = [w for w in image.warnings if "sizes are not reported in mm" not in w]
     image.spacing_mm = spacing
-    image.spacing_source = "user (--pixel-size)"
+    image.spacing_source = USER_SPACING
     if image.affine is not None:
         image.affine = None  # the DICOM affine used the file's spacing; do not mix the two
         image.warnings.append("patient coordinates are not reported because the pixel size was overridden")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidParameterError, UnreadableFileError
-from ..image import Image
+from ..image import USER_SPACING, Image
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -199,6 +199,6 @@ def load_raster(
         source=str(path),
         metadata={"format": Path(path).suffix.lower().lstrip("."), "dtype": str(arr.dtype)},
         warnings=warns,
-        spacing_source="user (--pixel-size)" if spacing else None,
+        spacing_source=USER_SPACING if spacing else None,
         color=color,
     )
