@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 from ._threads import parallel_each
 from .errors import CalcdetectError, InvalidParameterError
 from .image import MODALITIES, USER_SPACING
+from .io.raster import RASTER_SUFFIXES
 from .outputs import write_text_atomic
 
 if TYPE_CHECKING:  # annotations only
@@ -52,8 +53,6 @@ __all__ = [
     "read_sidecar",
 ]
 
-#: Suffixes of raster images picked up by the walk.
-RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 #: Files that are documentation or metadata, never images: skipped without an error.
 IGNORED_SUFFIXES = (".json", ".md", ".rst", ".html", ".htm", ".csv", ".part")
 IGNORED_NAMES = ("DICOMDIR", "README", "LICENSE", "LICENCE", "NOTICE", "Thumbs.db")

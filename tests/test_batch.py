@@ -114,6 +114,17 @@ def test_find_inputs_groups_series_and_skips_noise(folder):
     assert len({j.name for j in jobs}) == len(jobs)
 
 
+def test_every_raster_format_the_loader_reads_is_an_annotate_input(tmp_path):
+    from calcdetect.io import RASTER_SUFFIXES
+
+    img = np.full((40, 40), 90, np.uint8)
+    for suffix in RASTER_SUFFIXES:
+        cv2.imwrite(str(tmp_path / f"frame{suffix}"), img)
+    jobs, errors = find_inputs(tmp_path)
+    assert not errors and sorted(j.input for j in jobs) == sorted(f"frame{s}" for s in RASTER_SUFFIXES)
+    assert {j.kind for j in jobs} == {"raster"}
+
+
 def test_two_series_in_one_folder_get_distinct_names(tmp_path):
     src = get_testdata_file("CT_small.dcm")
     for k, (uid, num) in enumerate([("1.2.3.4.1", 1), ("1.2.3.4.2", 2)]):

@@ -987,6 +987,10 @@ def test_an_8_bit_rendering_gets_the_stricter_cuts(tmp_path):
     # a 16-bit file keeps the film's levels: not a rendering
     cv2.imwrite(str(tmp_path / "chest16.png"), px.astype(np.uint16))
     assert not display_rendering(calcdetect.load(tmp_path / "chest16.png", modality="XRAY", pixel_size_mm=0.15))
+    # every 8-bit raster format the loader reads is a rendering, BMP included
+    small = eight[::8, ::8]
+    cv2.imwrite(str(tmp_path / "chest.bmp"), small)
+    assert display_rendering(calcdetect.load(tmp_path / "chest.bmp", modality="XRAY", pixel_size_mm=1.2))
 
 
 def test_an_8_bit_secondary_capture_radiograph_is_a_rendering(tmp_path):

@@ -70,6 +70,7 @@ from pydicom import uid
 from ..distribution import describe_distribution
 from ..errors import InvalidParameterError
 from ..image import Image
+from ..io.raster import RASTER_SUFFIXES
 from ..measure import filter_labels, label, regionprops_table, select
 from ..report import Finding, Report
 
@@ -156,7 +157,7 @@ def lossy_compressed(image: Image) -> bool:
 
 
 def display_rendering(image: Image) -> bool:
-    """Whether the image is an 8-bit rendering: a PNG/JPEG/TIFF file of 8 bits (grey or
+    """Whether the image is an 8-bit rendering: a PNG/JPEG/TIFF/BMP file of 8 bits (grey or
     colour), or a DICOM radiograph with ``BitsStored`` of 8 or less (a secondary capture).
 
     Such an image is a rendering for display: the film's 10-16 bit signal was windowed and
@@ -165,7 +166,7 @@ def display_rendering(image: Image) -> bool:
     scaled to 8 bits gives the untouched film 2-3 findings at the lossless cuts).
     """
     meta = image.metadata or {}
-    if str(meta.get("format", "")).lower() in ("png", "jpg", "jpeg", "tif", "tiff"):
+    if "." + str(meta.get("format", "")).lower() in RASTER_SUFFIXES:
         return str(meta.get("dtype", "")) == "uint8"
     try:  # a DICOM radiograph stored in 8 bits (a secondary capture of a film or screen)
         return 0 < int(meta.get("BitsStored") or 0) <= 8
