@@ -269,6 +269,32 @@ def test_raster_png_8_and_16_bit(tmp_path, dtype):
     assert m.found >= len(big) and len(m.false) <= 1
 
 
+def test_multipage_tiff_reads_the_first_page_and_says_so(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    image, truth = radiograph_phantom(shape=(400, 400), foci=4, seed=5, lead_marker=False)
+    first = image.pixels.astype(np.uint16)
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([first, np.zeros_like(first), first]), photometric="minisblack")
+    loaded = calcdetect.load(tmp_path / "stack.tif", modality="XRAY", pixel_size_mm=0.15)
+    np.testing.assert_array_equal(loaded.pixels, first)
+    assert [w for w in loaded.warnings if "3 pages and only the first is analysed" in w]
+    tifffile.imwrite(tmp_path / "one.tif", first)
+    single = calcdetect.load(tmp_path / "one.tif", modality="XRAY", pixel_size_mm=0.15)
+    assert not [w for w in single.warnings if "pages" in w]
+
+
+def test_a_blank_radiograph_is_an_unsupported_image_not_a_bad_option(tmp_path):
+    from calcdetect.cli import main
+    from calcdetect.errors import UnsupportedImageError
+
+    blank = calcdetect.Image(np.full((200, 200), 900.0, np.float32), (0.15, 0.15), "XRAY")
+    with pytest.raises(UnsupportedImageError, match="no exposed field"):
+        calcdetect.detect(blank)
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "blank.png"), np.full((200, 200), 128, np.uint8))
+    assert main(["detect", str(tmp_path / "blank.png"), "--modality", "XRAY", "--pixel-size", "0.2"]) == 1
+
+
 def test_cli_detect_on_radiograph(tmp_path, capsys):
     from calcdetect.cli import main
 

@@ -68,7 +68,7 @@ import numpy as np
 from pydicom import uid
 
 from ..distribution import describe_distribution
-from ..errors import InvalidParameterError
+from ..errors import InvalidParameterError, UnsupportedImageError
 from ..image import Image
 from ..io.raster import RASTER_SUFFIXES
 from ..measure import filter_labels, label, regionprops_table, select
@@ -1364,6 +1364,13 @@ def detect_xray(
         Findings with area, equivalent diameter, long/short axis (mm, null without
         spacing), peak/mean (image units), side, and per-finding ``contrast`` (residual
         peak) and ``cnr`` in the extras.
+
+    Raises
+    ------
+    InvalidParameterError
+        An option out of its range, or a ``mask`` of another shape than the image.
+    UnsupportedImageError
+        The image has no exposed field: every pixel is saturated, padding or one value.
     """
     import cv2
 
@@ -1438,8 +1445,9 @@ def detect_xray(
     n_valid = pixels.size if valid is None else int(np.count_nonzero(valid))
     has_plateau = bool(np.count_nonzero(pixels >= sat_level) >= 0.005 * max(n_valid, 1))
     if not field.any():
-        raise InvalidParameterError("the radiograph has no exposed field (every pixel is saturated or padding)",
-                                    path=image.source)
+        raise UnsupportedImageError(
+            "the radiograph has no exposed field (every pixel is saturated, padding or one value)",
+            path=image.source, fix="give the film itself, not a blank or fully burned-out frame")
     # grey-scale bars and labels burned in along the border are not the patient
     bands = burned_in_bands(pixels, field)
     if bands.any():

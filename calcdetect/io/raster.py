@@ -83,6 +83,28 @@ def read_raster(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def tiff_page_count(path: str | Path) -> int:
+    """How many pages (images) a TIFF file holds; 1 when it cannot be told.
+
+    Only the first page is read (:func:`read_raster`); the loader warns about the rest.
+    """
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            return max(1, len(tif.pages))
+    except ImportError:
+        pass
+    except Exception:  # a damaged file: read_raster says so
+        return 1
+    try:
+        import cv2
+
+        return max(1, int(cv2.imcount(str(path))))
+    except Exception:  # an OpenCV without imcount, or a path it cannot open
+        return 1
+
+
 def _imdecode_quiet(cv2, data: np.ndarray) -> np.ndarray | None:
     """``cv2.imdecode`` without OpenCV's own warnings on stderr (a damaged file is
     reported once, by calcdetect's error)."""
@@ -178,6 +200,11 @@ def load_raster(
     else:
         grey = arr.astype(np.float32)
     warns: list[str] = []
+    if Path(path).suffix.lower() in (".tif", ".tiff"):
+        pages = tiff_page_count(path)
+        if pages > 1:
+            warns.append(f"{Path(path).name}: the TIFF holds {pages} pages and only the first is analysed "
+                         "(save each page as a file of its own to analyse the others)")
     if invert:
         top = float(np.iinfo(arr.dtype).max) if np.issubdtype(arr.dtype, np.integer) else float(np.nanmax(grey))
         grey = (np.float32(top) - grey).astype(np.float32)
