@@ -269,7 +269,8 @@ def test_raster_png_8_and_16_bit(tmp_path, dtype):
     assert m.found >= len(big) and len(m.false) <= 1
 
 
-def test_multipage_tiff_reads_the_first_page_and_says_so(tmp_path):
+def test_tiff_pages_and_planar_rgb(tmp_path):
+    # a multi-page TIFF: the first page is read and a warning says how many there are
     tifffile = pytest.importorskip("tifffile")
     image, truth = radiograph_phantom(shape=(400, 400), foci=4, seed=5, lead_marker=False)
     first = image.pixels.astype(np.uint16)
@@ -280,6 +281,15 @@ def test_multipage_tiff_reads_the_first_page_and_says_so(tmp_path):
     tifffile.imwrite(tmp_path / "one.tif", first)
     single = calcdetect.load(tmp_path / "one.tif", modality="XRAY", pixel_size_mm=0.15)
     assert not [w for w in single.warnings if "pages" in w]
+    # planar RGB (samples stored one plane after another) reads like interleaved RGB
+    rgb = np.random.default_rng(0).integers(0, 255, (3, 50, 60)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "planar.tif", rgb, photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "contig.tif", np.moveaxis(rgb, 0, -1), photometric="rgb")
+    planar = calcdetect.load(tmp_path / "planar.tif", modality="US", pixel_size_mm=0.1)
+    contig = calcdetect.load(tmp_path / "contig.tif", modality="US", pixel_size_mm=0.1)
+    assert planar.shape == (50, 60)
+    np.testing.assert_array_equal(planar.pixels, contig.pixels)
+    np.testing.assert_array_equal(planar.color, contig.color)
 
 
 def test_a_blank_radiograph_is_an_unsupported_image_not_a_bad_option(tmp_path):

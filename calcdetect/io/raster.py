@@ -21,8 +21,9 @@ RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 def read_raster(path: str | Path) -> np.ndarray:
     """Read a raster file as stored: ``(rows, cols)`` grey or ``(rows, cols, 3)`` RGB.
 
-    TIFF is read with tifffile when installed (first page only, dtype kept), else
-    with OpenCV like PNG, JPEG and BMP.  An alpha channel is dropped.
+    TIFF is read with tifffile when installed (first page only, dtype kept; planar RGB
+    is turned to interleaved), else with OpenCV like PNG, JPEG and BMP.  An alpha
+    channel is dropped.
 
     Parameters
     ----------
@@ -54,7 +55,11 @@ def read_raster(path: str | Path) -> np.ndarray:
             import tifffile
 
             try:
-                arr = tifffile.imread(path, key=0)
+                with tifffile.TiffFile(path) as tif:
+                    page = tif.pages[0]
+                    arr = page.asarray()
+                    if arr.ndim == 3 and int(page.planarconfig) == 2:  # SEPARATE: (samples, rows, cols)
+                        arr = np.moveaxis(arr, 0, -1)
             except Exception as exc:  # tifffile raises many types on damaged files
                 raise UnreadableFileError(f"TIFF cannot be read ({type(exc).__name__}: {exc})", path=path) from exc
         except ImportError:
