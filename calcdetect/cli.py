@@ -55,6 +55,10 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
                    help="CT: calcium threshold in HU (default 130)")
     p.add_argument("--mass-calibration", type=_positive_float, metavar="MG_PER_MM3_HU", default=None,
                    help="CT: calcium mass calibration factor (mg per mm^3 per HU)")
+    p.add_argument("--contrast", choices=["yes", "no"], default=None,
+                   type=lambda t: {"true": "yes", "false": "no"}.get(t.lower(), t.lower()),
+                   help="CT: the scan is (not) contrast-enhanced (default: from ContrastBolusAgent/Route, "
+                        "else from an enhanced blood pool in the image)")
     p.add_argument("--series", metavar="UID", default=None,
                    help="which series to load when a folder holds several")
     p.add_argument("--frames", default=None, metavar="N|all",
@@ -63,7 +67,7 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
 
 #: The CT detector's command-line options: (flag, argparse dest, detect_ct keyword).
 _CT_OPTIONS = (("--region", "region", "region"), ("--threshold", "threshold", "threshold_hu"),
-               ("--mass-calibration", "mass_calibration", "mass_calibration"))
+               ("--mass-calibration", "mass_calibration", "mass_calibration"), ("--contrast", "contrast", "contrast"))
 
 
 def detector_options(args: argparse.Namespace, modality: str) -> dict:
@@ -74,8 +78,8 @@ def detector_options(args: argparse.Namespace, modality: str) -> dict:
     args : argparse.Namespace
         Parsed ``detect``/``annotate`` options.
     modality : {"CT", "XRAY", "US"}
-        The loaded image's modality: only CT takes ``--region``, ``--threshold`` and
-        ``--mass-calibration``.
+        The loaded image's modality: only CT takes ``--region``, ``--threshold``,
+        ``--mass-calibration`` and ``--contrast``.
 
     Returns
     -------
@@ -83,7 +87,10 @@ def detector_options(args: argparse.Namespace, modality: str) -> dict:
     """
     if modality != "CT":
         return {}
-    return {key: getattr(args, dest) for _, dest, key in _CT_OPTIONS if getattr(args, dest) is not None}
+    opts = {key: getattr(args, dest) for _, dest, key in _CT_OPTIONS if getattr(args, dest) is not None}
+    if "contrast" in opts:
+        opts["contrast"] = opts["contrast"] == "yes"
+    return opts
 
 
 def ignored_options(args: argparse.Namespace, modality: str) -> list[str]:

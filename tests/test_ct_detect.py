@@ -636,3 +636,83 @@ def test_refine_deep_window_test_equals_the_full_resolution_window(factor):
         assert set(replaced) == expect
         partial += 0 < len(expect) < nz
     assert partial >= 2  # the test saw both answers
+
+
+# ----------------------------------------------------------------------------- contrast
+def _pool_slice(disk_hu=180.0, radius_mm=10.0, ring_hu=None, texture_sd=0.0, seed=0):
+    """A 1 mm-pixel slice: soft tissue (40 HU), a disk (a vessel or marrow) of known
+    HU and radius at (60, 70), optionally inside a 3 mm ring (cortex), with 10 HU noise
+    plus texture of the given SD inside the disk."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:128, 0:128]
+    rr = np.hypot(yy - 60, xx - 70)
+    hu = np.full((128, 128), 40.0)
+    hu[rr <= radius_mm] = disk_hu
+    if texture_sd:
+        hu[rr <= radius_mm] += rng.normal(0, texture_sd, int((rr <= radius_mm).sum()))
+    if ring_hu is not None:
+        hu[(rr > radius_mm) & (rr <= radius_mm + 3)] = ring_hu
+    return (hu + rng.normal(0, 10, hu.shape)).astype(np.float32)
+
+
+def test_blood_pool_is_a_large_smooth_region_at_blood_density_outside_a_cortex():
+    from calcdetect.detect.contrast import blood_pool
+
+    pool = blood_pool(_pool_slice(), (1.0, 1.0))
+    assert pool is not None and (pool["row"], pool["col"]) == (60, 70)
+    assert 170 <= pool["median_hu"] <= 190 and pool["sd_hu"] < 20
+    # the inside begins 1.5 mm in from the outline, rounded to whole pixels: 2 px here
+    assert pool["interior_mm2"] == pytest.approx(np.pi * 8.0 ** 2, rel=0.05)
+    assert blood_pool(_pool_slice(disk_hu=50.0), (1.0, 1.0)) is None  # unenhanced blood
+    assert blood_pool(_pool_slice(radius_mm=6.0), (1.0, 1.0)) is None  # a 12 mm vessel: too small to tell
+    assert blood_pool(_pool_slice(texture_sd=80.0), (1.0, 1.0)) is None  # trabecular texture
+    assert blood_pool(_pool_slice(disk_hu=250.0, ring_hu=800.0), (1.0, 1.0)) is None  # marrow in a cortex
+    assert blood_pool(_pool_slice(disk_hu=900.0), (1.0, 1.0)) is None  # a dense deposit
+    # the same vessel is found in a volume, and the slice it lies on is named
+    vol = np.stack([_pool_slice(disk_hu=50.0, seed=1), _pool_slice(seed=2)])
+    assert blood_pool(vol, (3.0, 1.0, 1.0))["slice"] == 1
+
+
+def test_undeclared_enhancement_is_seen_in_the_image():
+    # a portal-venous abdomen whose ContrastBolusAgent was emptied by de-identification
+    image = calcdetect.load(get_testdata_file("explicit_VR-UN.dcm"))
+    assert not image.metadata.get("ContrastBolusAgent")
+    seen = calcdetect.detect(image, region="soft-tissue")
+    told_not = calcdetect.detect(image, region="soft-tissue", contrast=False)
+    assert seen.parameters["contrast_source"] == "image" and seen.parameters["contrast_enhanced"]
+    assert told_not.parameters["contrast_source"] == "user" and not told_not.parameters["contrast_enhanced"]
+    # enhanced vessels peaking at 130-200 HU were "calcifications" before
+    assert told_not.count >= 80 and seen.count <= 15
+    assert seen.parameters["components_faint_contrast"] >= 70
+    assert all(f.peak >= 200 for f in seen.findings)
+    assert [w for w in seen.warnings if "seen in the image, not in the header" in w and "--contrast no" in w]
+    # unenhanced real slices (head, spine) and the CT phantom show no blood pool
+    for name in ("693_UNCR.dcm", "bad_sequence.dcm", "J2K_pixelrep_mismatch.dcm", "eCT_Supplemental.dcm"):
+        rep = calcdetect.detect(calcdetect.load(get_testdata_file(name)), region="soft-tissue")
+        assert rep.parameters["contrast_source"] is None, name
+    phantom, _ = ct_phantom(seed=3)
+    assert calcdetect.detect(phantom).parameters["contrast_source"] is None
+
+
+@pytest.mark.skipif(not SERIES.exists(), reason="shared CT series not available")
+def test_enhancement_of_a_series_without_its_tag():
+    image = calcdetect.load(SERIES)
+    assert image.metadata.get("ContrastBolusAgent") == "APPLIED"
+    assert calcdetect.detect(image).parameters["contrast_source"] == "header"
+    untagged = image.with_pixels(image.pixels, metadata={k: v for k, v in image.metadata.items()
+                                                          if not k.startswith("ContrastBolus")})
+    rep = calcdetect.detect(untagged)
+    assert rep.parameters["contrast_source"] == "image"
+    assert any("looks like an enhanced blood pool" in w for w in rep.warnings)
+
+
+def test_cli_contrast_option(capsys):
+    from calcdetect.cli import main
+
+    path = get_testdata_file("explicit_VR-UN.dcm")
+    assert main(["detect", path, "--region", "soft-tissue", "--contrast", "no", "--compact"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["parameters"]["contrast"] is False and data["count"] >= 80
+    assert main(["detect", path, "--region", "soft-tissue", "--contrast", "yes", "--compact"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["parameters"]["contrast_source"] == "user" and data["count"] <= 15

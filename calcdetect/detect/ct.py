@@ -128,6 +128,7 @@ def detect_ct(
     size_method: str = "half-max",
     contrast_min_peak_hu: float | None = 200.0,
     anatomy_pixel_mm: float | None = ANATOMY_PIXEL_MM,
+    contrast: bool | None = None,
 ) -> Report:
     """Find soft-tissue calcifications on a CT slice or series.
 
@@ -158,9 +159,15 @@ def detect_ct(
     size_method : {"half-max", "threshold"}
         How each finding's extent is measured (see module docstring).
     contrast_min_peak_hu : float or None
-        On a contrast-enhanced scan (ContrastBolusAgent/Route present), foci peaking
-        below this (200 HU) are set aside: small enhanced vessels peak at 130-200 HU,
-        calcium usually well above.  ``None`` keeps them.  The warning says how many.
+        On a contrast-enhanced scan (see ``contrast``), foci peaking below this (200 HU)
+        are set aside: small enhanced vessels peak at 130-200 HU, calcium usually well
+        above.  ``None`` keeps them.  The warning says how many.
+    contrast : bool or None
+        Whether the scan is contrast-enhanced.  ``None`` (default): yes when the header
+        records ContrastBolusAgent/Route; when it records neither (de-identification
+        empties them), yes when the image shows an enhanced blood pool
+        (:func:`calcdetect.detect.contrast.blood_pool`), and the warning says where.
+        ``True`` / ``False`` decide it (CLI ``--contrast yes|no``).
     anatomy_pixel_mm : float or None
         Working pixel (mm) of the anatomy maps (body, deep core, internal air): the slice
         is reduced by the integer factor nearest to this over the pixel size (1.5 mm:
@@ -288,14 +295,14 @@ def detect_ct(
         keep &= roi[cz, cy, cx]
     if int(metal.sum()):
         warnings.append(f"{int(metal.sum())} metal-dense object(s) (>= {metal_hu:g} HU) were set aside")
-    contrast = image.metadata.get("ContrastBolusAgent") or image.metadata.get("ContrastBolusRoute")
+    enhanced, why, contrast_source = _contrast(image, hu, spacing3, has_spacing, threshold_hu, contrast)
     faint = np.zeros(n, bool)
-    if contrast and contrast_min_peak_hu is not None:
+    if enhanced and contrast_min_peak_hu is not None:
         faint = keep & (peak < contrast_min_peak_hu)
         keep &= ~faint
-    if contrast:
+    if enhanced:
         warnings.append(
-            f"contrast-enhanced scan (ContrastBolusAgent {contrast!r}): enhanced vessels, kidneys "
+            f"contrast-enhanced scan ({why}): enhanced vessels, kidneys "
             "and bowel contrast also exceed the calcium threshold"
             + ("; only skin and subcutaneous foci are reported" if region == "skin" else
                "; findings in deep soft tissue may be contrast, not calcium")
@@ -356,10 +363,34 @@ def detect_ct(
             "components_total": n, "components_skeleton": int((skeleton & ~noise & ~metal).sum()),
             "components_noise": int(noise.sum()), "components_metal": int(metal.sum()),
             "contrast_min_peak_hu": contrast_min_peak_hu, "components_faint_contrast": int(faint.sum()),
+            "contrast": contrast, "contrast_enhanced": enhanced, "contrast_source": contrast_source,
         },
         spacing_source=image.spacing_source,
         labels=labels_out,
     )
+
+
+def _contrast(image: Image, hu: np.ndarray, spacing3: tuple[float, float, float], has_spacing: bool,
+              threshold_hu: float, contrast: bool | None) -> tuple[bool, str, str | None]:
+    """Whether the scan is contrast-enhanced, why (for the warning), and from where:
+    ``"user"``, ``"header"``, ``"image"`` or None (not enhanced, nothing said so)."""
+    tag = image.metadata.get("ContrastBolusAgent") or image.metadata.get("ContrastBolusRoute")
+    if contrast is not None:
+        return bool(contrast), f"contrast={bool(contrast)} given by the user", "user"
+    if tag:
+        return True, f"ContrastBolusAgent {tag!r}", "header"
+    if not has_spacing:
+        return False, "", None  # the blood-pool test measures areas in mm
+    from .contrast import blood_pool
+
+    pool = blood_pool(hu, spacing3, threshold_hu=threshold_hu)
+    if pool is None:
+        return False, "", None
+    where = (f"slice {pool['slice']}, " if image.ndim == 3 else "") + f"row {pool['row']}, col {pool['col']}"
+    return True, (
+        f"seen in the image, not in the header: a smooth {pool['median_hu']:.0f} HU region of "
+        f"{pool['interior_mm2']:.0f} mm^2 at {where} looks like an enhanced blood pool; if the scan is "
+        "unenhanced, pass contrast=False / --contrast no"), "image"
 
 
 def _candidate_mask(hu: np.ndarray, threshold: float, body, valid: np.ndarray | None,
