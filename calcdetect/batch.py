@@ -255,7 +255,7 @@ def find_inputs(folder: str | Path, *, exclude: Iterable[str | Path] = ()) -> tu
       :func:`calcdetect.io.ct.series_key`).  A CT series of several files is one job;
       every other DICOM file is a job of its own.  When a series' files repeat a
       SOPInstanceUID (a copied series), it is split by folder.
-    - Any other file is an error ("not DICOM, PNG, JPEG or TIFF"), as is a DICOM file
+    - Any other file is an error ("not DICOM, PNG, JPEG, TIFF or BMP"), as is a DICOM file
       whose header cannot be read.
 
     Parameters
@@ -303,7 +303,7 @@ def find_inputs(folder: str | Path, *, exclude: Iterable[str | Path] = ()) -> tu
         if err is not None:
             if "not a DICOM file" in err.reason:  # the error load() gives for it
                 errors.append(InputError(rel(p), "UnreadableFileError",
-                                         "not a DICOM, PNG, JPEG or TIFF file"))
+                                         "not a DICOM, PNG, JPEG, TIFF or BMP file"))
             else:
                 errors.append(InputError(rel(p), type(err).__name__, _reason(err)))
             continue
@@ -1038,7 +1038,7 @@ def add_annotate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
             "Exit status: 0 all inputs analysed, 1 some failed (see errors.csv), 2 bad usage."
         ),
     )
-    p.add_argument("folder", help="folder of DICOM, PNG, JPEG or TIFF files (searched recursively)")
+    p.add_argument("folder", help="folder of DICOM, PNG, JPEG, TIFF or BMP files (searched recursively)")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created)")
     p.add_argument("--jobs", "-j", type=_positive_int, default=None, metavar="N",
                    help="worker processes (default: one per CPU; 1 = no subprocesses)")

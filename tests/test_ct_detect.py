@@ -686,6 +686,10 @@ def test_undeclared_enhancement_is_seen_in_the_image():
     assert seen.parameters["components_faint_contrast"] >= 70
     assert all(f.peak >= 200 for f in seen.findings)
     assert [w for w in seen.warnings if "seen in the image, not in the header" in w and "--contrast no" in w]
+    # without a spacing the test runs at the 1 mm pixels the detector assumes, and says so
+    bare = calcdetect.detect(image.with_pixels(image.pixels, spacing_mm=None), region="soft-tissue")
+    assert bare.parameters["contrast_source"] == "image"
+    assert [w for w in bare.warnings if "taken as 1 mm each: the image has no spacing" in w]
     # unenhanced real slices (head, spine) and the CT phantom show no blood pool
     for name in ("693_UNCR.dcm", "bad_sequence.dcm", "J2K_pixelrep_mismatch.dcm", "eCT_Supplemental.dcm"):
         rep = calcdetect.detect(calcdetect.load(get_testdata_file(name)), region="soft-tissue")

@@ -379,17 +379,19 @@ def _contrast(image: Image, hu: np.ndarray, spacing3: tuple[float, float, float]
         return bool(contrast), f"contrast={bool(contrast)} given by the user", "user"
     if tag:
         return True, f"ContrastBolusAgent {tag!r}", "header"
-    if not has_spacing:
-        return False, "", None  # the blood-pool test measures areas in mm
     from .contrast import blood_pool
 
+    # without a spacing the areas are judged at the 1 mm pixels the size limits assume
+    # (CT pixels are 0.5-1 mm, so a vessel looks no smaller than it is)
     pool = blood_pool(hu, spacing3, threshold_hu=threshold_hu)
     if pool is None:
         return False, "", None
     where = (f"slice {pool['slice']}, " if image.ndim == 3 else "") + f"row {pool['row']}, col {pool['col']}"
+    size = (f"{pool['interior_mm2']:.0f} mm^2" if has_spacing
+            else f"{pool['interior_mm2']:.0f} pixels (taken as 1 mm each: the image has no spacing)")
     return True, (
         f"seen in the image, not in the header: a smooth {pool['median_hu']:.0f} HU region of "
-        f"{pool['interior_mm2']:.0f} mm^2 at {where} looks like an enhanced blood pool; if the scan is "
+        f"{size} at {where} looks like an enhanced blood pool; if the scan is "
         "unenhanced, pass contrast=False / --contrast no"), "image"
 
 

@@ -270,7 +270,7 @@ def read_header(path: str | Path, *, stop_before_pixels: bool = True,
                 raise UnreadableFileError(
                     "is not a DICOM file (no DICM prefix, no image tags)",
                     path=path,
-                    fix="give a DICOM, PNG, JPEG or TIFF file",
+                    fix="give a DICOM, PNG, JPEG, TIFF or BMP file",
                 ) from None
         # convert every element now (nested sequences too), so damaged values fail
         # here, with a clear message, and not deep inside a loader or detector
