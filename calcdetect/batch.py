@@ -491,7 +491,12 @@ def _applied_load_options(job: Job, load_options: Mapping[str, Any] | None,
             opts.pop("pixel_size_mm", None)
     if not opts.get("invert"):
         opts.pop("invert", None)
-    return json.loads(json.dumps(opts))  # tuples become lists, as in the JSON read back
+    return _plain(opts)
+
+
+def _plain(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Options as the JSON report holds them (tuples become lists), for comparing."""
+    return json.loads(json.dumps(dict(options)))
 
 
 def run_job(
@@ -542,6 +547,7 @@ def run_job(
         data["input"] = job.input
         own_spacing = image.spacing_mm is not None and image.spacing_source != USER_SPACING
         data["load_options"] = _applied_load_options(job, load_options, own_spacing)
+        data["detect_options"] = _plain(_split_options(detect_options, image.modality))
         if write_outputs:
             from .render import save_overlay
 
@@ -632,9 +638,13 @@ def _up_to_date(job: Job, out: Path, detect_options: Mapping[str, Any] | None,
         return None
     if not isinstance(data, dict):
         return None
-    params = data.get("parameters") or {}
-    for key, value in _split_options(detect_options, data.get("modality", "")).items():
-        if key in params and params[key] != value:
+    asked = _split_options(detect_options, data.get("modality", ""))
+    if "detect_options" in data:  # the options the report was made with, as given
+        if _plain(asked) != data["detect_options"]:
+            return None
+    else:  # a report from before they were recorded: compare what its parameters show
+        params = data.get("parameters") or {}
+        if any(key in params and params[key] != value for key, value in asked.items()):
             return None
     own_spacing = data.get("spacing_mm") is not None and data.get("spacing_source") != USER_SPACING
     if _applied_load_options(job, load_options, own_spacing) != (data.get("load_options") or {}):

@@ -247,6 +247,11 @@ def test_resume_skips_up_to_date_and_overwrite_redoes(folder, tmp_path):
     # a changed detector option makes the reports stale
     fifth = annotate(folder, out, jobs=1, quiet=True, detect_options={"CT": {"region": "all"}})
     assert sorted(fifth.processed) == sorted(j for j in good if j in ("ct/series", "single/CT_small.dcm"))
+    # ... and so does dropping it again (back to the default)
+    sixth = annotate(folder, out, jobs=1, quiet=True)
+    assert sorted(sixth.processed) == sorted(fifth.processed)
+    assert json.loads((out / "single" / "CT_small.dcm.json").read_text())["parameters"]["region"] == "skin"
+    assert not annotate(folder, out, jobs=1, quiet=True).processed
 
 
 def test_resume_redoes_exactly_the_inputs_a_changed_load_option_changes(folder, tmp_path):
