@@ -720,3 +720,25 @@ def test_cli_contrast_option(capsys):
     assert main(["detect", path, "--region", "soft-tissue", "--contrast", "yes", "--compact"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["parameters"]["contrast_source"] == "user" and data["count"] <= 15
+
+
+# ----------------------------------------------------------------------------- lossy
+def test_lossy_ct_is_said_and_a_ratio_that_makes_artefacts_is_named():
+    from calcdetect.lossy import compression_ratio
+
+    # the same head slice: lossless, and JPEG 2000 at 339:1 (its artefacts at the skull
+    # and scalp exceed 130 HU: 8 small faint "foci" against none)
+    lossless = calcdetect.detect(calcdetect.load(get_testdata_file("693_J2KR.dcm")))
+    lossy_image = calcdetect.load(get_testdata_file("693_J2KI.dcm"))
+    assert compression_ratio(lossy_image) == pytest.approx(338.687, abs=0.01)
+    lossy = calcdetect.detect(lossy_image)
+    assert lossless.count == 0 and not [w for w in lossless.warnings if "lossy" in w]
+    assert lossy.count > 0
+    assert [w for w in lossy.warnings if "ratio 339:1" in w and "use the original images" in w]
+    # a mild ratio is said, without the artefact warning; several ratios compound
+    base = calcdetect.load(get_testdata_file("693_UNCR.dcm"))
+    mild = base.with_pixels(base.pixels, metadata={"LossyImageCompression": "01",
+                                                   "LossyImageCompressionRatio": ["5", "4"]})
+    assert compression_ratio(mild) == 20.0
+    said = [w for w in calcdetect.detect(mild).warnings if "lossy" in w]
+    assert len(said) == 1 and "ratio 20:1" in said[0] and "use the original" not in said[0]

@@ -425,3 +425,22 @@ def test_parallel_each_raises_like_an_executor_map(workers):
         _parallel_each(interrupted, 20, workers)
     assert set(range(10)) <= ran
     _parallel_each(lambda i: None, 0, workers)
+
+
+def test_a_lossless_copy_of_a_slice_wins_over_a_lossy_one(tmp_path):
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    # the same head slice four times: 693_UNCI holds the pixels of the 339:1 JPEG 2000
+    # copy (LossyImageCompression 01), decoded; UNCR and J2KR are lossless
+    for name in ("693_UNCI.dcm", "693_J2KI.dcm", "693_J2KR.dcm", "693_UNCR.dcm"):
+        shutil.copy(get_testdata_file(name), tmp_path / name)
+    image = calcdetect.load(tmp_path)
+    assert image.metadata["files"] == [str(tmp_path / "693_UNCR.dcm")]  # lossless, and the larger file
+    assert "LossyImageCompression" not in image.metadata
+    assert any("693_UNCI.dcm (same position as 693_UNCR.dcm)" in w for w in image.warnings)
+    # with only lossy copies the series says it is lossy, whichever copy is kept
+    for name in ("693_J2KR.dcm", "693_UNCR.dcm"):
+        (tmp_path / name).unlink()
+    assert calcdetect.load(tmp_path).metadata["LossyImageCompression"] == "01"

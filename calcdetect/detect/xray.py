@@ -65,12 +65,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from pydicom import uid
 
 from ..distribution import describe_distribution
 from ..errors import InvalidParameterError, UnsupportedImageError
 from ..image import Image
 from ..io.raster import RASTER_SUFFIXES
+from ..lossy import lossy_compressed
 from ..measure import filter_labels, label, regionprops_table, select
 from ..report import Finding, Report
 
@@ -137,25 +137,6 @@ LOSSY_CLASSIFIER_CUT = CLASSIFIER_CUT + (LOSSY_LUNG_CLASSIFIER_CUT - LUNG_CLASSI
 #: developed at 0.1-0.2 mm.  RG1 and RG3 halved in size and stated at 0.3 or 0.4 mm give
 #: 2-4 findings on the untouched films; at the plates' own pixel size they give 0-1.
 COARSEST_PIXEL_MM = 0.25
-#: Transfer syntaxes that are always lossy (JPEG baseline / extended, JPEG-LS near-lossless).
-_LOSSY_TRANSFER_SYNTAXES = frozenset({str(uid.JPEGBaseline8Bit), str(uid.JPEGExtended12Bit), str(uid.JPEGLSNearLossless)})
-
-
-def lossy_compressed(image: Image) -> bool:
-    """Whether the image's pixels went through lossy compression.
-
-    DICOM says so with ``LossyImageCompression`` "01" (kept even after decompression, as
-    in RG1_UNCI) or a transfer syntax that is always lossy; a JPEG raster file
-    (``.jpg``/``.jpeg``, which :func:`calcdetect.io.raster.load_raster` records as the
-    ``format``) always is.  A PNG or TIFF file, or a DICOM file without the tag, is not
-    taken as lossy.
-    """
-    meta = image.metadata or {}
-    return (str(meta.get("LossyImageCompression", "")).strip() == "01"
-            or str(meta.get("TransferSyntaxUID", "")) in _LOSSY_TRANSFER_SYNTAXES
-            or str(meta.get("format", "")).lower() in ("jpg", "jpeg"))
-
-
 def display_rendering(image: Image) -> bool:
     """Whether the image is an 8-bit rendering: a PNG/JPEG/TIFF/BMP file of 8 bits (grey or
     colour), or a DICOM radiograph with ``BitsStored`` of 8 or less (a secondary capture).

@@ -282,9 +282,11 @@ def _step_only(geometry: dict[str, Any]) -> dict[str, Any]:
 class _Slice:
     """Header facts of one slice (file or frame) used to order and stack a series."""
 
-    __slots__ = ("path", "position", "orientation", "spacing", "instance", "frame", "ds", "shape", "sop")
+    __slots__ = ("path", "position", "orientation", "spacing", "instance", "frame", "ds", "shape", "sop", "lossy")
 
-    def __init__(self, path, position, orientation, spacing, instance, frame=None, ds=None, shape=None, sop=None):
+    def __init__(self, path, position, orientation, spacing, instance, frame=None, ds=None, shape=None, sop=None,
+                 lossy=False):
+        self.lossy = lossy  # LossyImageCompression "01": a lossy copy loses to a lossless one
         self.path = path
         self.position = position
         self.orientation = orientation
@@ -337,16 +339,19 @@ def _assemble(slices: list[_Slice], planes: list[np.ndarray] | None, source: str
     order = np.argsort(dist, kind="stable")
     ordered_idx = [keep_idx[k] for k in order]
     dist = dist[order]
-    # duplicates: same position (within 1/100 mm).  Of each group the largest file is
-    # kept (the first in file order on a tie): a truncated or pixel-less copy of a slice
-    # is smaller than the good one, which would otherwise be dropped in its favour
+    # duplicates: same position (within 1/100 mm).  Of each group a lossless copy is
+    # kept over a lossy one (LossyImageCompression "01"), then the largest file (the
+    # first in file order on a tie): a truncated or pixel-less copy of a slice is smaller
+    # than the good one, which would otherwise be dropped in its favour
     dup = np.concatenate([[False], np.diff(dist) < 1e-2])
     if dup.any():
         starts = list(np.flatnonzero(~dup)) + [len(ordered_idx)]
         kept, kept_dist, pairs = [], [], []
         for a, b in zip(starts[:-1], starts[1:]):
             members = ordered_idx[a:b]
-            best = int(np.argmax([_file_size(slices[i].path) for i in members])) if len(members) > 1 else 0
+            best = (max(range(len(members)), key=lambda k: (not slices[members[k]].lossy,
+                                                            _file_size(slices[members[k]].path)))
+                    if len(members) > 1 else 0)
             kept.append(members[best])
             kept_dist.append(dist[a + best])
             pairs += [(Path(str(slices[i].path)).name, Path(str(slices[members[best]].path)).name)
@@ -408,6 +413,7 @@ _SCAN_KEYWORDS = (
     "FrameOfReferenceUID", "Rows", "Columns", "ImagePositionPatient", "ImageOrientationPatient",
     "PixelSpacing", "InstanceNumber", "RescaleSlope", "RescaleIntercept", "BitsAllocated", "BitsStored",
     "PixelRepresentation", "SamplesPerPixel", "NumberOfFrames", "PhotometricInterpretation",
+    "LossyImageCompression",
 )
 
 
@@ -947,6 +953,7 @@ def _load_ct_series(folder, series_uid, budget, files, prefault: list[_Prefault]
             spacing=positive_spacing(floats_of(value(p, ds, "PixelSpacing"), 2)),
             instance=_known(facts[str(p)], ds, "InstanceNumber"),
             sop=str(_known(facts[str(p)], ds, "SOPInstanceUID", "")),
+            lossy=str(value(p, ds, "LossyImageCompression") or "").strip() == "01",
         )
         for p, ds in files
     ]
@@ -997,9 +1004,14 @@ def _load_ct_series(folder, series_uid, budget, files, prefault: list[_Prefault]
 
     nonfinite: list[int] = []
     _parallel_each(read_plane, len(ordered), _workers())
-    if scanned:  # the scan kept only some elements: metadata comes from the whole header
-        first = read_header(files[0][0], stop_before_pixels=True, touch_values=False)
-    meta = basic_metadata(first)
+    # metadata from the first slice kept (a dropped duplicate may be a lossy copy); when
+    # the scan kept only some elements, from its whole header
+    head = headers[ordered[0].path]
+    if scanned:
+        head = read_header(ordered[0].path, stop_before_pixels=True, touch_values=False)
+    meta = basic_metadata(head)
+    if any(s.lossy for s in ordered) and meta.get("LossyImageCompression") != "01":
+        meta["LossyImageCompression"] = "01"  # some kept slice went through lossy compression
     meta["SOPInstanceUIDs"] = [s.sop for s in ordered]
     meta["files"] = [s.path for s in ordered]
     # every slice finite (almost always known without reading it): no second pass
