@@ -437,6 +437,8 @@ def test_a_lossless_copy_of_a_slice_wins_over_a_lossy_one(tmp_path):
     for name in ("693_UNCI.dcm", "693_J2KI.dcm", "693_J2KR.dcm", "693_UNCR.dcm"):
         shutil.copy(get_testdata_file(name), tmp_path / name)
     image = calcdetect.load(tmp_path)
+    # copies of one slice load as that slice: no slice spacing is made up for a volume
+    assert image.ndim == 2 and image.spacing_mm == pytest.approx((0.478516, 0.478516))
     assert image.metadata["files"] == [str(tmp_path / "693_UNCR.dcm")]  # lossless, and the larger file
     assert "LossyImageCompression" not in image.metadata
     assert any("693_UNCI.dcm (same position as 693_UNCR.dcm)" in w for w in image.warnings)

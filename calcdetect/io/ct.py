@@ -959,6 +959,12 @@ def _load_ct_series(folder, series_uid, budget, files, prefault: list[_Prefault]
     ]
     _, geometry, geo_warns = _assemble(slices, None, str(folder))
     ordered: list[_Slice] = geometry["ordered"]
+    if len(ordered) == 1:
+        # copies of one slice: a slice, not a volume (it has no slice spacing to measure
+        # volumes with)
+        image = load_ct_file(ordered[0].path, budget=budget)
+        image.warnings[:0] = warns + geo_warns
+        return image
 
     headers = {str(p): ds for p, ds in files}
     shape = (rows, cols)
