@@ -476,3 +476,28 @@ def test_link_cine_findings_tolerance():
     assert link_cine_findings([f(0, 0.0), f(3, 0.0)]).tolist() == [1, 2]
     assert link_cine_findings([f(0, 0.0), f(3, 0.0)], max_gap_frames=3).tolist() == [1, 1]
     assert link_cine_findings([]).size == 0
+
+
+def test_tissue_level_leaves_out_anechoic_fluid():
+    from calcdetect.detect.ultrasound import tissue_level
+
+    rng = np.random.default_rng(0)
+    tissue = rng.normal(100, 10, 6000)
+    fluid = rng.normal(3, 1, 4000).clip(0)  # a chamber: 40 % of the region, near black
+    bright = np.full(60, 240.0)  # interfaces
+    level = tissue_level(np.concatenate([tissue, fluid, bright]))
+    assert 98 <= level <= 104  # the tissue's median, not pulled down by the fluid
+    assert tissue_level(np.zeros(100)) == 0.0 and tissue_level(np.array([])) == 0.0
+
+
+def test_no_finding_on_a_speckle_in_a_heart_chamber():
+    # deid-data's echocardiogram (cine, colour Doppler): a 1 mm speckle of echo level 23
+    # in the dark ventricle, over an even darker path, passed the shadow test; soft
+    # tissue there is several times brighter, so it is not hyperechoic
+    deid_data = pytest.importorskip("deid_data")
+    from pathlib import Path
+
+    path = Path(deid_data.__file__).resolve().parent / "data" / "ultrasounds" / "ultrasound-multiframe.dcm"
+    report = detect(load(path))
+    assert report.count == 0
+    assert report.parameters["components_dim"] >= 1

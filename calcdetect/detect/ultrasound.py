@@ -17,7 +17,9 @@ Pipeline, per B-mode region (docs/ultrasound.md):
 4. Candidates: smoothed signal at least ``z_threshold`` spreads above the
    background and ``ratio`` times it; each candidate is measured at half maximum
    between its background and its peak (size robust to blur), with
-   :mod:`calcdetect.measure`.  Thin line echoes (short axis < 3 mm and long axis
+   :mod:`calcdetect.measure`.  Its peak must also reach the region's soft-tissue level
+   (:func:`tissue_level`): beside a heart chamber or a cyst the same-depth background is
+   the fluid's, and a speckle there is not hyperechoic.  Thin line echoes (short axis < 3 mm and long axis
    > 3 x short: fascia, valve leaflets, specular interfaces -- but also the bright
    surface of a large calcification) must show a strong shadow (contrast >= 0.6)
    and be at most 18 mm long.
@@ -168,6 +170,35 @@ def _beam_to_px(t: np.ndarray, s: np.ndarray, geom: dict, spacing: tuple[float, 
 
 
 # --------------------------------------------------------------------------- background
+def tissue_level(echo: np.ndarray) -> float:
+    """The typical soft-tissue echo of a B-mode region: the median of its pixels that
+    are not anechoic (brighter than a tenth of its 99th percentile: blood, fluid and
+    the dark outside of the beam are left out).
+
+    A calcification is hyperechoic: at least this bright.  The same-depth background
+    of step 3 is not enough alone: beside a heart chamber or a cyst it is the fluid's
+    near-zero echo, and a speckle there is many times brighter than it.
+
+    Parameters
+    ----------
+    echo : ndarray
+        The smoothed pixels of the region.
+
+    Returns
+    -------
+    float
+        0 for an empty or black region.
+    """
+    echo = np.asarray(echo, dtype=np.float32).ravel()
+    if echo.size == 0:
+        return 0.0
+    top = float(np.percentile(echo, 99))
+    if top <= 0:
+        return 0.0
+    return float(np.median(echo[echo > 0.1 * top]))
+
+
+
 def _window_quantiles(grid: np.ndarray, kh: int, kw: int, min_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """25th, 50th and 75th percentiles of the finite values in a kh x kw window."""
     from numpy.lib.stride_tricks import sliding_window_view
@@ -484,7 +515,7 @@ def detect_ultrasound(
     masks = ([mask] if image.ndim == 2 else list(mask)) if mask is not None else [None] * len(frames)
     all_rows: list[dict[str, Any]] = []
     labels_out = np.zeros(image.shape, np.int32)
-    stats = {"candidates": 0, "no_shadow": 0, "untestable": 0, "size": 0, "line": 0, "overlay": 0}
+    stats = {"candidates": 0, "no_shadow": 0, "untestable": 0, "size": 0, "line": 0, "overlay": 0, "dim": 0}
     rejected: list[dict[str, Any]] | None = [] if explain else None
     geoms: list[dict[str, Any]] = []
     for f, (pix, val, roi) in enumerate(zip(frames, valids, masks)):
@@ -649,6 +680,7 @@ def _detect_frame(image, pix, val, roi, params, stats, rejected):
         sig2 = 0.5 * sig
         fine = cv2.GaussianBlur(pix.astype(np.float32), (0, 0), sigmaX=float(sig2[1]), sigmaY=float(sig2[0]))
         bg, sd = _background(smooth, valid, geom, sp, params["background_mm"], 3.0)
+        tissue = tissue_level(smooth[valid])
         floor = 2.0 + 0.05 * bg
         z = (smooth - bg) / np.maximum(sd, floor)
         cand = valid & (z >= 0.5 * params["z_threshold"]) & (smooth >= params["ratio"] * bg)
@@ -687,7 +719,12 @@ def _detect_frame(image, pix, val, roi, params, stats, rejected):
             xx = xx + c0
             area = yy.size * sp[0] * sp[1]
             eqd = float(np.sqrt(4 * area / np.pi))
-            reason, sh = _judge(yy, xx, eqd, smooth, valid, geom, sp, params)
+            if peak < tissue:
+                # brighter than the blood or fluid around it, but not than soft tissue:
+                # not hyperechoic (a speckle in a heart chamber or a cyst)
+                reason, sh = f"dim: peak {peak:.0f} below the tissue level {tissue:.0f}", None
+            else:
+                reason, sh = _judge(yy, xx, eqd, smooth, valid, geom, sp, params)
             if reason is not None:
                 stats[reason.split(":")[0]] += 1
                 if rejected is not None:
