@@ -427,30 +427,41 @@ def _split_options(detect_options: Mapping[str, Any] | None, modality: str) -> d
     return dict(detect_options)
 
 
-def _load(job: Job, load_options: Mapping[str, Any]):
-    """Load a job's image.  Raster files take modality and pixel size from their sidecar,
-    else from the options; DICOM inputs keep their own spacing and modality, and the
-    options only fill in what a file lacks (a pixel size for a radiograph with none, a
-    modality for a secondary capture)."""
-    from .io import _apply_pixel_size, load
-
-    opts = {k: v for k, v in dict(load_options or {}).items() if v is not None}
-    opts.pop("series_uid", None)
-    pixel_size = opts.pop("pixel_size_mm", None)
+def _job_load_options(job: Job, load_options: Mapping[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """The load options that apply to ``job``, and the ``spacing_source`` of its pixel
+    size.  Raster files take modality, inversion and pixel size from their sidecar, else
+    from the options; DICOM inputs ignore ``invert`` (MONOCHROME1 says it) and, when they
+    name their modality, ``modality``."""
+    opts = {k: v for k, v in dict(load_options or {}).items() if v is not None and k != "series_uid"}
+    note = USER_SPACING
     if job.kind == "raster":
         opts.pop("frame", None)
-        note = USER_SPACING
         side = read_sidecar(job.paths[0])
         if side is not None:
             meta, side_path = side
-            opts.update({k: v for k, v in meta.items() if k in ("modality", "invert")})
+            opts.update({k: v for k, v in meta.items() if k in ("modality", "invert", "pixel_size_mm")})
             if "pixel_size_mm" in meta:
-                pixel_size, note = meta["pixel_size_mm"], f"sidecar {side_path.name}"
+                note = f"sidecar {side_path.name}"
+    else:
+        opts.pop("invert", None)
+        if job.modality in MODALITIES:
+            opts.pop("modality", None)  # the file says it itself
+    return opts, note
+
+
+def _load(job: Job, load_options: Mapping[str, Any]):
+    """Load a job's image with the options that apply to it (:func:`_job_load_options`);
+    DICOM inputs keep their own spacing, and a pixel size only fills in one that a
+    file lacks (a radiograph with none)."""
+    from .io import _apply_pixel_size, load
+
+    opts, note = _job_load_options(job, load_options)
+    pixel_size = opts.pop("pixel_size_mm", None)
+    if job.kind == "raster":
         image = load(job.paths[0], pixel_size_mm=pixel_size, **opts)
         if pixel_size is not None:
             image.spacing_source = note
         return image
-    opts.pop("invert", None)  # DICOM says how it stores dense tissue (MONOCHROME1)
     if job.kind == "series":
         from .io.ct import load_ct_series
         from .io.dicom import read_header
@@ -459,8 +470,6 @@ def _load(job: Job, load_options: Mapping[str, Any]):
         folder = Path(os.path.commonpath([str(Path(p).parent) for p in job.paths]))
         image = load_ct_series(folder, files=files, budget=opts.get("max_pixels"))
     else:
-        if job.modality in MODALITIES:
-            opts.pop("modality", None)  # the file says it itself
         image = load(job.paths[0], **opts)
     if pixel_size is not None and image.spacing_mm is None:
         image = _apply_pixel_size(image, pixel_size)
@@ -473,22 +482,12 @@ def _applied_load_options(job: Job, load_options: Mapping[str, Any] | None,
 
     Recorded in each report as ``"load_options"`` and compared on resuming, so that a
     changed ``--pixel-size``, ``--modality`` or ``--invert`` redoes exactly the inputs it
-    changes.  Mirrors :func:`_load`: a raster sidecar wins over the options; a DICOM
-    input ignores ``invert`` and, when it names its modality, ``modality``; a pixel size
-    only counts for an input without a spacing of its own (``spacing_from_file`` False).
+    changes: those of :func:`_job_load_options`, less a pixel size that a DICOM input
+    did not use (``spacing_from_file``: it has a spacing of its own) and ``invert=False``.
     """
-    opts = {k: v for k, v in dict(load_options or {}).items() if v is not None and k != "series_uid"}
-    if job.kind == "raster":
-        opts.pop("frame", None)
-        side = read_sidecar(job.paths[0])
-        if side is not None:
-            opts.update({k: v for k, v in side[0].items() if k in ("modality", "invert", "pixel_size_mm")})
-    else:
-        opts.pop("invert", None)
-        if job.modality in MODALITIES:
-            opts.pop("modality", None)
-        if spacing_from_file:
-            opts.pop("pixel_size_mm", None)
+    opts, _ = _job_load_options(job, load_options)
+    if job.kind != "raster" and spacing_from_file:
+        opts.pop("pixel_size_mm", None)
     if not opts.get("invert"):
         opts.pop("invert", None)
     return _plain(opts)

@@ -35,6 +35,7 @@ import numpy as np
 from ..distribution import describe_distribution, side_from_patient_x
 from ..errors import InvalidParameterError
 from ..image import Image
+from ..lossy import compression_ratio, lossy_compressed
 from ..measure import _foreground, filter_labels, label, nonzero_rc, regionprops_table, select, sparse_zeros
 from ..report import Finding, Report
 from .anatomy import ANATOMY_PIXEL_MM, BlockMap, _each_slice, _slice_box, anatomy_factor, ct_anatomy_reduced
@@ -381,8 +382,6 @@ LOSSY_ARTEFACT_RATIO = 50.0
 
 def _lossy_warning(image: Image) -> str | None:
     """What a user must know about a lossy-compressed CT, or None."""
-    from ..lossy import compression_ratio, lossy_compressed
-
     if not lossy_compressed(image):
         return None
     ratio = compression_ratio(image)

@@ -137,6 +137,8 @@ LOSSY_CLASSIFIER_CUT = CLASSIFIER_CUT + (LOSSY_LUNG_CLASSIFIER_CUT - LUNG_CLASSI
 #: developed at 0.1-0.2 mm.  RG1 and RG3 halved in size and stated at 0.3 or 0.4 mm give
 #: 2-4 findings on the untouched films; at the plates' own pixel size they give 0-1.
 COARSEST_PIXEL_MM = 0.25
+
+
 def display_rendering(image: Image) -> bool:
     """Whether the image is an 8-bit rendering: a PNG/JPEG/TIFF/BMP file of 8 bits (grey or
     colour), or a DICOM radiograph with ``BitsStored`` of 8 or less (a secondary capture).
@@ -191,6 +193,8 @@ def value_step(pixels: np.ndarray, where: np.ndarray | None = None, max_samples:
     if u.size < 2:
         return 0.0
     return float(np.diff(u).min())
+
+
 #: An edge-like candidate (contrast / background slope < ``min_edge_mm``) is kept only when
 #: its score reaches this much.  Round 3: on the development runs every non-focus candidate
 #: that was rejected as edge-like alone scored -0.7 or less, and 3 of the 6 foci lost as

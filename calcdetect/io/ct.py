@@ -286,7 +286,6 @@ class _Slice:
 
     def __init__(self, path, position, orientation, spacing, instance, frame=None, ds=None, shape=None, sop=None,
                  lossy=False):
-        self.lossy = lossy  # LossyImageCompression "01": a lossy copy loses to a lossless one
         self.path = path
         self.position = position
         self.orientation = orientation
@@ -296,6 +295,7 @@ class _Slice:
         self.ds = ds
         self.shape = shape
         self.sop = sop
+        self.lossy = lossy  # LossyImageCompression "01": a lossy copy loses to a lossless one
 
 
 def _file_size(path) -> int:
@@ -1012,11 +1012,10 @@ def _load_ct_series(folder, series_uid, budget, files, prefault: list[_Prefault]
     _parallel_each(read_plane, len(ordered), _workers())
     # metadata from the first slice kept (a dropped duplicate may be a lossy copy); when
     # the scan kept only some elements, from its whole header
-    head = headers[ordered[0].path]
-    if scanned:
-        head = read_header(ordered[0].path, stop_before_pixels=True, touch_values=False)
+    head = (read_header(ordered[0].path, stop_before_pixels=True, touch_values=False) if scanned
+            else headers[ordered[0].path])
     meta = basic_metadata(head)
-    if any(s.lossy for s in ordered) and meta.get("LossyImageCompression") != "01":
+    if any(s.lossy for s in ordered):
         meta["LossyImageCompression"] = "01"  # some kept slice went through lossy compression
     meta["SOPInstanceUIDs"] = [s.sop for s in ordered]
     meta["files"] = [s.path for s in ordered]

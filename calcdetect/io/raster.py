@@ -42,6 +42,12 @@ def read_raster(path: str | Path) -> np.ndarray:
         Missing, not a regular file, empty, damaged or truncated, or a layout other
         than grey or RGB(A) (e.g. a two-channel image).
     """
+    return _read_raster(path)[0]
+
+
+def _read_raster(path: str | Path) -> tuple[np.ndarray, int]:
+    """:func:`read_raster`, and how many pages the file holds (1 unless a TIFF says
+    more; the loader warns that only the first is read)."""
     path = Path(path)
     if not path.exists():
         raise UnreadableFileError("no such file", path=path, fix="check the path")
@@ -50,12 +56,15 @@ def read_raster(path: str | Path) -> np.ndarray:
     if path.stat().st_size == 0:
         raise UnreadableFileError("is empty (0 bytes)", path=path)
     arr = None
-    if path.suffix.lower() in (".tif", ".tiff"):
+    pages = 1
+    tiff = path.suffix.lower() in (".tif", ".tiff")
+    if tiff:
         try:
             import tifffile
 
             try:
                 with tifffile.TiffFile(path) as tif:
+                    pages = max(1, len(tif.pages))
                     page = tif.pages[0]
                     arr = page.asarray()
                     if arr.ndim == 3 and int(page.planarconfig) == 2:  # SEPARATE: (samples, rows, cols)
@@ -66,6 +75,12 @@ def read_raster(path: str | Path) -> np.ndarray:
             arr = None
     if arr is None:
         import cv2
+
+        if tiff:
+            try:  # OpenCV reads the first page too
+                pages = max(1, int(cv2.imcount(str(path))))
+            except Exception:  # an OpenCV without imcount, or a path it cannot open
+                pages = 1
 
         data = np.fromfile(path, dtype=np.uint8)
         arr = _imdecode_quiet(cv2, data)
@@ -85,29 +100,7 @@ def read_raster(path: str | Path) -> np.ndarray:
         arr = arr[:, :, 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
         raise UnreadableFileError(f"unsupported raster layout {arr.shape}", path=path)
-    return np.ascontiguousarray(arr)
-
-
-def tiff_page_count(path: str | Path) -> int:
-    """How many pages (images) a TIFF file holds; 1 when it cannot be told.
-
-    Only the first page is read (:func:`read_raster`); the loader warns about the rest.
-    """
-    try:
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            return max(1, len(tif.pages))
-    except ImportError:
-        pass
-    except Exception:  # a damaged file: read_raster says so
-        return 1
-    try:
-        import cv2
-
-        return max(1, int(cv2.imcount(str(path))))
-    except Exception:  # an OpenCV without imcount, or a path it cannot open
-        return 1
+    return np.ascontiguousarray(arr), pages
 
 
 def _imdecode_quiet(cv2, data: np.ndarray) -> np.ndarray | None:
@@ -197,7 +190,7 @@ def load_raster(
             "invert applies to radiographs (dense stored as dark), not to ultrasound frames", path=path,
             fix="drop invert / --invert",
         )
-    arr = read_raster(path)
+    arr, pages = _read_raster(path)
     color = None
     if arr.ndim == 3:
         color = arr if arr.dtype == np.uint8 else None
@@ -205,11 +198,9 @@ def load_raster(
     else:
         grey = arr.astype(np.float32)
     warns: list[str] = []
-    if Path(path).suffix.lower() in (".tif", ".tiff"):
-        pages = tiff_page_count(path)
-        if pages > 1:
-            warns.append(f"{Path(path).name}: the TIFF holds {pages} pages and only the first is analysed "
-                         "(save each page as a file of its own to analyse the others)")
+    if pages > 1:
+        warns.append(f"{Path(path).name}: the TIFF holds {pages} pages and only the first is analysed "
+                     "(save each page as a file of its own to analyse the others)")
     if invert:
         top = float(np.iinfo(arr.dtype).max) if np.issubdtype(arr.dtype, np.integer) else float(np.nanmax(grey))
         grey = (np.float32(top) - grey).astype(np.float32)
