@@ -680,13 +680,13 @@ def _detect_frame(image, pix, val, roi, params, stats, rejected):
         sig2 = 0.5 * sig
         fine = cv2.GaussianBlur(pix.astype(np.float32), (0, 0), sigmaX=float(sig2[1]), sigmaY=float(sig2[0]))
         bg, sd = _background(smooth, valid, geom, sp, params["background_mm"], 3.0)
-        tissue = tissue_level(smooth[valid])
         floor = 2.0 + 0.05 * bg
         z = (smooth - bg) / np.maximum(sd, floor)
         cand = valid & (z >= 0.5 * params["z_threshold"]) & (smooth >= params["ratio"] * bg)
         labels, n = label(cand)
         if n == 0:
             continue
+        tissue = tissue_level(smooth[valid])
         tab = regionprops_table(labels, z, spacing=sp)
         keep = tab["intensity_max"] >= params["z_threshold"]
         # quick size screen before the half-max refinement
